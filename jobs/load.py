@@ -1,0 +1,178 @@
+"""Reading job files: YAML/JSON -> validated `Job`, with `--set` overrides and sweep trials.
+
+Every problem becomes a `JobError` whose one-line message names the file, the field and the fix:
+    Invalid job file jobs/x.yaml: train.epochs: Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from jobs.errors import JobError
+from jobs.spec import Job
+
+CATALOG_DIR = Path(__file__).parent / "catalog"
+
+
+@dataclass(frozen=True)
+class LoadedJob:
+    """A validated job plus where it came from (relative data paths resolve against `base_dir`)."""
+
+    job: Job
+    base_dir: Path
+    source: str  # the file it was read from, for messages
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # after overrides, before trial
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        return sweep_trials(self.job.sweep)
+
+    def trial(self, index: int) -> "LoadedJob":
+        """The job of sweep trial `index` (the Qarnot INSTANCE_ID), with the sweep removed."""
+        trials = self.trials
+        if not trials:
+            if index != 0:
+                raise JobError(f"{self.source}: trial {index} asked for, but the job has no sweep")
+            return self
+        if not 0 <= index < len(trials):
+            raise JobError(f"{self.source}: sweep trial {index} does not exist "
+                           f"(the sweep has {len(trials)} trials, 0..{len(trials) - 1})")
+        raw = copy.deepcopy(self.raw)
+        raw.pop("sweep", None)
+        for key, value in trials[index].items():
+            set_dotted(raw, key, value)
+        job = validate(raw, f"{self.source} (sweep trial {index}: {format_trial(trials[index])})")
+        return LoadedJob(job, self.base_dir, self.source, raw)
+
+
+def find_job_file(path: str | Path) -> Path:
+    """A path, or the name of a catalog job (`penguins` -> jobs/catalog/penguins.yaml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.suffix and (CATALOG_DIR / f"{p.name}.yaml").is_file() and len(p.parts) == 1:
+        return CATALOG_DIR / f"{p.name}.yaml"
+    if p.is_dir():
+        raise JobError(f"{p}: is a folder; give the job file (.yaml or .json) inside it")
+    names = ", ".join(sorted(q.stem for q in CATALOG_DIR.glob("*.yaml")))
+    raise JobError(f"{p}: job file not found", hint=f"check the path, or name a catalog job: {names}")
+
+
+def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
+    """Read, override and validate a job file."""
+    file = find_job_file(path)
+    source = str(file)
+    raw = parse_text(file.read_text(encoding="utf-8"), source, json_file=file.suffix == ".json")
+    for item in overrides:
+        key, value = parse_override(item, source)
+        set_dotted(raw, key, value)
+    job = validate(raw, source)
+    loaded = LoadedJob(job, file.resolve().parent, source, raw)
+    for i in range(len(loaded.trials)):  # every trial must be a valid job too
+        loaded.trial(i)
+    return loaded
+
+
+def load_job_dict(raw: dict[str, Any], base_dir: Path, source: str = "job.json") -> LoadedJob:
+    job = validate(copy.deepcopy(raw), source)
+    return LoadedJob(job, base_dir, source, copy.deepcopy(raw))
+
+
+def parse_text(text: str, source: str, json_file: bool = False) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if json_file else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"Invalid job file {source}: JSON syntax error at line {exc.lineno} "
+                       f"column {exc.colno}: {exc.msg}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobError(f"Invalid job file {source}: YAML syntax error{where}: {problem}") from exc
+    if data is None:
+        raise JobError(f"Invalid job file {source}: the file is empty",
+                       hint="start from a catalog job: qtrain catalog")
+    if not isinstance(data, dict):
+        raise JobError(f"Invalid job file {source}: expected a mapping of fields at the top, "
+                       f"got {type(data).__name__}")
+    return data
+
+
+def validate(raw: dict[str, Any], source: str) -> Job:
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as exc:
+        raise JobError(f"Invalid job file {source}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (remove it or check the spelling)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the discriminator value into the error location: model.cnn.filters
+    return part in ("mlp", "cnn", "transfer", "int", "constrained-int", "literal['full']")
+
+
+def parse_override(item: str, source: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise JobError(f"--set {item!r}: expected key.path=value (e.g. train.epochs=5)")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise JobError(f"--set {item!r}: the key must be a dotted path such as train.epochs")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise JobError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise JobError(f"override {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def sweep_trials(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid, in a stable order (last key varies fastest)."""
+    if not sweep:
+        return []
+    keys = list(sweep)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def format_trial(trial: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in trial.items())
+
+
+def job_hash(job: Job) -> str:
+    canonical = json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,262 @@
+"""The job model: what to train.  The contract between the submitter and the runner.
+
+A job file is YAML or JSON validated by these models; unknown keys are refused everywhere.  Only
+`name`, `task` and `data` (with `path`, and `target` for tables) are required: every other field
+has a default chosen to work for a small tabular dataset on a laptop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["classification", "regression"]
+
+
+class Spec(BaseModel):
+    """Base for every section: unknown keys are an error, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class DataSpec(Spec):
+    # Where the data is.  A file or folder path, relative to the job file, or a built-in that works
+    # offline: `palmerpenguins`, `sklearn:circles`, `sklearn:digits`, `sklearn:iris`,
+    # `sklearn:wine`, `sklearn:breast_cancer`, `sklearn:diabetes`.
+    path: str = Field(min_length=1)
+    # How to read `path`.  `auto` decides from the extension: .csv/.tsv/.txt, .parquet/.pq,
+    # .npz, .npy, .pkl.gz (the `mnist.pkl.gz` layout), a folder of MNIST IDX files or of
+    # `{train,test}_{images,labels}.npy`.
+    format: Literal["auto", "csv", "parquet", "npy", "npz", "idx", "mnist_pkl"] = "auto"
+    # The column to predict (tables).  Image arrays carry their labels and need none.
+    target: str | None = None
+    # Label taken from `target_shift` rows later (1 = "tomorrow's value" on daily rows).  The last
+    # rows, which have no label, are dropped.  The naive baseline then predicts today's value.
+    target_shift: int = Field(default=0, ge=0)
+    # Columns to use as features; default: every column but the target and `drop`.
+    features: list[str] | None = None
+    # Columns never used as features (ids, dates, leaks).
+    drop: list[str] = Field(default_factory=list)
+    # Keep only the first N rows (after reading, before the shift): "the first 3 years".
+    max_rows: int | None = Field(default=None, gt=0)
+    # Labels file for a .npy images file (relative to the job file).
+    labels: str | None = None
+    # A separate test set (same format as `path`); when given, split.test_size is not used.
+    test_path: str | None = None
+    test_labels: str | None = None
+    # Parameters for a built-in (e.g. sklearn:circles: n_samples, noise, factor, random_state).
+    options: dict[str, Any] = Field(default_factory=dict)
+    # CSV reading: separator (auto-detected when None) and extra strings that mean "missing".
+    sep: str | None = None
+    na_values: list[str] = Field(default_factory=lambda: ["NA", "N/A", "na", "?", ""])
+
+
+class PreprocessSpec(Spec):
+    # Rows with a missing feature: `drop` them (the lessons' dropna) or `impute` them.
+    missing: Literal["drop", "impute"] = "drop"
+    # How numeric gaps are filled when imputing; categoricals always take their most frequent value.
+    impute: Literal["median", "mean", "zero"] = "median"
+    # Text/categorical feature columns: one-hot encode them or drop them.
+    categorical: Literal["onehot", "drop"] = "onehot"
+    # Categories seen fewer times than this in training are folded into one "other" column.
+    min_frequency: int = Field(default=1, ge=1)
+    # Numeric feature scaling, fitted on the training split only.
+    scale: Literal["standard", "minmax", "none"] = "standard"
+    # Regression: standardise the target while training (predictions are reported unscaled).
+    scale_target: bool = True
+    # Images: divide pixel values by this; `auto` = 255 for 8-bit data, the max for other ranges.
+    pixel_scale: float | Literal["auto"] = "auto"
+    # Images: subtract the training mean and divide by the training std (one value per channel).
+    standardize_images: bool = False
+
+
+class SplitSpec(Spec):
+    # Fraction of rows held out for the final test.
+    test_size: float = Field(default=0.2, gt=0, lt=1)
+    # Fraction of rows (of the whole) held out for validation: early stopping and model choice.
+    val_size: float = Field(default=0.0, ge=0, lt=1)
+    # Keep class proportions in every split (classification only).
+    stratify: bool = True
+    # Shuffle before splitting.  False keeps time order (last rows are the test set).
+    shuffle: bool = True
+    # The seeds' fixed split.
+    random_state: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SplitSpec":
+        if self.test_size + self.val_size >= 1:
+            raise ValueError("test_size + val_size must leave rows for training (sum below 1)")
+        return self
+
+
+# -------------------------------------------------------------------------------------- models
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "silu"]
+
+
+class MLPSpec(Spec):
+    kind: Literal["mlp"] = "mlp"
+    # Widths of the hidden layers; [] is a linear model.
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 64])
+    activation: Activation = "relu"
+    # Dropout after each hidden layer.
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Batch normalisation after each hidden layer.
+    batchnorm: bool = False
+    # Batch normalisation of the inputs (the weather lesson's first layer).
+    input_batchnorm: bool = False
+
+
+class ConvBlock(Spec):
+    filters: int = Field(gt=0)
+    kernel: int = Field(default=3, gt=0)
+    # Zero padding: an int, or `same` to keep the spatial size.
+    padding: int | Literal["same"] = 0
+    # Max-pool size after the block (0 or 1 = none).
+    pool: int = Field(default=2, ge=0)
+    # Dropout after the block; None takes the model's `dropout`.
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    batchnorm: bool = False
+
+
+class CNNSpec(Spec):
+    kind: Literal["cnn"] = "cnn"
+    # Explicit conv blocks.  When omitted, `n_layers` blocks are made from filters/kernel/pool.
+    blocks: list[ConvBlock] | None = None
+    n_layers: int = Field(default=2, gt=0)
+    filters: int = Field(default=32, gt=0)
+    kernel: int = Field(default=3, gt=0)
+    padding: int | Literal["same"] = "same"
+    pool: int = Field(default=2, ge=0)
+    batchnorm: bool = False
+    # Dropout after each conv block that does not set its own (the lesson's regulariser).
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Pooling of the last feature map before the dense layers: none (flatten), max or avg.
+    global_pool: Literal["none", "max", "avg"] = "none"
+    # Hidden dense layers after the conv blocks.
+    dense: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
+    dense_dropout: float = Field(default=0.0, ge=0, lt=1)
+    activation: Activation = "relu"
+
+    def conv_blocks(self) -> list[ConvBlock]:
+        if self.blocks is not None:
+            return self.blocks
+        return [
+            ConvBlock(filters=self.filters, kernel=self.kernel, padding=self.padding,
+                      pool=self.pool, batchnorm=self.batchnorm)
+            for _ in range(self.n_layers)
+        ]
+
+
+class TransferSpec(Spec):
+    kind: Literal["transfer"] = "transfer"
+    # The pretrained feature extractor: the `model.pt` of an earlier qtrain run (its layers up to
+    # the last hidden one), or `torchvision:densenet121` (needs torchvision and `weights`).
+    backbone: str = Field(min_length=1)
+    # torchvision weights file (.pth) for a torchvision backbone, relative to the job file.
+    weights: str | None = None
+    # Freeze the backbone and train only the head (the lesson's choice).
+    freeze: bool = True
+    # Images are resized to this square size before the backbone (the lesson upscales to 160).
+    # Default: the backbone's own input size.
+    resize: int | None = Field(default=None, gt=0)
+    # The head: batchnorm, dense layers, dropout, then the output layer.
+    head: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [50])
+    head_batchnorm: bool = True
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    activation: Activation = "relu"
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, TransferSpec], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------ training
+class EarlyStoppingSpec(Spec):
+    # `val_loss`, or `val_<metric>` (val_accuracy, val_f1_macro, val_rmse, ...).
+    monitor: str = "val_loss"
+    patience: int = Field(default=10, gt=0)
+    min_delta: float = Field(default=0.0, ge=0)
+    # Put back the weights of the best epoch at the end.
+    restore_best: bool = True
+
+
+class TrainSpec(Spec):
+    epochs: int = Field(default=50, gt=0)
+    # Samples per step, or `full` for full-batch gradient descent.
+    batch_size: Annotated[int, Field(gt=0)] | Literal["full"] = 64
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    # Learning-rate schedule: constant, cosine decay to 0, or halve when the monitored value stalls.
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    # `auto`: cross_entropy for classification, mse for regression.
+    loss: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = "auto"
+    # Class weights against imbalance: none, `balanced` (n / (k * count)), or {class: weight}.
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    early_stopping: EarlyStoppingSpec | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Mixed precision (bf16/fp16 autocast): `auto` turns it on for CUDA only.
+    mixed_precision: bool | Literal["auto"] = "auto"
+    # Write checkpoint.pt every N epochs (0: only at the end).
+    checkpoint_every: int = Field(default=0, ge=0)
+    # CPU threads for torch; None = all cores.
+    threads: int | None = Field(default=None, gt=0)
+
+
+class ResourcesSpec(Spec):
+    # `cpu`, `gpu`, or a Qarnot profile name (see `qtrain profiles`).
+    profile: str = "cpu"
+    # The runner image, `repo:tag`, that Qarnot pulls (DOCKER_REPO / DOCKER_TAG).
+    image: str = "qtrain/runner:latest"
+
+
+class Job(Spec):
+    # Short name used for the task and the results store.
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    task: Task
+    description: str = ""
+    data: DataSpec
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec = Field(default_factory=MLPSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # Grid of dotted overrides, e.g. {"model.n_layers": [1, 2], "model.dropout": [0.2, 0.5]}.
+    # Every combination is one trial; on Qarnot one instance per trial ($INSTANCE_ID).
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"sweep '{key}' has no values")
+            if key.split(".")[0] in ("name", "sweep", "resources"):
+                raise ValueError(f"sweep '{key}': only data/preprocess/split/model/train can vary")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Job":
+        es = self.train.early_stopping
+        if es is not None and es.monitor.startswith("val") and self.split.val_size == 0:
+            raise ValueError(
+                "train.early_stopping monitors the validation split: set split.val_size "
+                "(e.g. 0.15) or remove early_stopping")
+        if self.train.schedule == "plateau" and self.split.val_size == 0:
+            raise ValueError("train.schedule plateau needs a validation split: set split.val_size")
+        loss = self.train.loss
+        if self.task == "regression" and loss == "cross_entropy":
+            raise ValueError("train.loss cross_entropy is for classification; use mse, mae or huber")
+        if self.task == "classification" and loss in ("mse", "mae", "huber"):
+            raise ValueError(f"train.loss {loss} is for regression; use cross_entropy or auto")
+        if self.task == "regression" and self.train.class_weights != "none":
+            raise ValueError("train.class_weights only applies to classification")
+        return self
+
+    @property
+    def headline(self) -> tuple[str, str]:
+        """The metric a run is judged by, and whether bigger is better ('max') or not ('min')."""
+        return ("accuracy", "max") if self.task == "classification" else ("rmse", "min")

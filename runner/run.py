@@ -1,0 +1,295 @@
+"""One training run, top to bottom: load -> prepare -> build -> train -> evaluate -> write.
+
+`run_job` is what `python -m runner` (inside the container) and `qtrain train` (locally) call;
+`check_job` is the preflight that does every step once on a small batch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from jobs.errors import QtrainError
+from jobs.load import LoadedJob, format_trial, job_hash
+from runner import log
+from runner.data import Dataset, describe, load_dataset
+from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
+from runner.models import MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, storable_arch
+from runner.prepare import Prepared, prepare
+from runner.report import atomic_write, write_confusion, write_csv, write_history, write_json
+from runner.train import Trainer, predict_raw, seed_everything, select_device, set_threads
+
+SWEEP_SUMMARY = "sweep.json"
+
+
+def versions() -> dict[str, str]:
+    import pydantic
+    import sklearn
+
+    from runner import __version__
+
+    return {"qtrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
+            "pydantic": pydantic.__version__}
+
+
+# ------------------------------------------------------------------------------------- build
+@dataclass
+class Built:
+    data: Dataset
+    prepared: Prepared
+    arch: dict[str, Any]
+    model: Net
+    device: torch.device
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build(loaded: LoadedJob) -> Built:
+    job = loaded.job
+    t0 = time.perf_counter()
+    data = load_dataset(job, loaded.base_dir)
+    prepared = prepare(data, job)
+    t1 = time.perf_counter()
+    device = select_device(job.train.device)
+    seed_everything(job.train.seed)
+    set_threads(job.train)
+    arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir)
+    model = build_from_arch(arch)
+    return Built(data, prepared, arch, model, device, {"load_seconds": t1 - t0})
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def predict_split(model: Net, prepared: Prepared, split: str, device: torch.device):
+    """(predictions, probabilities or None) for a split, in the target's own units."""
+    out = predict_raw(model, torch.from_numpy(prepared.x[split]).to(device))
+    if prepared.classes is not None:
+        proba = torch.softmax(out, dim=1).numpy()
+        return proba.argmax(axis=1), proba
+    pred = out[:, 0].numpy().astype(np.float64)
+    scale = prepared.state.get("target")
+    if scale:
+        pred = pred * scale["scale"] + scale["center"]
+    return pred, None
+
+
+def evaluate_all(b: Built, job) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics per split + baseline, test predictions)."""
+    p = b.prepared
+    result: dict[str, Any] = {}
+    test_out: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        if split not in p.splits:
+            continue
+        pred, proba = predict_split(b.model, p, split, b.device)
+        if p.classes is not None:
+            result[split] = classification_metrics(p.y[split], pred, p.classes, proba)
+        else:
+            result[split] = regression_metrics(p.y[split].astype(np.float64), pred)
+        if split == "test":
+            test_out = {"pred": pred, "proba": proba}
+    if "test" in p.splits:
+        result["baseline"] = baseline(job.task, p.y["train"], p.y["test"], p.classes, p.today)
+    return result, test_out
+
+
+def predictions_frame(p: Prepared, pred: np.ndarray, proba: np.ndarray | None) -> pd.DataFrame:
+    frame = pd.DataFrame({"row": p.rows["test"]})
+    if p.classes is not None:
+        names = np.array(p.classes, dtype=object)
+        frame["true"] = names[p.y["test"]]
+        frame["predicted"] = names[pred]
+        for i, c in enumerate(p.classes):
+            frame[f"prob_{c}"] = proba[:, i]
+    else:
+        frame["true"] = p.y["test"]
+        frame["predicted"] = pred
+    return frame
+
+
+# ---------------------------------------------------------------------------------------- run
+def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
+            trial: int | None = None) -> dict[str, Any]:
+    """Train and write the results contract to `out_dir`; returns metrics.json's content.
+
+    A job with a sweep runs trial `trial` (the Qarnot INSTANCE_ID) into `out_dir`, or, with
+    `trial=None`, every trial in turn into `out_dir/trial-<i>` plus a `sweep.json` summary.
+    """
+    if loaded.trials:
+        if trial is None:
+            return run_sweep(loaded, out_dir, resume=resume)
+        log.info(f"sweep trial {trial}/{len(loaded.trials) - 1}: {format_trial(loaded.trials[trial])}")
+        loaded = loaded.trial(trial)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = loaded.job
+    jhash = job_hash(job)
+    t_start = time.perf_counter()
+    b = build(loaded)
+    p = b.prepared
+    total, trainable = count_parameters(b.model)
+    log.info(f"job {job.name}: {job.task}, {describe(b.data)['rows']} rows -> "
+             f"train {len(p.y['train'])} / val {len(p.y.get('val', []))} / test "
+             f"{len(p.y.get('test', []))}, {len(p.feature_names)} features, {trainable} trainable "
+             f"parameters, device {b.device}")
+    checkpoint = out_dir / "checkpoint.pt"
+    trainer = Trainer(b.model, p, job, b.device, jhash, checkpoint)
+    result = trainer.fit(resume_from=checkpoint if resume else None)
+    t_eval = time.perf_counter()
+    metrics, test_out = evaluate_all(b, job)
+    timings = {
+        "load_seconds": b.timings["load_seconds"],
+        "train_seconds": result.train_seconds,
+        "evaluate_seconds": time.perf_counter() - t_eval,
+        "samples_per_second": result.samples_per_second,
+    }
+    metrics.update({
+        "task": job.task, "headline": job.headline[0], "device": str(b.device),
+        "epochs_run": result.epochs_run, "epochs": job.train.epochs,
+        "best_epoch": result.best_epoch, "early_stop_epoch": result.early_stop_epoch,
+        "monitor": trainer.monitor, "resumed_from_epoch": result.resumed_from,
+        "parameters": {"total": total, "trainable": trainable},
+        "timings": timings,
+    })
+    if p.classes is not None and "test" in p.splits:
+        write_confusion(out_dir, confusion(p.y["test"], test_out["pred"], len(p.classes)), p.classes)
+    if "test" in p.splits:
+        write_csv(out_dir / "predictions.csv", predictions_frame(p, test_out["pred"], test_out["proba"]))
+    write_history(out_dir, result.history)
+    save_model(out_dir / "model.pt", b, loaded)
+    timings["total_seconds"] = time.perf_counter() - t_start
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "run.json", {
+        "job_name": job.name, "job_hash": jhash, "dataset_hash": b.data.fingerprint,
+        "dataset_files": [f.name for f in b.data.files], "trial": trial,
+        "seed": job.train.seed, "device": str(b.device),
+        "cuda": torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
+        "host": socket.gethostname(), "image_digest": _image_digest(),
+        "versions": versions(), "timings": timings, "job": job.model_dump(mode="json"),
+    })
+    head, _ = job.headline
+    test = metrics.get("test", {})
+    base = metrics.get("baseline", {})
+    if head in test:
+        log.info(f"done: test {head}={test[head]:.4f} (baseline {base.get(head, float('nan')):.4f}) "
+                 f"in {timings['total_seconds']:.1f}s -> {out_dir}")
+    return metrics
+
+
+def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+    trials = loaded.trials
+    rows = []
+    for i, overrides in enumerate(trials):
+        metrics = run_job(loaded, out_dir / f"trial-{i}", resume=resume, trial=i)
+        rows.append({"trial": i, "overrides": overrides, "metrics": metrics})
+    summary = summarize_sweep(loaded, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / SWEEP_SUMMARY, summary)
+    best = summary["best"]
+    log.info(f"sweep done: best trial {best['trial']} ({format_trial(best['overrides'])}) "
+             f"{summary['selection']}={best['value']:.4f}")
+    return summary
+
+
+def summarize_sweep(loaded: LoadedJob, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pick the best trial on the validation split when there is one (else test)."""
+    head, mode = loaded.job.headline
+    split = "val" if all(r["metrics"].get("val") for r in rows) else "test"
+    def value(r):
+        return r["metrics"].get(split, {}).get(head, float("nan"))
+    scored = [r for r in rows if not np.isnan(value(r))]
+    pick = (max if mode == "max" else min)(scored, key=value) if scored else rows[0]
+    return {"job_name": loaded.job.name, "selection": f"{split}_{head}",
+            "trials": rows, "best": {"trial": pick["trial"], "overrides": pick["overrides"],
+                                     "value": value(pick)}}
+
+
+def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
+    job = loaded.job
+    state = {
+        "format": MODEL_FORMAT,
+        "arch": storable_arch(b.arch),
+        "model_state": {k: v.detach().cpu() for k, v in b.model.state_dict().items()},
+        "preprocess": b.prepared.state,
+        "classes": b.prepared.classes,
+        "task": job.task,
+        "target": job.data.target,
+        "feature_names": b.prepared.feature_names,
+        "job": json.dumps(job.model_dump(mode="json")),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _image_digest() -> str | None:
+    """The runner image's digest, passed in by the image build (QTRAIN_IMAGE_DIGEST)."""
+    import os
+
+    return os.environ.get("QTRAIN_IMAGE_DIGEST") or None
+
+
+# -------------------------------------------------------------------------------------- check
+def check_job(loaded: LoadedJob) -> dict[str, Any]:
+    """Every step of a run on a small batch, for each sweep trial.  Raises on the first problem."""
+    jobs = [loaded.trial(i) for i in range(len(loaded.trials))] or [loaded]
+    report: dict[str, Any] = {"job": loaded.job.name, "task": loaded.job.task,
+                              "trials": len(loaded.trials)}
+    cache: dict[str, Built] = {}
+    for i, lj in enumerate(jobs):
+        job = lj.job
+        key = json.dumps([job.data.model_dump(), job.preprocess.model_dump(),
+                          job.split.model_dump()], sort_keys=True, default=str)
+        if key in cache:
+            prev = cache[key]
+            arch = make_arch(job.model, prev.prepared.input_shape, prev.prepared.n_outputs, lj.base_dir)
+            b = Built(prev.data, prev.prepared, arch, build_from_arch(arch),
+                      select_device(job.train.device))
+        else:
+            b = cache[key] = build(lj)
+        p = b.prepared
+        trainer = Trainer(b.model, p, job, b.device, "check")
+        n = min(len(p.y["train"]), 32)
+        xb = trainer.data.x["train"][:n]
+        yb = trainer.data.y["train"][:n]
+        loss, _ = trainer.train_step(xb, yb)
+        if not np.isfinite(loss):
+            raise QtrainError(f"check: the first training step gave loss {loss}",
+                              hint="lower train.lr or check the data for extreme values")
+        for split in p.splits:
+            predict_split(b.model, p, split, b.device)
+        total, trainable = count_parameters(b.model)
+        if i == 0:
+            report.update(_describe_prepared(b, loaded))
+        report.setdefault("models", []).append({
+            "trial": i if loaded.trials else None,
+            "overrides": loaded.trials[i] if loaded.trials else None,
+            "parameters": total, "trainable": trainable, "first_step_loss": loss})
+        report["device"] = str(b.device)
+    return report
+
+
+def _describe_prepared(b: Built, loaded: LoadedJob) -> dict[str, Any]:
+    p = b.prepared
+    out: dict[str, Any] = {
+        "data": describe(b.data), "dataset_hash": b.data.fingerprint,
+        "splits": {s: int(len(p.y.get(s, []))) for s in ("train", "val", "test")},
+        "input_shape": list(p.input_shape), "features": len(p.feature_names),
+        "feature_names": p.feature_names[:50],
+    }
+    if p.classes is not None:
+        all_y = np.concatenate([p.y[s] for s in p.splits])
+        counts = np.bincount(all_y, minlength=len(p.classes))
+        out["classes"] = {c: int(counts[i]) for i, c in enumerate(p.classes)}
+    else:
+        y = np.concatenate([p.y[s] for s in p.splits])
+        out["target"] = {"mean": float(y.mean()), "std": float(y.std()),
+                         "min": float(y.min()), "max": float(y.max())}
+    return out

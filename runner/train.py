@@ -1,0 +1,349 @@
+"""The training loop.
+
+Small datasets live on the device as tensors and are batched by slicing a shuffled index (no
+per-sample DataLoader overhead).  One progress line per epoch on stdout, a checkpoint every N epochs
+and at the end with everything `resume` needs (model, optimizer, scheduler, epoch, best, history,
+RNG state), early stopping that restores the best weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from jobs.errors import JobError, QtrainError
+from jobs.spec import Job, TrainSpec
+from runner import log
+from runner.prepare import Prepared
+
+EVAL_BATCH = 2048
+MIN_IS_BETTER = ("loss", "rmse", "mae", "log_loss")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def select_device(preference: str) -> torch.device:
+    """cuda > mps > cpu for `auto`; an explicit device that is missing is an error."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if preference == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if preference == "cuda" and not cuda:
+        raise JobError("train.device cuda: no CUDA device is visible here",
+                       hint="use device: auto to fall back to the CPU")
+    if preference == "mps" and not mps:
+        raise JobError("train.device mps: no Apple GPU (MPS) here", hint="use device: auto")
+    return torch.device(preference)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def set_threads(spec: TrainSpec) -> None:
+    n = spec.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else os.cpu_count() or 1)
+    torch.set_num_threads(n)
+
+
+def autocast_for(device: torch.device, spec: TrainSpec):
+    """(context factory, GradScaler or None) for the job's mixed-precision setting."""
+    enabled = device.type == "cuda" if spec.mixed_precision == "auto" else spec.mixed_precision
+    if not enabled:
+        return contextlib.nullcontext, None
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+
+
+def make_loss(job: Job, prepared: Prepared, device: torch.device) -> nn.Module:
+    spec = job.train
+    if job.task == "regression":
+        return {"auto": nn.MSELoss, "mse": nn.MSELoss, "mae": nn.L1Loss,
+                "huber": nn.HuberLoss}[spec.loss]()
+    weights = None
+    classes = prepared.classes or []
+    if spec.class_weights == "balanced":
+        counts = np.bincount(prepared.y["train"], minlength=len(classes)).astype(np.float64)
+        weights = len(prepared.y["train"]) / (len(classes) * np.maximum(counts, 1))
+    elif isinstance(spec.class_weights, dict):
+        unknown = sorted(set(spec.class_weights) - set(classes))
+        if unknown:
+            raise JobError(f"train.class_weights: unknown classes {unknown}",
+                           hint=f"classes are {classes}")
+        weights = np.array([spec.class_weights.get(c, 1.0) for c in classes])
+    if weights is not None:
+        weights = torch.tensor(weights, dtype=torch.float32, device=device)
+    return nn.CrossEntropyLoss(weight=weights)
+
+
+def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise JobError("model: nothing to train (every parameter is frozen)")
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
+    return torch.optim.RMSprop(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+@torch.no_grad()
+def predict_raw(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Model outputs for `x` in eval mode, batched; float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i: i + batch]).float() for i in range(0, len(x), batch)]
+    model.train(was_training)
+    if not outs:
+        return torch.zeros(0)
+    return torch.cat(outs).cpu()
+
+
+# --------------------------------------------------------------------------------- the loop
+@dataclass
+class Tensors:
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]  # class index, or the (scaled) regression target
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared, device: torch.device) -> "Tensors":
+        scale = prepared.state.get("target")
+        xs, ys = {}, {}
+        for split in prepared.splits:
+            xs[split] = torch.from_numpy(prepared.x[split]).to(device)
+            y = prepared.y[split]
+            if prepared.classes is None:
+                if scale:
+                    y = (y - scale["center"]) / scale["scale"]
+                ys[split] = torch.from_numpy(np.asarray(y, dtype=np.float32)).to(device)[:, None]
+            else:
+                ys[split] = torch.from_numpy(np.array(y, dtype=np.int64)).to(device)
+        return cls(xs, ys)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    best_value: float | None = None
+    early_stop_epoch: int | None = None
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    resumed_from: int | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds else 0.0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, prepared: Prepared, job: Job, device: torch.device,
+                 job_hash: str, checkpoint_path: Path | None = None):
+        self.model = model.to(device)
+        self.prepared = prepared
+        self.job = job
+        self.spec = job.train
+        self.device = device
+        self.job_hash = job_hash
+        self.checkpoint_path = checkpoint_path
+        self.data = Tensors.from_prepared(prepared, device)
+        self.loss_fn = make_loss(job, prepared, device)
+        self.optimizer = make_optimizer(self.model, self.spec)
+        self.autocast, self.scaler = autocast_for(device, self.spec)
+        self.scheduler = self._make_scheduler()
+        self.generator = torch.Generator(device="cpu").manual_seed(self.spec.seed)
+        es = self.spec.early_stopping
+        self.monitor = es.monitor if es else ("val_loss" if "val" in self.data.y else "train_loss")
+        self.minimize = self.monitor.split("_", 1)[-1] in MIN_IS_BETTER or self.monitor.endswith("loss")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.has_batchnorm = _has_batchnorm(self.model)
+        self.result = TrainResult()
+        self.start_epoch = 1
+
+    def _make_scheduler(self):
+        if self.spec.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.spec.epochs)
+        if self.spec.schedule == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=0.5, patience=max(2, self._patience() // 3))
+        return None
+
+    def _patience(self) -> int:
+        es = self.spec.early_stopping
+        return es.patience if es else 10
+
+    # ---------------------------------------------------------------------------- one step
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
+        """One optimisation step; returns (loss, correct predictions or 0)."""
+        with self.autocast():
+            out = self.model(xb)
+            loss = self.loss_fn(out.float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        correct = int((out.argmax(1) == yb).sum()) if self.prepared.classes is not None else 0
+        return float(loss.detach()), correct
+
+    def run_epoch(self) -> dict[str, float]:
+        x, y = self.data.x["train"], self.data.y["train"]
+        n = len(x)
+        bs = n if self.spec.batch_size == "full" else min(self.spec.batch_size, n)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        self.model.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        for start in range(0, n, bs):
+            idx = order[start: start + bs]
+            if len(idx) < 2 and n >= 2 and self.has_batchnorm:
+                continue  # batchnorm cannot train on a single sample
+            loss, correct = self.train_step(x[idx], y[idx])
+            total_loss += loss * len(idx)
+            total_correct += correct
+            seen += len(idx)
+        if not math.isfinite(total_loss):
+            raise QtrainError(f"training diverged at epoch loss {total_loss}",
+                              hint="lower train.lr, or check the data for extreme values")
+        self.result.samples_seen += seen
+        fields = {"train_loss": total_loss / max(seen, 1)}
+        if self.prepared.classes is not None:
+            fields["train_accuracy"] = total_correct / max(seen, 1)
+        return fields
+
+    def evaluate_split(self, split: str) -> dict[str, float]:
+        out = predict_raw(self.model, self.data.x[split])
+        y = self.data.y[split].cpu()
+        loss = float(self.loss_fn.to("cpu")(out, y))
+        self.loss_fn.to(self.device)
+        fields = {f"{split}_loss": loss}
+        if self.prepared.classes is not None:
+            fields[f"{split}_accuracy"] = float((out.argmax(1) == y).float().mean())
+        else:
+            scale = self.prepared.state.get("target") or {"scale": 1.0}
+            err = (out - y) * scale["scale"]
+            fields[f"{split}_rmse"] = float(err.pow(2).mean().sqrt())
+            fields[f"{split}_mae"] = float(err.abs().mean())
+        return fields
+
+    # ------------------------------------------------------------------------ checkpointing
+    def save_checkpoint(self, epoch: int, patience_left: int) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "format": "qtrain-checkpoint/1", "job_hash": self.job_hash, "epoch": epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "best_state": self.best_state, "best_value": self.result.best_value,
+            "best_epoch": self.result.best_epoch, "patience_left": patience_left,
+            "history": self.result.history, "samples_seen": self.result.samples_seen,
+            "train_seconds": self.result.train_seconds,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+        }
+        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self, path: Path) -> int:
+        """Restore from `path`; returns the patience left.  Refuses another job's checkpoint."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise QtrainError(f"checkpoint {path}: cannot be read ({exc})",
+                              hint="delete it to start from scratch") from exc
+        if state.get("job_hash") != self.job_hash:
+            raise QtrainError(f"checkpoint {path} belongs to a different job",
+                              hint="delete it, or resume with the job that wrote it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_state = state["best_state"]
+        r = self.result
+        r.best_value, r.best_epoch = state["best_value"], state["best_epoch"]
+        r.history, r.samples_seen = state["history"], state["samples_seen"]
+        r.train_seconds = state["train_seconds"]
+        r.resumed_from = state["epoch"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.generator.set_state(state["rng"]["generator"].cpu())
+        self.start_epoch = state["epoch"] + 1
+        r.epochs_run = state["epoch"]
+        return state["patience_left"]
+
+    # ---------------------------------------------------------------------------------- fit
+    def fit(self, resume_from: Path | None = None) -> TrainResult:
+        spec, r = self.spec, self.result
+        es = spec.early_stopping
+        patience_left = es.patience if es else 0
+        if resume_from is not None and resume_from.exists():
+            patience_left = self.load_checkpoint(resume_from)
+            log.info(f"resumed from {resume_from.name} at epoch {self.start_epoch - 1}")
+        for epoch in range(self.start_epoch, spec.epochs + 1):
+            t0 = time.perf_counter()
+            fields: dict[str, Any] = {"epoch": f"{epoch}/{spec.epochs}"}
+            fields.update(self.run_epoch())
+            if "val" in self.data.y:
+                fields.update(self.evaluate_split("val"))
+            fields["lr"] = self.optimizer.param_groups[0]["lr"]
+            r.train_seconds += time.perf_counter() - t0
+            fields["elapsed"] = r.train_seconds
+            r.epochs_run = epoch
+            value = fields.get(self.monitor)
+            if value is None:
+                raise JobError(f"train.early_stopping.monitor {self.monitor}: not a logged value",
+                               hint=f"use one of: {', '.join(k for k in fields if k != 'epoch')}")
+            improved = r.best_value is None or (
+                value < r.best_value - (es.min_delta if es else 0) if self.minimize
+                else value > r.best_value + (es.min_delta if es else 0))
+            if improved:
+                r.best_value, r.best_epoch = float(value), epoch
+                if es and es.restore_best:
+                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                patience_left = es.patience if es else 0
+            elif es:
+                patience_left -= 1
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(value if self.minimize else -value)
+            elif self.scheduler is not None:
+                self.scheduler.step()
+            row = {"epoch": epoch, **{k: v for k, v in fields.items() if k != "epoch"}}
+            r.history.append(row)
+            log.info(log.epoch_line(fields)[len(log.PREFIX) + 1:])
+            stop = bool(es) and patience_left <= 0
+            if stop or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0):
+                self.save_checkpoint(epoch, patience_left)
+            if stop:
+                r.early_stop_epoch = epoch
+                log.info(f"early stop at epoch {epoch}: {self.monitor} has not improved for "
+                         f"{es.patience} epochs (best {r.best_value:.6g} at epoch {r.best_epoch})")
+                break
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return r
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

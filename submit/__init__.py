@@ -1,0 +1,1 @@
+"""Where it runs and where results go: CLI, packaging, backends (Qarnot, local emulator), results."""
