@@ -21,6 +21,10 @@ from jobs.errors import JobError
 from jobs.spec import Job
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
+# Fields holding file paths: a relative value given with --set is taken from the current folder,
+# like any other command-line path (values inside the job file are relative to the job file).
+PATH_FIELDS = ("data.path", "data.labels", "data.test_path", "data.test_labels", "model.backbone",
+               "model.weights")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     raw = parse_text(file.read_text(encoding="utf-8"), source, json_file=file.suffix == ".json")
     for item in overrides:
         key, value = parse_override(item, source)
+        if key in PATH_FIELDS and isinstance(value, str) and ":" not in value and value != "palmerpenguins":
+            value = str((Path.cwd() / Path(value).expanduser()).resolve())
         set_dotted(raw, key, value)
     job = validate(raw, source)
     loaded = LoadedJob(job, file.resolve().parent, source, raw)

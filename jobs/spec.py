@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
 
 Task = Literal["classification", "regression"]
 
@@ -168,7 +169,18 @@ class TransferSpec(Spec):
     activation: Activation = "relu"
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, TransferSpec], Field(discriminator="kind")]
+def _model_kind(value: Any) -> str:
+    """`kind` picks the model; a model section without one is an MLP."""
+    kind = value.get("kind", "mlp") if isinstance(value, dict) else getattr(value, "kind", "mlp")
+    return kind if kind in ("mlp", "cnn", "transfer") else "unknown"
+
+
+ModelSpec = Annotated[
+    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, Tag("cnn")],
+          Annotated[TransferSpec, Tag("transfer")]],
+    Discriminator(_model_kind, custom_error_type="model_kind",
+                  custom_error_message="model.kind must be mlp, cnn or transfer"),
+]
 
 
 # ------------------------------------------------------------------------------------ training

@@ -248,7 +248,8 @@ def _load_files(spec: DataSpec, base_dir: Path) -> pd.DataFrame | Images:
     path = resolve(spec.path, base_dir)
     if not path.exists():
         raise DataError(f"data.path {path}: file not found",
-                        hint="check the path (relative paths start from the job file's folder)")
+                        hint="relative paths start from the job file's folder; "
+                             "give your copy with --set data.path=PATH")
     fmt = spec.format
     name = path.name.lower()
     if fmt == "auto":

@@ -131,6 +131,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     job = loaded.job
     jhash = job_hash(job)
+    # a checkpoint may be resumed with more epochs or another checkpoint interval
+    resume_hash = job_hash(job.model_copy(update={"train": job.train.model_copy(
+        update={"epochs": 1, "checkpoint_every": 0})}))
     t_start = time.perf_counter()
     b = build(loaded)
     p = b.prepared
@@ -140,7 +143,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
              f"{len(p.y.get('test', []))}, {len(p.feature_names)} features, {trainable} trainable "
              f"parameters, device {b.device}")
     checkpoint = out_dir / "checkpoint.pt"
-    trainer = Trainer(b.model, p, job, b.device, jhash, checkpoint)
+    trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint)
     result = trainer.fit(resume_from=checkpoint if resume else None)
     t_eval = time.perf_counter()
     metrics, test_out = evaluate_all(b, job)

@@ -1,0 +1,57 @@
+"""Shared fixtures: generated datasets with the seeds' schemas, and the real CLI in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import datagen
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One folder of small generated datasets, made once per test session."""
+    d = tmp_path_factory.mktemp("data")
+    datagen.mnist_idx(d / "mnist", n_train=2400, n_test=300)
+    datagen.mnist_pkl(d / "mnist.pkl.gz", n_train=2400, n_test=300)
+    datagen.weather_light(d / "weather_prediction_dataset_light.csv")
+    datagen.weather_aus(d / "weatherAUS.csv", rows=3000)
+    datagen.dollar_street(d / "dataset_dollarstreet", n_train=240, n_test=100)
+    return d
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        return json.loads(self.out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def qtrain(capfd):
+    """Run `qtrain ARGS...` through the real entry point; returns exit code, stdout, stderr."""
+    from submit.cli import main
+
+    def run(*args: str) -> CliResult:
+        capfd.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def write_job(tmp_path):
+    """Write a job file (YAML text or dict) into tmp_path and return its path."""
+    import yaml
+
+    def write(content, name: str = "job.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
