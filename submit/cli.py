@@ -6,6 +6,7 @@ else is an internal error and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
@@ -29,6 +30,34 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+def command(*args: Any, **kwargs: Any):
+    """`app.command` whose function reports a QtrainError as one line and exit status 2, and any
+    other exception as an internal error with its traceback (exit status 1)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def guarded(*a: Any, **kw: Any):
+            try:
+                return fn(*a, **kw)
+            except QtrainError as exc:
+                err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False,
+                                  soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception:  # noqa: BLE001
+                err_console.print("[bold red]internal error[/] (please report it with this traceback):")
+                traceback.print_exc()
+                raise typer.Exit(1) from None
+
+        return app.command(*args, **kwargs)(guarded)
+
+    return decorate
+
+
 SetOption = typer.Option(None, "--set", "-s", metavar="KEY.PATH=VALUE",
                          help="Override a job field, e.g. --set train.epochs=5 (repeatable).")
 
@@ -40,7 +69,7 @@ def _load(job: str, overrides: Optional[list[str]]):
 
 
 # -------------------------------------------------------------------------------------- check
-@app.command()
+@command()
 def check(
     job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
     set_: Optional[list[str]] = SetOption,
@@ -88,7 +117,7 @@ def _print_check(report: dict[str, Any], source: str) -> None:
 
 
 # -------------------------------------------------------------------------------------- train
-@app.command()
+@command()
 def train(
     job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the results."),
@@ -105,7 +134,7 @@ def train(
 
 
 # ------------------------------------------------------------------------------------ predict
-@app.command()
+@command()
 def predict(
     run: Path = typer.Argument(..., help="A run's results directory or its model.pt."),
     data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, or .npy/.npz images."),
@@ -124,7 +153,7 @@ def predict(
 
 
 # ------------------------------------------------------------------------------------ catalog
-@app.command()
+@command()
 def catalog() -> None:
     """List the ready job files for the seed workloads."""
     import yaml
@@ -141,26 +170,12 @@ def catalog() -> None:
 
 # --------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    import click
-
+    """Run the CLI (click's standalone mode handles usage errors and --help) and return its status."""
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
-    except QtrainError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("interrupted")
-        return 130
-    except Exception:  # noqa: BLE001
-        err_console.print("[bold red]internal error[/] (please report it with this traceback):")
-        traceback.print_exc()
-        return 1
+        app(args=argv, prog_name="qtrain")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 def entrypoint() -> None:

@@ -92,7 +92,7 @@ def test_digits_cnn(qtrain, tmp_path):
 
 
 def test_mnist_cnn_on_idx_files_and_predict(qtrain, tmp_path, data_dir):
-    m = train(qtrain, "mnist-cnn", tmp_path, f"data.path={data_dir / 'mnist'}", "train.epochs=5")
+    m = train(qtrain, "mnist-cnn", tmp_path, f"data.path={data_dir / 'mnist'}", "train.epochs=10")
     check_contract(tmp_path, "classification")
     assert m["test"]["n"] == 300  # the t10k files are the test split
     assert m["test"]["accuracy"] >= 0.9

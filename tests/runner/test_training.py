@@ -1,0 +1,101 @@
+"""Training-loop behaviour: determinism, checkpoints and resume, early stopping, class weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jobs import QtrainError, load_job
+from runner.run import run_job
+from runner.train import select_device
+
+
+def metrics(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_same_seed_same_result_on_cpu(tmp_path):
+    job = load_job("penguins", ["train.epochs=10"])
+    a = run_job(job, tmp_path / "a")
+    b = run_job(job, tmp_path / "b")
+    assert a["test"] == b["test"]
+    c = run_job(load_job("penguins", ["train.epochs=10", "train.seed=1"]), tmp_path / "c")
+    assert c["train"]["log_loss"] != a["train"]["log_loss"]
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    straight = run_job(load_job("penguins", ["train.epochs=8"]), tmp_path / "straight")
+    out = tmp_path / "resumed"
+    run_job(load_job("penguins", ["train.epochs=4"]), out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 4
+    resumed = run_job(load_job("penguins", ["train.epochs=8"]), out, resume=True)
+    assert resumed["resumed_from_epoch"] == 4 and resumed["epochs_run"] == 8
+    assert resumed["test"] == straight["test"]
+    assert resumed["train"]["log_loss"] == pytest.approx(straight["train"]["log_loss"], rel=1e-5)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 9))
+
+
+def test_resume_refuses_another_jobs_checkpoint(tmp_path):
+    run_job(load_job("penguins", ["train.epochs=2"]), tmp_path)
+    with pytest.raises(QtrainError, match="belongs to a different job"):
+        run_job(load_job("penguins", ["train.epochs=4", "model.hidden=[8]"]), tmp_path, resume=True)
+
+
+def test_checkpoint_every_n_epochs(tmp_path, capfd):
+    run_job(load_job("circles", ["train.epochs=6", "train.checkpoint_every=2"]), tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 6
+
+
+def test_early_stopping_restores_best_epoch(tmp_path):
+    job = load_job("circles", ["split.val_size=0.2", "train.epochs=400", "train.lr=0.2",
+                               "model.hidden=[64, 64]", "model.activation=relu",
+                               "train.early_stopping={monitor: val_loss, patience: 5}"])
+    m = run_job(job, tmp_path)
+    assert m["early_stop_epoch"] is not None and m["early_stop_epoch"] < 400
+    assert m["best_epoch"] == m["early_stop_epoch"] - 5
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["val_loss"].idxmin() + 1 == m["best_epoch"]
+    assert m["val"]["log_loss"] == pytest.approx(history["val_loss"].min(), rel=1e-4)
+
+
+def test_class_weights_raise_minority_recall(tmp_path, data_dir):
+    path = f"data.path={data_dir / 'weatherAUS.csv'}"
+    plain = run_job(load_job("rain-australia", [path, "train.class_weights=none"]), tmp_path / "a")
+    weighted = run_job(load_job("rain-australia", [path]), tmp_path / "b")
+    assert weighted["test"]["per_class"]["Yes"]["recall"] > plain["test"]["per_class"]["Yes"]["recall"]
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else select_device("auto").type)
+    if not torch.cuda.is_available():
+        with pytest.raises(QtrainError, match="no CUDA device"):
+            select_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_mixed_precision_run(tmp_path):
+    m = run_job(load_job("digits-cnn", ["train.epochs=5", "train.device=cuda"]), tmp_path)
+    assert m["device"].startswith("cuda") and m["test"]["accuracy"] > 0.9
+
+
+def test_imputation_and_onehot_keep_rows(tmp_path, write_job):
+    frame = pd.DataFrame({"num": [1.0, np.nan, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0] * 3,
+                          "cat": ["a", "b", None, "a", "b", "c", "a", "b", "c", "a"] * 3,
+                          "y": ["p", "q"] * 15})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    job = write_job({"name": "imp", "task": "classification",
+                     "data": {"path": "d.csv", "target": "y"},
+                     "preprocess": {"missing": "impute"}, "train": {"epochs": 2}})
+    from runner.run import check_job
+
+    report = check_job(load_job(job))
+    assert report["data"]["rows"] == 30
+    assert report["feature_names"] == ["num", "cat=a", "cat=b", "cat=c"]
