@@ -99,3 +99,40 @@ def test_imputation_and_onehot_keep_rows(tmp_path, write_job):
     report = check_job(load_job(job))
     assert report["data"]["rows"] == 30
     assert report["feature_names"] == ["num", "cat=a", "cat=b", "cat=c"]
+
+
+def _torchvision_works() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - PyPI's torchvision fails to import beside some torch builds
+        return False
+    return True
+
+
+def test_torchvision_backbone_needs_weights_and_torchvision(tmp_path, write_job):
+    from runner.run import check_job
+
+    base = {"name": "tv", "task": "classification", "data": {"path": "sklearn:digits"},
+            "model": {"kind": "transfer", "backbone": "torchvision:densenet121"}}
+    with pytest.raises(QtrainError, match="needs its weights file"):
+        check_job(load_job(write_job(base)))
+    base["model"]["weights"] = "nowhere.pth"
+    with pytest.raises(QtrainError, match="nowhere.pth: file not found"):
+        check_job(load_job(write_job(base)))
+    if not _torchvision_works():
+        (tmp_path / "w.pth").write_bytes(b"")
+        base["model"]["weights"] = "w.pth"
+        with pytest.raises(QtrainError, match="needs a working torchvision"):
+            check_job(load_job(write_job(base)))
+
+
+@pytest.mark.skipif(not _torchvision_works(), reason="torchvision does not import beside this torch")
+def test_torchvision_densenet_backbone_trains_a_head(tmp_path, write_job):
+    import torchvision
+
+    torch.save(torchvision.models.densenet121(weights=None).state_dict(), tmp_path / "d.pth")
+    job = write_job({"name": "tv", "task": "classification", "data": {"path": "sklearn:digits"},
+                     "model": {"kind": "transfer", "backbone": "torchvision:densenet121",
+                               "weights": "d.pth", "resize": 32}, "train": {"epochs": 1}})
+    m = run_job(load_job(job), tmp_path / "out")
+    assert m["parameters"]["trainable"] < m["parameters"]["total"] / 10
