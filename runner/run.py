@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import time
@@ -234,8 +235,6 @@ def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
 
 def _image_digest() -> str | None:
     """The runner image's digest, passed in by the image build (QTRAIN_IMAGE_DIGEST)."""
-    import os
-
     return os.environ.get("QTRAIN_IMAGE_DIGEST") or None
 
 

@@ -171,6 +171,7 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.data = Tensors.from_prepared(prepared, device)
         self.loss_fn = make_loss(job, prepared, device)
+        self.eval_loss_fn = make_loss(job, prepared, torch.device("cpu"))  # outputs come back on CPU
         self.optimizer = make_optimizer(self.model, self.spec)
         self.autocast, self.scaler = autocast_for(device, self.spec)
         self.scheduler = self._make_scheduler()
@@ -239,8 +240,7 @@ class Trainer:
     def evaluate_split(self, split: str) -> dict[str, float]:
         out = predict_raw(self.model, self.data.x[split])
         y = self.data.y[split].cpu()
-        loss = float(self.loss_fn.to("cpu")(out, y))
-        self.loss_fn.to(self.device)
+        loss = float(self.eval_loss_fn(out, y))
         fields = {f"{split}_loss": loss}
         if self.prepared.classes is not None:
             fields[f"{split}_accuracy"] = float((out.argmax(1) == y).float().mean())
