@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from jobs.errors import JobError
-from jobs.spec import Job
+from jobs.spec import Job, is_builtin_source
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 # Fields holding file paths: a relative value given with --set is taken from the current folder,
@@ -78,7 +78,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     raw = parse_text(file.read_text(encoding="utf-8"), source, json_file=file.suffix == ".json")
     for item in overrides:
         key, value = parse_override(item, source)
-        if key in PATH_FIELDS and isinstance(value, str) and ":" not in value and value != "palmerpenguins":
+        if key in PATH_FIELDS and isinstance(value, str) and not is_builtin_source(value):
             value = str((Path.cwd() / Path(value).expanduser()).resolve())
         set_dotted(raw, key, value)
     job = validate(raw, source)

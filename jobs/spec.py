@@ -14,6 +14,15 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_va
 
 Task = Literal["classification", "regression"]
 
+# Data sources that ship with the packages (offline); anything else in data.path is a file.
+BUILTIN_DATA = ("palmerpenguins", "sklearn:circles", "sklearn:digits", "sklearn:iris",
+                "sklearn:wine", "sklearn:breast_cancer", "sklearn:diabetes")
+
+
+def is_builtin_source(value: str) -> bool:
+    """A built-in dataset or library backbone (`sklearn:...`, `torchvision:...`), not a path."""
+    return value in BUILTIN_DATA or value.startswith(("sklearn:", "torchvision:"))
+
 
 class Spec(BaseModel):
     """Base for every section: unknown keys are an error, assignments are validated."""

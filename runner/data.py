@@ -19,12 +19,10 @@ import numpy as np
 import pandas as pd
 
 from jobs.errors import DataError
-from jobs.spec import DataSpec, Job
+from jobs.spec import BUILTIN_DATA, DataSpec, Job, is_builtin_source
 from runner import log
 
 BASELINE_COLUMN = "__qtrain_today__"
-BUILTINS = ("palmerpenguins", "sklearn:circles", "sklearn:digits", "sklearn:iris", "sklearn:wine",
-            "sklearn:breast_cancer", "sklearn:diabetes")
 
 
 @dataclass
@@ -36,12 +34,6 @@ class Table:
     files: list[Path] = field(default_factory=list)
     fingerprint: str = ""
 
-    kind = "table"
-
-    @property
-    def labels(self) -> pd.Series:
-        return self.frame[self.target]
-
 
 @dataclass
 class Images:
@@ -51,12 +43,6 @@ class Images:
     y_test: np.ndarray | None = None
     files: list[Path] = field(default_factory=list)
     fingerprint: str = ""
-
-    kind = "images"
-
-    @property
-    def labels(self) -> pd.Series:
-        return pd.Series(self.y)
 
 
 Dataset = Table | Images
@@ -69,7 +55,7 @@ def resolve(path: str, base_dir: Path) -> Path:
 
 def data_files(spec: DataSpec, base_dir: Path) -> list[Path]:
     """The local files a job reads (what the submitter uploads); [] for a built-in."""
-    if spec.path in BUILTINS or spec.path.startswith("sklearn:"):
+    if is_builtin_source(spec.path):
         return []
     paths = [spec.path, spec.labels, spec.test_path, spec.test_labels]
     files: list[Path] = []
@@ -84,7 +70,7 @@ def data_files(spec: DataSpec, base_dir: Path) -> list[Path]:
 
 def load_dataset(job: Job, base_dir: Path) -> Dataset:
     spec = job.data
-    if spec.path in BUILTINS or spec.path.startswith("sklearn:"):
+    if is_builtin_source(spec.path):
         data = _load_builtin(spec)
     else:
         data = _load_files(spec, base_dir)
@@ -235,7 +221,7 @@ def _load_builtin(spec: DataSpec) -> pd.DataFrame | Images:
                "sklearn:breast_cancer": skd.load_breast_cancer, "sklearn:diabetes": skd.load_diabetes}
     if name not in loaders:
         raise DataError(f"data.path {name}: unknown built-in dataset",
-                        hint=f"built-ins are: {', '.join(BUILTINS)}")
+                        hint=f"built-ins are: {', '.join(BUILTIN_DATA)}")
     bunch = loaders[name](as_frame=True)
     frame = bunch.frame.copy()
     if "target_names" in bunch:
