@@ -174,7 +174,8 @@ def fit_images(x: np.ndarray, job: Job) -> dict[str, Any]:
     p = job.preprocess
     if p.pixel_scale == "auto":
         top = float(np.max(x)) if x.size else 1.0
-        scale = 255.0 if (x.dtype == np.uint8 or 1.0 < top <= 255.0 and top > 16) else max(top, 1.0)
+        # 8-bit images -> 255; other ranges (digits' 0..16, floats in 0..1) -> their maximum
+        scale = 255.0 if x.dtype == np.uint8 or 16 < top <= 255 else max(top, 1.0)
     else:
         scale = float(p.pixel_scale)
     state: dict[str, Any] = {"kind": "images", "shape": list(x.shape[1:]), "pixel_scale": scale}
@@ -234,10 +235,9 @@ def _prepare_table(data: Table, job: Job) -> Prepared:
     today = None
     if BASELINE_COLUMN in frame.columns:
         raw_today = frames["test"][BASELINE_COLUMN]
-        if classification:
-            known = raw_today.astype(str).isin(classes)
-            today = np.where(known, raw_today.astype(str).map(
-                {c: i for i, c in enumerate(classes)}).fillna(-1), -1).astype(np.int64)
+        if classification:  # -1 where today's label is not a class (missing, unseen)
+            lookup = {c: i for i, c in enumerate(classes)}
+            today = raw_today.astype(str).map(lookup).fillna(-1).to_numpy(dtype=np.int64)
         else:
             today = pd.to_numeric(raw_today, errors="coerce").to_numpy(dtype=np.float64)
     return Prepared(x, y, rows, today, classes, state["outputs"], state)

@@ -69,9 +69,9 @@ def build(loaded: LoadedJob) -> Built:
 
 
 # ---------------------------------------------------------------------------------- evaluate
-def predict_split(model: Net, prepared: Prepared, split: str, device: torch.device):
-    """(predictions, probabilities or None) for a split, in the target's own units."""
-    out = predict_raw(model, torch.from_numpy(prepared.x[split]).to(device))
+def predict_split(model: Net, prepared: Prepared, x: torch.Tensor):
+    """(predictions, probabilities or None) for a split's inputs, in the target's own units."""
+    out = predict_raw(model, x)
     if prepared.classes is not None:
         proba = torch.softmax(out, dim=1).numpy()
         return proba.argmax(axis=1), proba
@@ -82,15 +82,15 @@ def predict_split(model: Net, prepared: Prepared, split: str, device: torch.devi
     return pred, None
 
 
-def evaluate_all(b: Built, job) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics per split + baseline, test predictions)."""
+def evaluate_all(b: Built, job, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics per split + baseline, test predictions); `inputs` are the trainer's device tensors."""
     p = b.prepared
     result: dict[str, Any] = {}
     test_out: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         if split not in p.splits:
             continue
-        pred, proba = predict_split(b.model, p, split, b.device)
+        pred, proba = predict_split(b.model, p, inputs[split])
         if p.classes is not None:
             result[split] = classification_metrics(p.y[split], pred, p.classes, proba)
         else:
@@ -147,7 +147,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint)
     result = trainer.fit(resume_from=checkpoint if resume else None)
     t_eval = time.perf_counter()
-    metrics, test_out = evaluate_all(b, job)
+    metrics, test_out = evaluate_all(b, job, trainer.data.x)
     timings = {
         "load_seconds": b.timings["load_seconds"],
         "train_seconds": result.train_seconds,
@@ -266,7 +266,7 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
             raise QtrainError(f"check: the first training step gave loss {loss}",
                               hint="lower train.lr or check the data for extreme values")
         for split in p.splits:
-            predict_split(b.model, p, split, b.device)
+            predict_split(b.model, p, trainer.data.x[split])
         total, trainable = count_parameters(b.model)
         if i == 0:
             report.update(_describe_prepared(b, loaded))

@@ -136,3 +136,15 @@ def test_torchvision_densenet_backbone_trains_a_head(tmp_path, write_job):
                                "weights": "d.pth", "resize": 32}, "train": {"epochs": 1}})
     m = run_job(load_job(job), tmp_path / "out")
     assert m["parameters"]["trainable"] < m["parameters"]["total"] / 10
+
+
+def test_epoch_line_round_trips_through_the_parser():
+    from runner import log
+
+    line = log.epoch_line({"epoch": "3/20", "train_loss": 0.41234, "val_accuracy": 0.875,
+                           "elapsed": 1.23456})
+    assert line == "[qtrain] epoch=3/20 train_loss=0.41234 val_accuracy=0.875 elapsed=1.235s"
+    # Qarnot prefixes multi-instance stdout with the instance number
+    assert log.parse_epoch_line("2> " + line) == {"epoch": "3/20", "train_loss": "0.41234",
+                                                  "val_accuracy": "0.875", "elapsed": "1.235s"}
+    assert log.parse_epoch_line("[qtrain] done: test accuracy=0.9") is None
