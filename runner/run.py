@@ -193,7 +193,7 @@ def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[st
     for i, overrides in enumerate(trials):
         metrics = run_job(loaded, out_dir / f"trial-{i}", resume=resume, trial=i)
         rows.append({"trial": i, "overrides": overrides, "metrics": metrics})
-    summary = summarize_sweep(loaded, rows)
+    summary = summarize_sweep(loaded.job, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SWEEP_SUMMARY, summary)
     best = summary["best"]
@@ -202,15 +202,16 @@ def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[st
     return summary
 
 
-def summarize_sweep(loaded: LoadedJob, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pick the best trial on the validation split when there is one (else test)."""
-    head, mode = loaded.job.headline
+def summarize_sweep(job, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pick the best trial on the validation split when there is one (else test).  `rows` are
+    {"trial", "overrides", "metrics"}; the submitter calls this too, on retrieved trials."""
+    head, mode = job.headline
     split = "val" if all(r["metrics"].get("val") for r in rows) else "test"
     def value(r):
         return r["metrics"].get(split, {}).get(head, float("nan"))
     scored = [r for r in rows if not np.isnan(value(r))]
     pick = (max if mode == "max" else min)(scored, key=value) if scored else rows[0]
-    return {"job_name": loaded.job.name, "selection": f"{split}_{head}",
+    return {"job_name": job.name, "selection": f"{split}_{head}",
             "trials": rows, "best": {"trial": pick["trial"], "overrides": pick["overrides"],
                                      "value": value(pick)}}
 

@@ -30,8 +30,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-def command(*args: Any, **kwargs: Any):
-    """`app.command` whose function reports a QtrainError as one line and exit status 2, and any
+def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
+    """`app.command` (or `group.command`) whose function reports a QtrainError as one line and exit status 2, and any
     other exception as an internal error with its traceback (exit status 1)."""
 
     def decorate(fn):
@@ -53,7 +53,7 @@ def command(*args: Any, **kwargs: Any):
                 traceback.print_exc()
                 raise typer.Exit(1) from None
 
-        return app.command(*args, **kwargs)(guarded)
+        return (group or app).command(*args, **kwargs)(guarded)
 
     return decorate
 
@@ -166,6 +166,375 @@ def catalog() -> None:
         t.add_row(f.stem, raw.get("task", ""), str(raw.get("data", {}).get("path", "")),
                   raw.get("description", ""))
     console.print(t)
+
+
+# ---------------------------------------------------------------------------- run and friends
+StoreOption = typer.Option(None, "--store", metavar="DIR",
+                           help="Results store folder (default: $QTRAIN_STORE, else "
+                                "~/.local/share/qtrain/store).")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+RunArgument = typer.Argument(..., help="A run id, or a unique prefix or suffix of one.")
+
+
+def _store(path: Optional[Path]):
+    from submit import config
+    from submit.store import Store
+
+    return Store(config.store_dir(path))
+
+
+def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
+    """Print a finished run (metrics, confusion matrix, where its files are) and set the exit
+    status: 0 succeeded, 1 failed or cancelled."""
+    from submit.runs import summary
+    from submit.ui import confusion_table, metrics_table
+
+    data = summary(run, store)
+    if show_results and data["metrics"]:
+        title = "metrics" if not run.trials else f"metrics of the best trial ({data['best']['trial']})"
+        for table in (metrics_table(data["metrics"], title),
+                      confusion_table(Path(data["artifacts_dir"])
+                                      / ("" if not run.trials else f"trial-{data['best']['trial']}")
+                                      / "confusion_matrix.csv")):
+            if table is not None:
+                ui.out.print(table)
+    if run.trials and data["trials"]:
+        ui.say("trials: " + ", ".join(
+            f"{t['trial']}: {_fmt_headline(run, t['metrics'])}" for t in data["trials"]))
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(run.state)
+    ui.say(f"run {run.run_id}: {run.state}  ->  {data['artifacts_dir']}", style=style)
+    if as_json:
+        print(json.dumps(data), flush=True)
+    if run.state in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+def _fmt_headline(run, metrics) -> str:
+    from submit.runs import headline
+
+    name, _ = headline(run)
+    value = (metrics or {}).get("test", {}).get(name)
+    return "no results" if value is None else f"test {name} {value:.4f}"
+
+
+def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:
+    from submit.runs import failure_report, follow, retrieve
+
+    try:
+        status = follow(run, backend, store, ui)
+    except KeyboardInterrupt:
+        ui.err.print(f"stopped following; the task keeps running. Later: qtrain fetch {run.run_id}"
+                     f"  (or qtrain cancel {run.run_id})", style="yellow")
+        raise typer.Exit(130) from None
+    if status.state == "Failure":
+        for line in failure_report(run, backend, status):
+            ui.err.print(line, style="red", markup=False, highlight=False)
+    run = retrieve(run, backend, store, ui, status)
+    _finish(run, store, ui, as_json)
+
+
+@command()
+def run(
+    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    backend: Optional[str] = typer.Option(
+        None, help="local (the emulator on this machine) or qarnot. Default: qarnot when a Qarnot "
+                   "account is configured (QARNOT_CLIENT_TOKEN or its config file), else local."),
+    profile: Optional[str] = typer.Option(None, help="cpu, gpu, or a profile name (qtrain profiles). "
+                                                     "Default: the job's resources.profile."),
+    set_: Optional[list[str]] = SetOption,
+    detach: bool = typer.Option(False, "--detach", help="Return once submitted, with the run id."),
+    as_json: bool = JsonOption,
+    store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """Check the job, package it, submit it, follow it live and retrieve its results into the
+    results store.  Nothing is uploaded when the check fails.  Interrupting only stops following:
+    the task goes on, and `qtrain fetch RUN` retrieves it later."""
+    from submit.backends import get_backend
+    from submit.runs import submit_run, summary
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    loaded = _load(job, set_)
+    store = _store(store_dir)
+    be = get_backend(backend)
+    record = submit_run(loaded, be, store, ui, profile=profile)
+    if detach:
+        ui.say(f"detached: qtrain status {record.run_id}  |  qtrain fetch {record.run_id}")
+        if as_json:
+            print(json.dumps(summary(record, store)), flush=True)
+        return
+    _follow_and_retrieve(record, be, store, ui, as_json)
+
+
+@command()
+def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
+           store_dir: Optional[Path] = StoreOption) -> None:
+    """Show a run's state (asking the backend while the task runs)."""
+    from submit.runs import backend_for, summary
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store = _store(store_dir)
+    record = store.get(run_ref)
+    if not record.done and record.task_uuid:
+        st = backend_for(record).status(record.task_uuid)
+        if not st.done:
+            store.set_state(record.run_id, st.run_state, detail=st.state)
+        else:
+            ui.say(f"the task ended ({st.state}): qtrain fetch {record.run_id} retrieves it")
+        record = store.get(record.run_id)
+        task_state = st.state
+    else:
+        task_state = record.history[-1]["detail"] if record.history else None
+    data = summary(record, store)
+    data["task_state"] = task_state
+    ui.say(f"{record.run_id}  {record.state}" + (f" (task {task_state})" if task_state else "")
+           + f"  {record.backend}/{record.profile}  task {record.task_uuid}")
+    if record.error:
+        ui.say(f"error: {record.error}", style="red")
+    if as_json:
+        print(json.dumps(data), flush=True)
+
+
+@command()
+def fetch(run_ref: str = RunArgument,
+          wait: bool = typer.Option(True, help="Follow the task until it ends (--no-wait: take "
+                                               "what it has uploaded so far)."),
+          as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
+    """Retrieve a run's results into the store (waiting for its task to end).  Safe to repeat:
+    files already retrieved and unchanged are not downloaded again."""
+    from submit.runs import backend_for, retrieve
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store = _store(store_dir)
+    record = store.get(run_ref)
+    be = backend_for(record)
+    if wait:
+        _follow_and_retrieve(record, be, store, ui, as_json)
+        return
+    st = be.status(record.task_uuid or "")
+    record = retrieve(record, be, store, ui, st)
+    _finish(record, store, ui, as_json)
+
+
+@command()
+def logs(run_ref: str = RunArgument,
+         stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
+         instance: Optional[int] = typer.Option(None, help="Only this instance (sweep trial)."),
+         store_dir: Optional[Path] = StoreOption) -> None:
+    """Print a task's output (from the backend, else the copy saved when it was fetched)."""
+    from jobs.errors import QtrainError
+    from submit.runs import LOG_FILES, backend_for
+
+    store = _store(store_dir)
+    record = store.get(run_ref)
+    try:
+        text = backend_for(record).output(record.task_uuid or "", instance, stderr)
+    except QtrainError:
+        saved = store.artifacts_dir(record.run_id) / LOG_FILES["stderr" if stderr else "stdout"]
+        if instance is not None or not saved.is_file():
+            raise
+        text = saved.read_text()
+    sys.stdout.write(text)
+
+
+@command()
+def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
+           store_dir: Optional[Path] = StoreOption) -> None:
+    """Abort a run's task, then retrieve whatever results it had uploaded."""
+    from submit.runs import backend_for, cancel as cancel_run
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store = _store(store_dir)
+    record = store.get(run_ref)
+    if record.done:
+        ui.say(f"run {record.run_id} already ended: {record.state}")
+    else:
+        record = cancel_run(record, backend_for(record), store, ui)
+    _finish(record, store, ui, as_json, show_results=False)
+
+
+# ------------------------------------------------------------------------------------ profiles
+@command()
+def profiles(backend: Optional[str] = typer.Option(None, help="local or qarnot (default as for run)."),
+             as_json: bool = JsonOption) -> None:
+    """List the profiles the account (or the emulator) offers, and what cpu/gpu map to."""
+    from submit import config
+    from submit.backends import get_backend
+
+    be = get_backend(backend)
+    names = be.profiles()
+    if as_json:
+        print(json.dumps({"backend": be.name, "profiles": names,
+                          "cpu": config.PROFILE_CPU, "gpu": config.PROFILE_GPU}))
+        return
+    for name in names:
+        alias = [a for a, p in (("cpu", config.PROFILE_CPU), ("gpu", config.PROFILE_GPU)) if p == name]
+        console.print(name + (f"   (= {alias[0]})" if alias else ""), highlight=False)
+
+
+# ------------------------------------------------------------------------------------- results
+results_app = typer.Typer(help="List, show and compare the runs in the results store.",
+                          no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(results_app, name="results")
+
+
+@command("list", group=results_app)
+def results_list(limit: int = typer.Option(20, help="How many runs, newest first (0: all)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print a JSON array of runs."),
+                 store_dir: Optional[Path] = StoreOption) -> None:
+    """The runs in the store, newest first."""
+    from submit.runs import headline
+
+    store = _store(store_dir)
+    runs = store.list(limit or None)
+    rows = []
+    for r in runs:
+        name, value = headline(r)
+        rows.append({"run_id": r.run_id, "created": r.created, "state": r.state,
+                     "job_name": r.job_name, "backend": r.backend, "profile": r.profile,
+                     "trials": r.trials, "headline": {"metric": name, "value": value}})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print(f"no runs yet in {store.root}  (qtrain run JOB)")
+        return
+    t = Table("run", "created", "state", "job", "backend", "test metric")
+    for row in rows:
+        h = row["headline"]
+        t.add_row(row["run_id"], row["created"][:19].replace("T", " "), row["state"], row["job_name"],
+                  f"{row['backend']}/{row['profile']}",
+                  "-" if h["value"] is None else f"{h['metric']} {h['value']:.4f}")
+    console.print(t)
+
+
+@command("show", group=results_app)
+def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
+                 store_dir: Optional[Path] = StoreOption) -> None:
+    """Everything about one run: states with times, metrics, confusion matrix, files."""
+    from submit.runs import summary
+    from submit.ui import confusion_table, metrics_table
+
+    store = _store(store_dir)
+    record = store.get(run_ref)
+    data = summary(record, store)
+    if as_json:
+        print(json.dumps(data))
+        return
+    t = Table(title=f"run {record.run_id}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for key in ("state", "job_name", "backend", "profile", "task_uuid", "created", "error"):
+        if data.get(key) is not None:
+            t.add_row(key.replace("_", " "), str(data[key]))
+    t.add_row("uploaded", f"{record.uploaded_bytes:,} bytes")
+    t.add_row("job / dataset", f"{record.job_hash[:12]} / {record.dataset_hash[:12]}")
+    t.add_row("states", "  ".join(f"{h['state']} {h['at'][11:19]}" for h in record.history))
+    t.add_row("files", data["artifacts_dir"])
+    console.print(t)
+    if data["metrics"]:
+        console.print(metrics_table(data["metrics"]))
+        folder = Path(data["artifacts_dir"])
+        if record.trials and data.get("best"):
+            folder = folder / f"trial-{data['best']['trial']}"
+        table = confusion_table(folder / "confusion_matrix.csv")
+        if table is not None:
+            console.print(table)
+
+
+@command("compare", group=results_app)
+def results_compare(run_refs: list[str] = typer.Argument(..., help="Two or more runs."),
+                    as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
+    """Runs side by side: test metrics and the job settings that differ."""
+    from submit.compare import compare_runs
+
+    store = _store(store_dir)
+    records = [store.get(r) for r in run_refs]
+    table = compare_runs(records)
+    if as_json:
+        print(json.dumps(table))
+        return
+    t = Table("", *(r.run_id for r in records), title="compare", title_justify="left")
+    for section in ("metrics", "settings"):
+        for key, values in table[section].items():
+            t.add_row(key, *(ui_fmt(v) for v in values))
+    console.print(t)
+
+
+def ui_fmt(value: Any) -> str:
+    from submit.ui import fmt
+
+    return fmt(value)
+
+
+# ------------------------------------------------------------------------------------ emulator
+emulator_app = typer.Typer(help="The local Qarnot-compatible emulator (API + S3 on 127.0.0.1).",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(emulator_app, name="emulator")
+ExecutorOption = typer.Option(None, "--executor", help="How instances run: process (sh -c "
+                                                       "DOCKER_CMD here).")
+
+
+@command("start", group=emulator_app)
+def emulator_start(executor: Optional[str] = ExecutorOption,
+                   port: int = typer.Option(0, help="API port (0: any free port)."),
+                   as_json: bool = JsonOption) -> None:
+    """Start the emulator daemon in the background (a no-op when it already runs)."""
+    from submit.emulator import daemon
+
+    ep, started = daemon.start(executor, port=port)
+    _print_emulator(ep, "started" if started else "already running", as_json)
+
+
+@command("stop", group=emulator_app)
+def emulator_stop() -> None:
+    """Stop the daemon; its running tasks are aborted."""
+    from submit.emulator import daemon
+
+    console.print("emulator stopped" if daemon.stop() else "the emulator was not running")
+
+
+@command("status", group=emulator_app)
+def emulator_status(as_json: bool = JsonOption) -> None:
+    """Is the daemon running, where, with which executor."""
+    from submit.emulator import daemon
+
+    ep = daemon.running()
+    if ep is None:
+        if as_json:
+            print(json.dumps({"running": False, "token_file": str(daemon.token_file())}))
+        else:
+            console.print("the emulator is not running (qtrain emulator start, or just qtrain run)")
+        return
+    _print_emulator(ep, "running", as_json)
+
+
+def _print_emulator(ep, state: str, as_json: bool) -> None:
+    from submit.emulator import daemon
+
+    info = {"running": True, "state": state, "url": ep.url, "s3_url": ep.s3_url, "pid": ep.pid,
+            "executor": ep.executor, "log": str(ep.log), "token_file": str(daemon.token_file())}
+    if as_json:
+        print(json.dumps(info))
+        return
+    console.print(f"emulator {state}: API {ep.url}, S3 {ep.s3_url}, executor {ep.executor}, "
+                  f"pid {ep.pid}\n  token in {info['token_file']} (0600), log {ep.log}", highlight=False)
+
+
+@command("serve", group=emulator_app)
+def emulator_serve(port: int = typer.Option(8642, help="API port."),
+                   token: Optional[str] = typer.Option(None, help="Token clients must send "
+                                                       "(default: the one in the token file)."),
+                   executor: str = typer.Option("process", help="How instances run."),
+                   s3_port: int = typer.Option(0, help="S3 port (0: any free port).")) -> None:
+    """Run the emulator in the foreground until Ctrl-C (for a container or a debugger)."""
+    from submit.emulator import daemon
+
+    daemon.serve(port=port, token=token, executor=executor, s3_port=s3_port,
+                 announce=lambda m: console.print(m, highlight=False))
 
 
 # --------------------------------------------------------------------------------------- main

@@ -1,0 +1,29 @@
+"""Where a job runs: backends registered by name.
+
+    local    the local Qarnot emulator (started on first use; the default with no Qarnot account)
+    qarnot   Qarnot, through the official SDK (QARNOT_CLIENT_TOKEN or the SDK's config file)
+"""
+
+from __future__ import annotations
+
+from submit.backends.base import Backend, BackendError
+from submit.backends.qarnot import LocalBackend, QarnotBackend
+
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "qarnot": QarnotBackend}
+
+
+def default_backend() -> str:
+    """Qarnot when an account is configured here, else the local emulator."""
+    return "qarnot" if QarnotBackend.configured() else "local"
+
+
+def get_backend(name: str | None = None) -> Backend:
+    name = name or default_backend()
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}",
+                           hint=f"choose one of: {', '.join(BACKENDS)}") from None
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "default_backend", "get_backend"]

@@ -1,0 +1,306 @@
+"""The Qarnot backend: the official `qarnot` SDK, and nothing hand-written on the wire.
+
+The same class serves Qarnot and the local emulator; they differ only in where the connection
+points (`QarnotBackend` reads the account from QARNOT_CLIENT_TOKEN or the SDK's config file,
+`LocalBackend` from the emulator daemon, started on first use).  The token goes to the SDK and
+nowhere else: not into the job, the task's constants, the logs or the results store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from submit import config
+from submit.backends.base import (Backend, BackendError, Downloaded, Progress, TaskRequest,
+                                  TaskStatus)
+
+PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
+
+
+def _translate(fn: Callable) -> Callable:
+    """SDK, HTTP and S3 errors -> BackendError with a next step (no SDK type leaves here)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "QarnotBackend", *args: Any, **kwargs: Any):
+        import botocore.exceptions
+        import qarnot.exceptions as qx
+        import requests
+
+        try:
+            return fn(self, *args, **kwargs)
+        except BackendError:
+            raise
+        except qx.UnauthorizedException as exc:
+            raise BackendError(f"{self.describe()} refused the token: {_msg(exc)}",
+                               hint=self.token_hint) from exc
+        except qx.MissingTaskException as exc:
+            raise BackendError(f"{self.describe()}: task not found ({_msg(exc)})",
+                               hint="it was deleted, or the emulator was restarted since") from exc
+        except qx.MissingBucketException as exc:
+            raise BackendError(f"{self.describe()}: bucket missing ({_msg(exc)})") from exc
+        except qx.MaxTaskException as exc:
+            raise BackendError(f"{self.describe()}: task quota reached ({_msg(exc)})",
+                               hint="wait for running tasks to end, or cancel some") from exc
+        except qx.NotEnoughCreditsException as exc:
+            raise BackendError(f"{self.describe()}: not enough credits ({_msg(exc)})") from exc
+        except qx.MissingProfileException as exc:
+            raise BackendError(f"{self.describe()}: unknown profile ({_msg(exc)})",
+                               hint="qtrain profiles lists what the account offers") from exc
+        except qx.QarnotException as exc:
+            raise BackendError(f"{self.describe()}: {_msg(exc)}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise BackendError(f"cannot reach {self.describe()} at {self.cluster_url}",
+                               hint=self.unreachable_hint) from exc
+        except (botocore.exceptions.EndpointConnectionError,
+                botocore.exceptions.ConnectionClosedError) as exc:
+            raise BackendError(f"cannot reach the storage of {self.describe()}: {exc}",
+                               hint=self.unreachable_hint) from exc
+        except botocore.exceptions.ClientError as exc:
+            raise BackendError(f"storage of {self.describe()}: {exc}") from exc
+
+    return wrapper
+
+
+def _msg(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def s3_etag(path: Path) -> str:
+    """The ETag S3 gives a file uploaded by boto3 (multipart from 8 MiB, 8 MiB parts)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size < PART:
+            return hashlib.md5(fh.read()).hexdigest()  # noqa: S324 - S3's checksum, not security
+        digests = []
+        while block := fh.read(PART):
+            digests.append(hashlib.md5(block).digest())  # noqa: S324
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
+
+
+class QarnotBackend(Backend):
+    name = "qarnot"
+    poll_seconds = 5.0
+    token_hint = "check QARNOT_CLIENT_TOKEN or the [client] token of your Qarnot config file"
+    unreachable_hint = "check your network and QARNOT_CLUSTER_URL"
+
+    def __init__(self) -> None:
+        self._conn = None
+        self._tasks: dict[str, Any] = {}
+        self.cluster_url = os.environ.get("QARNOT_CLUSTER_URL") or "https://api.qarnot.com"
+
+    def describe(self) -> str:
+        return "Qarnot"
+
+    @staticmethod
+    def configured() -> bool:
+        """Is a Qarnot account set up here (token in the environment or the SDK config file)?"""
+        return bool(os.environ.get("QARNOT_CLIENT_TOKEN")) or config.qarnot_config_file().is_file()
+
+    def _connect(self):
+        import qarnot
+
+        cfg = config.qarnot_config_file()
+        if os.environ.get("QARNOT_CLIENT_TOKEN") or not cfg.is_file():
+            if not os.environ.get("QARNOT_CLIENT_TOKEN"):
+                raise BackendError("no Qarnot account is configured",
+                                   hint=f"export QARNOT_CLIENT_TOKEN=... or write {cfg}, "
+                                        f"or use --backend local")
+            return qarnot.connection.Connection(cluster_url=self.cluster_url)
+        return qarnot.connection.Connection(fileconf=str(cfg))
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = _translate(lambda self: self._connect())(self)
+        return self._conn
+
+    def _task(self, uuid: str):
+        task = self._tasks.get(uuid)
+        if task is None:
+            task = self._tasks[uuid] = self.conn.retrieve_task(uuid)
+            task.auto_update = False  # we refresh explicitly: one GET per poll
+        return task
+
+    # ------------------------------------------------------------------------------ profiles
+    @_translate
+    def profiles(self) -> list[str]:
+        return sorted(self.conn.profiles_names())
+
+    # -------------------------------------------------------------------------------- upload
+    @_translate
+    def upload(self, package, progress: Progress | None = None) -> int:
+        """Dataset files missing under their content-addressed prefix, then job.json."""
+        import io
+
+        from submit.package import ProgressReader
+
+        bucket = self.conn.create_bucket(config.DATA_BUCKET)
+        present = {o.key: o.size for o in bucket.directory(package.dataset_prefix)}
+        sent = 0
+        for f in package.files:
+            key = package.dataset_prefix + f.remote
+            if present.get(key) == f.size:
+                continue
+            with ProgressReader(f.local, progress or (lambda n: None)) as fh:
+                bucket.add_file(fh, key)
+            sent += f.size
+        job_key = package.job_prefix + "job.json"
+        if not any(o.key == job_key for o in bucket.directory(job_key)):
+            data = package.job_json
+            bucket.add_file(io.BytesIO(data), job_key)
+            sent += len(data)
+        return sent
+
+    # -------------------------------------------------------------------------------- submit
+    @_translate
+    def submit(self, package, request: TaskRequest) -> str:
+        from qarnot.advanced_bucket import BucketPrefixFiltering, PrefixResourcesTransformation
+        from qarnot.bucket import Bucket
+        from qarnot.hardware_constraint import GpuHardware
+
+        conn = self.conn
+        task = conn.create_task(request.name, request.profile, request.instances)
+        repo, tag = split_image(request.image)
+        task.constants["DOCKER_REPO"] = repo
+        task.constants["DOCKER_TAG"] = tag
+        task.constants["DOCKER_CMD"] = request.command
+        for key, value in request.constants.items():
+            task.constants[key] = value
+
+        def view(prefix: str, ttl: int | None):
+            b = Bucket(conn, config.DATA_BUCKET, create=False)
+            b = b.with_filtering(BucketPrefixFiltering(prefix))
+            b = b.with_resource_transformation(PrefixResourcesTransformation(prefix))
+            return b.with_cache_ttl(ttl) if ttl else b
+
+        resources = [view(package.job_prefix, None)]
+        if package.files:
+            resources.insert(0, view(package.dataset_prefix, config.RESOURCE_CACHE_TTL))
+        task.resources = resources
+        task.results = conn.create_bucket(results_bucket(request.run_id))
+        if request.results_whitelist:
+            task.results_whitelist = request.results_whitelist
+        if request.gpu:
+            task.hardware_constraints = [GpuHardware()]
+        task.upload_results_on_cancellation = True
+        task.tags = request.tags
+        task.submit()
+        if config.SNAPSHOT_INTERVAL > 0:
+            task.snapshot(config.SNAPSHOT_INTERVAL, whitelist=request.results_whitelist)
+        task.auto_update = False
+        self._tasks[task.uuid] = task
+        return task.uuid
+
+    # ---------------------------------------------------------------------------- following
+    @_translate
+    def status(self, uuid: str) -> TaskStatus:
+        task = self._task(uuid)
+        task.update(flushcache=True)
+        errors = []
+        for e in task.errors or []:
+            text = getattr(e, "message", None) or str(e)
+            debug = getattr(e, "debug", None)
+            errors.append(f"{text}" + (f": {debug}" if debug else ""))
+        instances = {c.instance_id: c.state for c in task.completed_instances or []}
+        return TaskStatus(uuid=uuid, state=task.state or "Submitted", errors=errors,
+                          instances=instances, progress=task.progress)
+
+    @_translate
+    def fresh_output(self, uuid: str) -> tuple[str, str]:
+        task = self._task(uuid)
+        return task.fresh_stdout() or "", task.fresh_stderr() or ""
+
+    @_translate
+    def output(self, uuid: str, instance: int | None = None, stderr: bool = False) -> str:
+        task = self._task(uuid)
+        return (task.stderr(instance) if stderr else task.stdout(instance)) or ""
+
+    @_translate
+    def abort(self, uuid: str) -> None:
+        import qarnot.exceptions as qx
+
+        try:
+            self._task(uuid).abort()
+        except qx.UnauthorizedException as exc:  # Qarnot: "invalid operation on non running task"
+            if "running" not in str(exc).lower():
+                raise
+
+    # ------------------------------------------------------------------------------- results
+    @_translate
+    def download(self, uuid: str, dest: Path, progress: Progress | None = None,
+                 on_total: Callable[[int], None] | None = None) -> Downloaded:
+        task = self._task(uuid)
+        task.update(flushcache=True)
+        bucket = task.results
+        if bucket is None:
+            return Downloaded(0, 0, 0)
+        objects = [o for o in bucket.list_files() if not o.key.endswith("/")]
+        todo, skipped = [], 0
+        for o in objects:
+            rel = PurePosixPath(o.key.lstrip("/"))
+            if not rel.parts or ".." in rel.parts:
+                continue  # never write outside dest
+            local = dest / Path(*rel.parts)
+            if local.is_file() and local.stat().st_size == o.size and s3_etag(local) == o.e_tag.strip('"'):
+                skipped += 1
+                continue
+            todo.append((o, local))
+        if on_total:
+            on_total(sum(o.size for o, _ in todo))
+        total = 0
+        for o, local in todo:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.part")
+            bucket.get_file(o.key, local=str(tmp))
+            os.replace(tmp, local)
+            total += o.size
+            if progress:
+                progress(o.size)
+        return Downloaded(len(todo), total, skipped)
+
+
+def results_bucket(run_id: str) -> str:
+    """One result bucket per run: `qtrain-<run id>` made S3-safe (lowercase, 3..63 chars)."""
+    safe = "".join(c if c.isalnum() or c == "-" else "-" for c in run_id.lower()).strip("-")
+    return f"qtrain-{safe}"[:63].rstrip("-")
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`registry:5000/team/runner:1.2` -> (`registry:5000/team/runner`, `1.2`); no tag: latest."""
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return repo, tag
+
+
+class LocalBackend(QarnotBackend):
+    """The local Qarnot emulator, started on first use (`qtrain emulator start`)."""
+
+    name = "local"
+    poll_seconds = 0.2
+    token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
+    unreachable_hint = "qtrain emulator status; qtrain emulator start"
+
+    def __init__(self, executor: str | None = None) -> None:
+        super().__init__()
+        self.executor = executor
+        self.endpoint = None
+        self.started_now = False
+
+    def describe(self) -> str:
+        return "the local Qarnot emulator"
+
+    def _connect(self):
+        import qarnot
+
+        from submit.emulator import daemon
+
+        self.endpoint, self.started_now = daemon.start(self.executor)
+        self.cluster_url = self.endpoint.url
+        return qarnot.connection.Connection(client_token=self.endpoint.token,
+                                            cluster_url=self.endpoint.url,
+                                            storage_url=self.endpoint.s3_url)

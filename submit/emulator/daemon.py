@@ -1,0 +1,236 @@
+"""The emulator as a process: `serve` in the foreground, or a detached daemon found through its
+state file (`<state dir>/emulator/daemon.json`: pid, API and S3 URLs, executor, log).
+
+The token is generated at first start and kept in `<config dir>/emulator-token` with 0600
+permissions; the daemon reads it from there (never from its command line, which `ps` shows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import QtrainError
+from submit import config
+
+
+@dataclass
+class Endpoint:
+    """Where a running emulator answers."""
+
+    url: str
+    s3_url: str
+    token: str
+    pid: int
+    executor: str
+    log: Path
+
+
+def home() -> Path:
+    return config.state_dir() / "emulator"
+
+
+def state_file() -> Path:
+    return home() / "daemon.json"
+
+
+def log_file() -> Path:
+    return home() / "daemon.log"
+
+
+def token_file() -> Path:
+    return config.config_dir() / "emulator-token"
+
+
+def ensure_token() -> str:
+    """The emulator's token, made (0600) on first use."""
+    path = token_file()
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+# ------------------------------------------------------------------------------- foreground
+def serve(port: int = 0, token: str | None = None, executor: str = "process", host: str = "127.0.0.1",
+          s3_port: int = 0, write_state: bool = False, announce=print) -> None:
+    """Run the API and S3 servers until SIGTERM/SIGINT; abort every task on the way out."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    from submit.emulator.api import Api, make_server
+    from submit.emulator.executors import make_executor
+    from submit.emulator.tasks import Storage, TaskManager
+
+    token = token or ensure_token()
+    s3 = ThreadedMotoServer(ip_address=host, port=s3_port, verbose=False)
+    s3.start()
+    s3_host, s3_bound = s3.get_host_and_port()
+    s3_url = f"http://{host}:{s3_bound}"
+    manager = TaskManager(home() / "tasks", Storage(s3_url, home() / "cache"), make_executor(executor))
+    server = make_server(Api(manager, token, s3_url), host, port)
+    url = f"http://{host}:{server.server_address[1]}"
+
+    stopping = threading.Event()
+
+    def stop(signum, frame):  # noqa: ARG001
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if write_state:
+        _write_state({"pid": os.getpid(), "url": url, "s3_url": s3_url, "executor": executor,
+                      "started": time.time(), "log": str(log_file())})
+    announce(f"qtrain emulator: API {url}  S3 {s3_url}  executor {executor}  (pid {os.getpid()})")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        manager.shutdown()
+        server.server_close()
+        s3.stop()
+        if write_state:
+            _clear_state(os.getpid())
+        announce("qtrain emulator: stopped")
+
+
+def _write_state(data: dict[str, Any]) -> None:
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _clear_state(pid: int) -> None:
+    data = _read_state()
+    if data and data.get("pid") == pid:
+        state_file().unlink(missing_ok=True)
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        return json.loads(state_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (started in this process)
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---------------------------------------------------------------------------------- daemon
+def running() -> Endpoint | None:
+    """The running daemon, or None (a stale state file is removed)."""
+    data = _read_state()
+    if not data:
+        return None
+    if not _alive(int(data["pid"])):
+        state_file().unlink(missing_ok=True)
+        return None
+    return Endpoint(data["url"], data["s3_url"], ensure_token(), int(data["pid"]),
+                    data.get("executor", "process"), Path(data.get("log") or log_file()))
+
+
+def start(executor: str | None = None, port: int = 0, timeout: float = 60) -> tuple[Endpoint, bool]:
+    """The running daemon, started (detached) if needed.  Returns (endpoint, started_now)."""
+    current = running()
+    if current is not None:
+        if executor and executor != current.executor:
+            raise QtrainError(f"the emulator is already running with the {current.executor} executor",
+                              hint="qtrain emulator stop first, then start it with --executor")
+        return current, False
+    ensure_token()
+    executor = executor or "process"
+    home().mkdir(parents=True, exist_ok=True)
+    log = open(log_file(), "ab")
+    cmd = [sys.executable, "-m", "submit.emulator.daemon", "--port", str(port), "--executor", executor]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True, close_fds=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = _read_state()
+        if data and data.get("pid") == proc.pid:
+            return running() or _fail_start(proc), True
+        if proc.poll() is not None:
+            _fail_start(proc)
+        time.sleep(0.05)
+    proc.terminate()
+    _fail_start(proc)
+    raise AssertionError("unreachable")
+
+
+def _fail_start(proc: subprocess.Popen) -> Endpoint:
+    tail = ""
+    try:
+        tail = " | ".join(log_file().read_text(errors="replace").strip().splitlines()[-3:])
+    except OSError:
+        pass
+    raise QtrainError(f"the local emulator did not start (exit status {proc.poll()}): {tail}",
+                      hint=f"see {log_file()}")
+
+
+def stop(timeout: float = 30) -> bool:
+    """Stop the daemon (its running tasks are aborted).  False when none was running."""
+    current = running()
+    if current is None:
+        return False
+    os.kill(current.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(current.pid):
+        time.sleep(0.05)
+    if _alive(current.pid):
+        os.kill(current.pid, signal.SIGKILL)
+    state_file().unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m submit.emulator.daemon")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--executor", default="process")
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every S3 request
+    serve(port=args.port, executor=args.executor, write_state=True,
+          announce=lambda m: print(time.strftime("%Y-%m-%d %H:%M:%S"), m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

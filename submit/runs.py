@@ -1,0 +1,278 @@
+"""A run's life on a backend: check -> package -> upload -> submit -> follow -> retrieve.
+
+Read top to bottom:
+    submit_run   preflight (nothing leaves the machine when it fails), upload, record, submit
+    follow       poll the task: state changes and the runner's lines, live
+    retrieve     results into the store (idempotent), metrics indexed, final state recorded
+    cancel       abort the task, then retrieve what it left
+    summary      the JSON object `run`, `status` and `fetch` print
+
+The run is in the store from the moment it is submitted, so a `qtrain run` that is killed loses
+nothing: `qtrain fetch RUN` picks it up from any shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import QtrainError
+from jobs.load import LoadedJob, load_job_dict
+from runner.log import PREFIX, parse_epoch_line
+from submit import config
+from submit.backends import Backend, get_backend
+from submit.backends.base import TaskRequest, TaskStatus
+from submit.package import build_package
+from submit.store import RunRecord, Store
+from submit.ui import Ui, human_bytes
+
+COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
+RESULTS_PREFIX = "out/"  # where the runner writes in the task's working directory
+LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
+
+
+# ------------------------------------------------------------------------------------ submit
+def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
+               profile: str | None = None) -> RunRecord:
+    from runner.run import check_job
+
+    job = loaded.job
+    report = check_job(loaded)  # every mistake that can be caught here, before any upload
+    ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
+           f"{len(loaded.trials) or 1} trial(s)", style="dim")
+    package = build_package(loaded)
+    profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
+                                                config.PROFILE_CPU, config.PROFILE_GPU)
+    total = package.dataset_bytes + len(package.job_json)
+    with ui.transfer(f"uploading {job.name}", total) as advance:
+        uploaded = backend.upload(package, advance)
+    if package.files:
+        what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
+            else "dataset already uploaded"
+        ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
+               f"dataset {package.dataset_hash[:12]})", style="dim")
+    run = store.create_run(job_name=job.name, job_hash=package.job_hash,
+                           dataset_hash=package.dataset_hash, backend=backend.name,
+                           profile=profile_name, job=package.job, trials=package.trials)
+    request = TaskRequest(
+        run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
+        instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
+        constants={"QTRAIN_RUN_ID": run.run_id}, tags=["qtrain", run.run_id],
+        results_whitelist=f"^{RESULTS_PREFIX}")
+    try:
+        uuid = backend.submit(package, request)
+    except BaseException as exc:
+        store.set_state(run.run_id, "failed", error=f"submission failed: {exc}")
+        raise
+    store.update(run.run_id, task_uuid=uuid, uploaded_bytes=uploaded)
+    ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
+           f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
+    return store.get(run.run_id)
+
+
+# ------------------------------------------------------------------------------------ follow
+class LineBuffer:
+    """Fresh output arrives in chunks; hand out whole lines only."""
+
+    def __init__(self) -> None:
+        self.partial = ""
+
+    def feed(self, text: str) -> list[str]:
+        text = self.partial + text
+        *lines, self.partial = text.split("\n")
+        return lines
+
+    def flush(self) -> list[str]:
+        rest, self.partial = self.partial, ""
+        return [rest] if rest else []
+
+
+def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool = False) -> TaskStatus:
+    """Poll until the task ends, showing state changes and the runner's lines as they come."""
+    uuid = _uuid(run)
+    poll = config.POLL_SECONDS or backend.poll_seconds
+    buffers = {"stdout": LineBuffer(), "stderr": LineBuffer()}
+    last = None
+    while True:
+        status = backend.status(uuid)
+        out, err = backend.fresh_output(uuid)
+        if not quiet:
+            for line in buffers["stdout"].feed(out):
+                show_line(ui, line, "stdout")
+            for line in buffers["stderr"].feed(err):
+                show_line(ui, line, "stderr")
+        if status.state != last:
+            if not quiet:
+                ui.say(f"[{time.strftime('%H:%M:%S')}] task {status.state}", style="cyan")
+            if not status.done:
+                store.set_state(run.run_id, status.run_state, detail=status.state)
+            last = status.state
+        if status.done:
+            if not quiet:
+                for name, buf in buffers.items():
+                    for line in buf.flush():
+                        show_line(ui, line, name)
+            return status
+        time.sleep(poll)
+
+
+def show_line(ui: Ui, line: str, stream: str) -> None:
+    if not line.strip():
+        return
+    epoch = parse_epoch_line(line)
+    if epoch is not None:
+        ui.say(line.rstrip())
+    elif PREFIX in line:
+        ui.say(line.rstrip(), style="red" if stream == "stderr" and "error" in line else None)
+    else:
+        ui.say(line.rstrip(), style="dim")
+
+
+# ---------------------------------------------------------------------------------- retrieve
+def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
+             status: TaskStatus | None = None) -> RunRecord:
+    """Download the results into the store (files already there are skipped), index the metrics,
+    record the final state.  Safe to repeat."""
+    uuid = _uuid(run)
+    status = status or backend.status(uuid)
+    dest = store.artifacts_dir(run.run_id)
+    dest.mkdir(parents=True, exist_ok=True)
+    incoming = dest / ".incoming"  # the bucket's layout; results are moved out of out/ below
+    totals: dict[str, int] = {}
+    with ui.transfer(f"retrieving {run.run_id}", 0) as advance:
+        got = backend.download(uuid, incoming, advance, on_total=lambda n: totals.update(total=n))
+    _promote(incoming / RESULTS_PREFIX.rstrip("/"), dest)
+    if got.files:
+        ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
+    _save_logs(backend, uuid, dest)
+    job = load_job_dict(run.job, dest).job
+    if run.trials:
+        rows = []
+        for i in range(run.trials):
+            m = _read_json(dest / f"trial-{i}" / "metrics.json")
+            if m is not None:
+                store.set_metrics(run.run_id, m, trial=i)
+                rows.append({"trial": i, "metrics": m})
+        if rows:
+            from jobs.load import sweep_trials
+            from runner.report import write_json
+            from runner.run import SWEEP_SUMMARY, summarize_sweep
+
+            trials = sweep_trials(job.sweep)
+            for r in rows:
+                r["overrides"] = trials[r["trial"]]
+            write_json(dest / SWEEP_SUMMARY, summarize_sweep(job, rows))
+    else:
+        m = _read_json(dest / "metrics.json")
+        if m is not None:
+            store.set_metrics(run.run_id, m)
+    error = None
+    if status.state == "Failure":
+        error = "; ".join(status.errors) or "the task failed"
+    store.set_state(run.run_id, status.run_state, detail=status.state, error=error)
+    return store.get(run.run_id)
+
+
+def _promote(src: Path, dest: Path) -> None:
+    """Move downloaded results from the bucket layout (out/...) into the run's folder, keeping
+    the downloaded copy's name so that a second fetch can skip what is unchanged."""
+    if not src.is_dir():
+        return
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, tmp)  # no second copy of the bytes on disk
+            except OSError:
+                shutil.copy2(path, tmp)
+            os.replace(tmp, target)
+
+
+def _save_logs(backend: Backend, uuid: str, dest: Path) -> None:
+    from runner.report import atomic_write
+
+    for stream, name in LOG_FILES.items():
+        try:
+            atomic_write(dest / name, backend.output(uuid, stderr=stream == "stderr"))
+        except QtrainError:
+            pass  # logs are a convenience; the results are what matters
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _uuid(run: RunRecord) -> str:
+    if not run.task_uuid:
+        raise QtrainError(f"run {run.run_id}: it has no task (submission failed: {run.error})")
+    return run.task_uuid
+
+
+def backend_for(run: RunRecord) -> Backend:
+    return get_backend(run.backend)
+
+
+# ------------------------------------------------------------------------------------ cancel
+def cancel(run: RunRecord, backend: Backend, store: Store, ui: Ui) -> RunRecord:
+    uuid = _uuid(run)
+    backend.abort(uuid)
+    ui.say(f"abort sent to task {uuid}")
+    status = follow(run, backend, store, ui, quiet=True)
+    return retrieve(run, backend, store, ui, status)
+
+
+# ----------------------------------------------------------------------------------- summary
+def failure_report(run: RunRecord, backend: Backend, status: TaskStatus, lines: int = 15) -> list[str]:
+    """The error and the tail of stderr, for a failed task."""
+    out = [f"task {status.state}: " + ("; ".join(e.splitlines()[0] for e in status.errors)
+                                        or "no error reported")]
+    try:
+        tail = backend.output(_uuid(run), stderr=True).rstrip().splitlines()[-lines:]
+    except QtrainError:
+        tail = []
+    if tail:
+        out.append(f"last {len(tail)} line(s) of stderr:")
+        out += [f"  {line}" for line in tail]
+    return out
+
+
+def summary(run: RunRecord, store: Store) -> dict[str, Any]:
+    """The JSON object of a run (the last line of `run/status/fetch --json`)."""
+    data: dict[str, Any] = {
+        "run_id": run.run_id, "state": run.state, "backend": run.backend, "profile": run.profile,
+        "task_uuid": run.task_uuid, "uploaded_bytes": run.uploaded_bytes,
+        "job_name": run.job_name, "created": run.created, "job_hash": run.job_hash,
+        "dataset_hash": run.dataset_hash, "error": run.error,
+        "metrics": run.metrics.get(-1), "artifacts_dir": str(store.artifacts_dir(run.run_id)),
+        "history": run.history,
+    }
+    if run.trials:
+        sweep = _read_json(store.artifacts_dir(run.run_id) / "sweep.json") or {}
+        data["trials"] = [{"trial": i, "metrics": run.metrics.get(i),
+                           "artifacts_dir": str(store.artifacts_dir(run.run_id, i))}
+                          for i in range(run.trials)]
+        best = sweep.get("best")
+        data["best"] = best
+        if best is not None:
+            data["metrics"] = run.metrics.get(best["trial"])
+    return data
+
+
+def headline(run: RunRecord) -> tuple[str, float | None]:
+    """The run's headline metric on the test split (the best trial's, for a sweep)."""
+    name = "accuracy" if run.job.get("task") == "classification" else "rmse"
+    values = [m.get("test", {}).get(name) for m in run.metrics.values()]
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values:
+        return name, None
+    return name, (max(values) if name == "accuracy" else min(values))

@@ -1,0 +1,89 @@
+"""What the CLI shows: consoles, transfer progress bars, metric and confusion tables.
+
+Live output (states, epoch lines, progress) goes to `ui.out`, which is stdout normally and stderr
+under --json, so that stdout's last line stays the one JSON object scripts read.
+"""
+
+from __future__ import annotations
+
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+
+class Ui:
+    def __init__(self, json_mode: bool = False):
+        self.json_mode = json_mode
+        self.out = Console(stderr=json_mode, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def say(self, text: str, style: str | None = None) -> None:
+        self.out.print(text, style=style, markup=False)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"warning: {text}", style="yellow", markup=False)
+
+    @contextmanager
+    def transfer(self, description: str, total: int) -> Iterator[Any]:
+        """A bytes progress bar on stderr (only on a terminal); yields `advance(n)`."""
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=self.err,
+                            transient=True, disable=not self.err.is_terminal)
+        with progress:
+            task = progress.add_task(description, total=total or None)
+            yield lambda n: progress.advance(task, n)
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table | None:
+    splits = [s for s in ("train", "val", "test", "baseline") if isinstance(metrics.get(s), dict)]
+    if not splits:
+        return None
+    names: list[str] = []
+    for s in splits:
+        names += [k for k, v in metrics[s].items() if isinstance(v, (int, float)) and k not in names]
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric", style="bold")
+    for s in splits:
+        t.add_column(s, justify="right")
+    for name in names:
+        t.add_row(name, *(fmt(metrics[s].get(name)) for s in splits))
+    return t
+
+
+def confusion_table(path: Path) -> Table | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        return None
+    t = Table(title="confusion matrix (test; rows = true, columns = predicted)", title_justify="left")
+    t.add_column("true \\ predicted", style="bold")
+    for c in rows[0][1:]:
+        t.add_column(c, justify="right")
+    for i, row in enumerate(rows[1:]):
+        t.add_row(row[0], *(f"[bold]{v}[/]" if j == i else v for j, v in enumerate(row[1:])))
+    return t
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
