@@ -243,6 +243,8 @@ def failure_report(run: RunRecord, backend: Backend, status: TaskStatus, lines: 
     if tail:
         out.append(f"last {len(tail)} line(s) of stderr:")
         out += [f"  {line}" for line in tail]
+    else:
+        out.append("stderr: (empty)")
     return out
 
 

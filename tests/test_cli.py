@@ -7,9 +7,12 @@ import pytest
 import jobs
 
 
-@pytest.mark.parametrize("command", ["check", "train", "predict", "catalog"])
+@pytest.mark.parametrize("command", [
+    "check", "train", "predict", "catalog", "run", "status", "fetch", "logs", "cancel", "profiles",
+    "results list", "results show", "results compare", "emulator start", "emulator stop",
+    "emulator status", "emulator serve"])
 def test_every_command_explains_itself(qtrain, command):
-    result = qtrain(command, "--help")
+    result = qtrain(*command.split(), "--help")
     assert result.code == 0
     assert "Usage: qtrain " + command in result.out
 

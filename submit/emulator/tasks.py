@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 import uuid as uuidlib
@@ -283,9 +284,15 @@ class Task:
         else:
             inst.state = "Failure"
             tail = "".join(self.err[inst.id].text[-5:]).strip()
+            how = f"exited with status {code}"
+            if code > 128:
+                try:
+                    how += f" (killed by {signal.Signals(code - 128).name})"
+                except ValueError:
+                    pass
             self.errors.append({
                 "code": "INSTANCE_FAILED",
-                "message": f"instance {inst.id}: the command exited with status {code}",
+                "message": f"instance {inst.id}: the command {how}",
                 "debug": tail[-2000:]})
         if not self.aborted:
             self._upload(inst, self.results_whitelist, self.results_blacklist)

@@ -1,0 +1,234 @@
+"""`qtrain run / status / fetch / logs / cancel / results` end to end: the real CLI, the real
+emulator daemon over HTTP, the real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner.report import CLASSIFICATION_FILES, RESULT_FILES
+from submit.store import Store
+
+pytestmark = pytest.mark.usefixtures("emulator")
+
+
+@pytest.fixture
+def csv_job(tmp_path, write_job):
+    """A small classification table on disk (so that it is uploaded), and its job file."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    frame.to_csv(tmp_path / "table.csv", index=False)
+    return write_job({"name": "table", "task": "classification",
+                      "data": {"path": "table.csv", "target": "label"},
+                      "model": {"hidden": [16]}, "train": {"epochs": 3}})
+
+
+def test_run_trains_on_the_emulator_and_fills_the_store(qtrain, store_dir):
+    result = qtrain("run", "penguins", "--set", "train.epochs=4", "--json", "--store", store_dir)
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["state"] == "succeeded" and data["backend"] == "local"
+    assert data["profile"] == "docker-batch" and data["task_uuid"]
+    assert data["metrics"]["test"]["accuracy"] > 0.8
+    art = Path(data["artifacts_dir"])
+    for name in RESULT_FILES + CLASSIFICATION_FILES:
+        assert (art / name).is_file(), name
+    assert "epoch=4/4" in result.err  # live lines go to stderr under --json
+    assert "task Success" in result.err
+
+    listed = qtrain("results", "list", "--json", "--store", store_dir).json()
+    assert listed[0]["run_id"] == data["run_id"] and listed[0]["headline"]["value"] > 0.8
+    shown = qtrain("results", "show", data["run_id"][-6:], "--json", "--store", store_dir).json()
+    assert [h["state"] for h in shown["history"]][-1] == "succeeded"
+    assert qtrain("status", data["run_id"], "--json", "--store", store_dir).json()["state"] == "succeeded"
+
+    # fetch again: idempotent, nothing downloaded twice, same metrics
+    before = {p: p.stat().st_mtime_ns for p in art.rglob("*") if p.is_file()}
+    again = qtrain("fetch", data["run_id"], "--json", "--store", store_dir)
+    assert again.code == 0 and again.json()["metrics"] == data["metrics"]
+    assert "retrieved" not in again.err
+    after = {p: p.stat().st_mtime_ns for p in art.rglob("*") if p.is_file() and p in before}
+    assert {p: t for p, t in before.items() if not p.name.startswith("task-")} == \
+           {p: t for p, t in after.items() if not p.name.startswith("task-")}
+
+    logs = qtrain("logs", data["run_id"], "--store", store_dir)
+    assert "epoch=1/4" in logs.out
+
+
+def test_an_unchanged_dataset_is_uploaded_once(qtrain, store_dir, csv_job):
+    size = (csv_job.parent / "table.csv").stat().st_size
+    first = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    second = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    other = qtrain("run", csv_job, "--set", "train.epochs=2", "--json", "--store", store_dir).json()
+    assert first["uploaded_bytes"] > size  # the CSV + job.json (first time this dataset is seen)
+    assert second["uploaded_bytes"] == 0  # same dataset, same job: nothing at all
+    assert 0 < other["uploaded_bytes"] < size  # only the new job.json
+    assert first["dataset_hash"] == second["dataset_hash"] == other["dataset_hash"]
+    assert all(r["state"] == "succeeded" for r in (first, second, other))
+
+
+def test_a_sweep_is_one_task_with_one_instance_per_trial(qtrain, store_dir, csv_job, conn):
+    result = qtrain("run", csv_job, "--set", "sweep={model.hidden: [[4], [16]], train.lr: [0.01]}",
+                    "--json", "--store", store_dir)
+    assert result.code == 0, result.err
+    data = result.json()
+    assert conn.retrieve_task(data["task_uuid"]).instancecount == 2
+    assert [t["trial"] for t in data["trials"]] == [0, 1]
+    assert all(t["metrics"]["test"]["accuracy"] > 0.5 for t in data["trials"])
+    assert data["best"]["trial"] in (0, 1) and data["metrics"] == data["trials"][data["best"]["trial"]]["metrics"]
+    assert (Path(data["artifacts_dir"]) / "sweep.json").is_file()
+    assert (Path(data["artifacts_dir"]) / "trial-1" / "model.pt").is_file()
+
+
+def test_bad_input_uploads_nothing_and_records_nothing(qtrain, store_dir, csv_job, conn):
+    before = _data_keys(conn)
+    result = qtrain("run", csv_job, "--set", "data.target=nope", "--store", store_dir)
+    assert result.code == 2 and "error:" in result.err and "nope" in result.err
+    assert "Traceback" not in result.err
+    result = qtrain("run", csv_job, "--profile", "no-such-profile", "--store", store_dir)
+    assert result.code == 2 and "docker-batch" in result.err  # the refusal lists the profiles
+    assert _data_keys(conn) == before
+    assert Store(store_dir).list() == []
+
+
+def _data_keys(conn) -> set[str]:
+    from submit import config
+
+    try:
+        return {o.key for o in conn.create_bucket(config.DATA_BUCKET).list_files()}
+    except Exception:  # noqa: BLE001 - no bucket yet
+        return set()
+
+
+def test_detach_then_fetch_from_another_process(qtrain, store_dir, csv_job):
+    submitted = qtrain("run", csv_job, "--detach", "--json", "--store", store_dir)
+    assert submitted.code == 0
+    run_id = submitted.json()["run_id"]
+    assert submitted.json()["state"] in ("submitted", "running")
+    proc = subprocess.run([sys.executable, "-m", "submit", "fetch", run_id, "--json", "--store",
+                           str(store_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    fetched = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fetched["state"] == "succeeded" and fetched["metrics"]["test"]["accuracy"] > 0.5
+
+
+def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
+    proc = subprocess.Popen([sys.executable, "-m", "submit", "run", str(csv_job), "--set",
+                             "train.epochs=200", "--store", str(store_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait for the first epoch line, then kill the client
+        if "epoch=" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "qtrain fetch" in out
+    run_id = Store(store_dir).list()[0].run_id
+    fetched = qtrain("fetch", run_id, "--json", "--store", store_dir)
+    assert fetched.code == 0 and fetched.json()["state"] == "succeeded"
+    assert fetched.json()["metrics"]["epochs_run"] == 200
+
+
+def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_job):
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
+                 "--detach", "--json", "--store", store_dir).json()
+    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    time.sleep(1)  # a checkpoint or two
+    result = qtrain("cancel", run["run_id"], "--json", "--store", store_dir)
+    assert result.code == 1 and result.json()["state"] == "cancelled"
+    assert (Path(run["artifacts_dir"]) / "checkpoint.pt").is_file()
+
+
+def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtrain, store_dir, csv_job):
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
+                 "--detach", "--json", "--store", store_dir).json()
+    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    time.sleep(1)
+    _kill_instance(run["task_uuid"])  # as if the machine ran out of memory
+    result = qtrain("fetch", run["run_id"], "--json", "--store", store_dir)
+    assert result.code == 1
+    data = result.json()
+    assert data["state"] == "failed" and "status 137" in data["error"]
+    assert "task Failure" in result.err and "stderr" in result.err
+    assert (Path(data["artifacts_dir"]) / "checkpoint.pt").is_file()
+
+
+def _kill_instance(task_uuid: str) -> None:
+    """SIGKILL the process that runs in the task's instance folder."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if task_uuid in cwd:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return
+    raise AssertionError(f"no process runs task {task_uuid}")
+
+
+def _wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_compare_shows_metrics_and_the_settings_that_differ(qtrain, store_dir, csv_job):
+    a = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    b = qtrain("run", csv_job, "--set", "train.lr=0.01", "--json", "--store", store_dir).json()
+    table = qtrain("results", "compare", a["run_id"], b["run_id"], "--json", "--store", store_dir).json()
+    assert table["runs"] == [a["run_id"], b["run_id"]]
+    assert table["settings"]["train.lr"] == [0.001, 0.01] or table["settings"]["train.lr"][1] == 0.01
+    assert table["metrics"]["test accuracy"] == [a["metrics"]["test"]["accuracy"], b["metrics"]["test"]["accuracy"]]
+    human = qtrain("results", "compare", a["run_id"], b["run_id"], "--store", store_dir)
+    assert human.code == 0 and "test accuracy" in human.out
+
+
+def test_the_token_never_lands_in_the_store_the_task_or_the_logs(qtrain, store_dir, csv_job, conn, emulator):
+    data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    task = conn.retrieve_task(data["task_uuid"])
+    assert emulator.token not in json.dumps(task.constants)
+    assert "QTRAIN_RUN_ID" in task.constants
+    for path in list(store_dir.rglob("*")):
+        if path.is_file():
+            assert emulator.token.encode() not in path.read_bytes(), path
+    assert emulator.token not in task.stdout() + task.stderr()
+
+
+def test_several_runs_at_once_into_one_store_lose_nothing(store_dir, csv_job):
+    procs = [subprocess.Popen([sys.executable, "-m", "submit", "run", str(csv_job), "--set",
+                               f"train.seed={i}", "--json", "--store", str(store_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-500:] for o in outs]
+    runs = Store(store_dir).list()
+    assert len(runs) == 3 and all(r.state == "succeeded" and r.metrics for r in runs)
+
+
+def test_profiles_and_emulator_status(qtrain, emulator):
+    profiles = qtrain("profiles", "--json").json()
+    assert profiles["backend"] == "local" and "docker-batch" in profiles["profiles"]
+    status = qtrain("emulator", "status", "--json").json()
+    assert status["running"] and status["url"] == emulator.url and status["executor"] == "process"
+
+
+def test_unknown_run_and_unknown_backend_are_one_line_errors(qtrain, store_dir):
+    result = qtrain("fetch", "nope", "--store", store_dir)
+    assert result.code == 2 and "not in the store" in result.err
+    result = qtrain("profiles", "--backend", "mars")
+    assert result.code == 2 and "local, qarnot" in result.err
