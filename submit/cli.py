@@ -136,20 +136,33 @@ def train(
 # ------------------------------------------------------------------------------------ predict
 @command()
 def predict(
-    run: Path = typer.Argument(..., help="A run's results directory or its model.pt."),
+    run: str = typer.Argument(..., help="A run id from the results store (a sweep: its best "
+                                        "trial), a results directory, or a model.pt."),
     data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, or .npy/.npz images."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write CSV here (default: stdout)."),
+    store_dir: Optional[Path] = typer.Option(None, "--store", metavar="DIR",
+                                             help="Results store to look the run id up in."),
 ) -> None:
     """Predict with a trained model."""
     from runner.predict import load_model, read_input
 
-    predictor = load_model(run)
+    is_path = Path(run).exists() or "/" in run or run.endswith(".pt")
+    predictor = load_model(run if is_path else _run_model_dir(run, store_dir))
     frame = predictor.predict(read_input(data), where=str(data))
     if out is None:
         sys.stdout.write(frame.to_csv(index=False))
     else:
         frame.to_csv(out, index=False)
         err_console.print(f"{len(frame)} predictions -> {out}")
+
+
+def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:
+    from submit.runs import summary
+
+    store = _store(store_dir)
+    data = summary(store.get(ref), store)
+    folder = Path(data["artifacts_dir"])
+    return folder / f"trial-{data['best']['trial']}" if data.get("best") else folder
 
 
 # ------------------------------------------------------------------------------------ catalog

@@ -190,3 +190,11 @@ def test_the_token_file_is_private(emulator):
     mode = stat.S_IMODE(daemon.token_file().stat().st_mode)
     assert mode == 0o600
     assert daemon.token_file().read_text().strip() == emulator.token
+
+
+def test_advanced_ranges_give_the_instance_ids(conn, wait_task):
+    task = conn.create_task("ranges", "docker-batch", "3-4,7")
+    task.constants["DOCKER_CMD"] = "echo id=$INSTANCE_ID count=$INSTANCE_COUNT"
+    task.submit()
+    assert wait_task(task) == "Success"
+    assert sorted(task.stdout().splitlines()) == ["3> id=3 count=3", "4> id=4 count=3", "7> id=7 count=3"]

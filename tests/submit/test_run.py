@@ -232,3 +232,44 @@ def test_unknown_run_and_unknown_backend_are_one_line_errors(qtrain, store_dir):
     assert result.code == 2 and "not in the store" in result.err
     result = qtrain("profiles", "--backend", "mars")
     assert result.code == 2 and "local, qarnot" in result.err
+
+
+def test_predict_with_a_run_id(qtrain, store_dir, csv_job):
+    data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    table = csv_job.parent / "table.csv"
+    result = qtrain("predict", data["run_id"], table, "--store", store_dir)
+    assert result.code == 0 and result.out.splitlines()[0] == "predicted,prob_no,prob_yes"
+    assert len(result.out.splitlines()) == 401
+
+
+def test_backend_errors_are_one_line_with_the_next_step(qtrain, store_dir, csv_job, emulator, monkeypatch):
+    from submit.emulator import daemon
+
+    # a wrong token (the SDK's UnauthorizedException)
+    good = daemon.token_file().read_text()
+    daemon.token_file().write_text("wrong-token\n")
+    try:
+        result = qtrain("profiles", "--backend", "local")
+    finally:
+        daemon.token_file().write_text(good)
+    assert result.code == 2 and "refused the token" in result.err and "Traceback" not in result.err
+
+    # a task the backend no longer knows (MissingTaskException)
+    data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    import qarnot
+
+    conn = qarnot.connection.Connection(client_token=emulator.token, cluster_url=emulator.url,
+                                        storage_url=emulator.s3_url)
+    conn.retrieve_task(data["task_uuid"]).delete()
+    result = qtrain("logs", data["run_id"], "--instance", "0", "--store", store_dir)
+    assert result.code == 2 and "task not found" in result.err
+    assert "epoch=" in qtrain("logs", data["run_id"], "--store", store_dir).out  # the saved copy
+
+    # Qarnot unreachable (a connection error, not retried for 30 s)
+    monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "x")
+    monkeypatch.setenv("QARNOT_CLUSTER_URL", "http://127.0.0.1:9")
+    result = qtrain("profiles", "--backend", "qarnot")
+    assert result.code == 2 and "cannot reach Qarnot at http://127.0.0.1:9" in result.err
+    monkeypatch.delenv("QARNOT_CLIENT_TOKEN")
+    result = qtrain("profiles", "--backend", "qarnot")
+    assert result.code == 2 and "no Qarnot account is configured" in result.err
