@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     s3.start()
     s3_host, s3_bound = s3.get_host_and_port()
     s3_url = f"http://{host}:{s3_bound}"
-    manager = TaskManager(home() / "tasks", Storage(s3_url, home() / "cache"), make_executor(executor))
+    manager = TaskManager(_work_dir(), Storage(s3_url, home() / "cache"), make_executor(executor))
     server = make_server(Api(manager, token, s3_url), host, port)
     url = f"http://{host}:{server.server_address[1]}"
 
@@ -105,11 +106,23 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
         server.serve_forever(poll_interval=0.2)
     finally:
         manager.shutdown()
+        shutil.rmtree(manager.work_dir, ignore_errors=True)
         server.server_close()
         s3.stop()
         if write_state:
             _clear_state(os.getpid())
         announce("qtrain emulator: stopped")
+
+
+def _work_dir() -> Path:
+    """This process's task folders.  Those of emulators that are gone are removed: their tasks
+    lived in memory and went with them, and the folders hold copies of every dataset."""
+    root = home() / "tasks"
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.is_dir() and not (old.name.isdigit() and _alive(int(old.name))):
+                shutil.rmtree(old, ignore_errors=True)
+    return root / str(os.getpid())
 
 
 def _write_state(data: dict[str, Any]) -> None:

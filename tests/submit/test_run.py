@@ -273,3 +273,53 @@ def test_backend_errors_are_one_line_with_the_next_step(qtrain, store_dir, csv_j
     monkeypatch.delenv("QARNOT_CLIENT_TOKEN")
     result = qtrain("profiles", "--backend", "qarnot")
     assert result.code == 2 and "no Qarnot account is configured" in result.err
+
+
+def test_a_dataset_folder_is_shipped_and_the_job_rewritten(qtrain, store_dir, data_dir):
+    result = qtrain("run", "mnist-cnn", "--set", f"data.path={data_dir / 'mnist'}",
+                    "--set", "train.epochs=2", "--json", "--store", store_dir)
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["metrics"]["test"]["n"] == 300 and data["metrics"]["test"]["accuracy"] > 0.5
+    run_json = json.loads((Path(data["artifacts_dir"]) / "run.json").read_text())
+    assert run_json["job"]["data"]["path"] == "data/mnist"  # the task saw the shipped copy
+    assert sorted(run_json["dataset_files"]) == sorted(p.name for p in (data_dir / "mnist").iterdir())
+
+
+def test_the_gpu_profile_on_a_machine_without_a_gpu(qtrain, store_dir):
+    from submit.emulator.executors import host_has_gpu
+
+    result = qtrain("run", "penguins", "--profile", "gpu", "--set", "train.epochs=1", "--json",
+                    "--store", store_dir)
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["profile"] == "docker-nvidia-batch"
+    if not host_has_gpu():
+        assert "runs on the CPU" in result.err and data["metrics"]["device"] == "cpu"
+
+
+def test_emulator_serve_in_the_foreground(tmp_path):
+    import socket
+
+    import qarnot
+    from qarnot.exceptions import UnauthorizedException
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "QTRAIN_STATE_DIR": str(tmp_path / "state"),
+           "QTRAIN_CONFIG_DIR": str(tmp_path / "config")}
+    proc = subprocess.Popen([sys.executable, "-m", "submit", "emulator", "serve", "--port", str(port),
+                             "--token", "fg-token"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "qtrain emulator: API" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        conn = qarnot.connection.Connection(client_token="fg-token", cluster_url=url)
+        assert "docker-batch" in conn.profiles_names()
+        with pytest.raises(UnauthorizedException):
+            qarnot.connection.Connection(client_token="other", cluster_url=url)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0 and "stopped" in out
