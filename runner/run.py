@@ -176,6 +176,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "seed": job.train.seed, "device": str(b.device),
         "cuda": torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
         "host": socket.gethostname(), "image_digest": _image_digest(),
+        "image_source_digest": os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
         "versions": versions(), "timings": timings, "job": job.model_dump(mode="json"),
     })
     head, _ = job.headline
@@ -235,7 +236,9 @@ def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
 
 
 def _image_digest() -> str | None:
-    """The runner image's digest, passed in by the image build (QTRAIN_IMAGE_DIGEST)."""
+    """The runner image's digest: the task constant QTRAIN_IMAGE_DIGEST that `qtrain run` sets
+    (the pushed digest, or the local image id), which the emulator's docker executor sets to the
+    id of the image it really ran."""
     return os.environ.get("QTRAIN_IMAGE_DIGEST") or None
 
 

@@ -483,12 +483,56 @@ def ui_fmt(value: Any) -> str:
     return fmt(value)
 
 
+# --------------------------------------------------------------------------------------- image
+image_app = typer.Typer(help="The runner images (docker/Dockerfile) that Qarnot and the emulator run.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(image_app, name="image")
+
+
+@command("build", group=image_app)
+def image_build(gpu: bool = typer.Option(False, "--gpu", help="The CUDA variant (a CUDA build of torch)."),
+                tag: Optional[str] = typer.Option(None, help="Image tag (default qtrain/runner:latest, "
+                                                             "--gpu: qtrain/runner:gpu)."),
+                offline: bool = typer.Option(False, "--offline", help="No registry access: a debootstrap "
+                                             "base (unless --base) and packages from a wheelhouse made "
+                                             "here with pip download."),
+                base: Optional[str] = typer.Option(None, help="Base image (default python:3.11-slim-"
+                                                              "bookworm; --gpu: an nvidia/cuda image)."),
+                as_json: bool = JsonOption) -> None:
+    """Build the runner image.  A rebuild after a code change reuses every cached layer but the
+    last two and takes seconds."""
+    from submit.image import build
+
+    stream = sys.stderr if as_json else sys.stdout
+    built = build(gpu=gpu, tag=tag, offline=offline, base=base,
+                  log=lambda line: print(line, file=stream, flush=True))
+    print(f"built {built.tag} ({built.image_id[:19]}) in {built.seconds:.1f}s", file=stream, flush=True)
+    if as_json:
+        print(json.dumps({"tag": built.tag, "image_id": built.image_id, "seconds": built.seconds,
+                          "source_digest": built.source_digest}))
+
+
+@command("push", group=image_app)
+def image_push(target: str = typer.Argument(..., help="REPO:TAG in your registry, e.g. "
+                                                      "registry.example.com/team/qtrain-runner:1"),
+               source: str = typer.Option("qtrain/runner:latest", help="The local image to push.")) -> None:
+    """Push the runner image to a registry Qarnot can pull from (log in with `docker login`
+    first).  Then set resources.image to REPO:TAG; for a private registry export
+    QTRAIN_DOCKER_SRV, QTRAIN_REGISTRY_LOGIN and QTRAIN_REGISTRY_PASSWORD before qtrain run."""
+    from submit.image import push
+
+    digest = push(source, target, log=lambda line: print(line, flush=True))
+    console.print(f"pushed {target} ({digest})", highlight=False)
+
+
 # ------------------------------------------------------------------------------------ emulator
 emulator_app = typer.Typer(help="The local Qarnot-compatible emulator (API + S3 on 127.0.0.1).",
                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(emulator_app, name="emulator")
-ExecutorOption = typer.Option(None, "--executor", help="How instances run: process (sh -c "
-                                                       "DOCKER_CMD here).")
+ExecutorOption = typer.Option(None, "--executor", help="How instances run: docker (the task's "
+                                                       "image) or process (sh -c DOCKER_CMD here). "
+                                                       "Default: docker where an engine answers and "
+                                                       "the runner image exists, else process.")
 
 
 @command("start", group=emulator_app)
@@ -541,12 +585,12 @@ def _print_emulator(ep, state: str, as_json: bool) -> None:
 def emulator_serve(port: int = typer.Option(8642, help="API port."),
                    token: Optional[str] = typer.Option(None, help="Token clients must send "
                                                        "(default: the one in the token file)."),
-                   executor: str = typer.Option("process", help="How instances run."),
+                   executor: Optional[str] = ExecutorOption,
                    s3_port: int = typer.Option(0, help="S3 port (0: any free port).")) -> None:
     """Run the emulator in the foreground until Ctrl-C (for a container or a debugger)."""
     from submit.emulator import daemon
 
-    daemon.serve(port=port, token=token, executor=executor, s3_port=s3_port,
+    daemon.serve(port=port, token=token, executor=executor or daemon.default_executor(), s3_port=s3_port,
                  announce=lambda m: console.print(m, highlight=False))
 
 

@@ -61,8 +61,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     request = TaskRequest(
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
         instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
-        constants={"QTRAIN_RUN_ID": run.run_id}, tags=["qtrain", run.run_id],
-        results_whitelist=f"^{RESULTS_PREFIX}")
+        constants={"QTRAIN_RUN_ID": run.run_id, **image_constants(job.resources.image)},
+        tags=["qtrain", run.run_id], results_whitelist=f"^{RESULTS_PREFIX}")
     try:
         uuid = backend.submit(package, request)
     except BaseException as exc:
@@ -72,6 +72,22 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
            f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
     return store.get(run.run_id)
+
+
+def image_constants(image: str) -> dict[str, str]:
+    """Task constants about the image: its digest when this machine has it (recorded in run.json),
+    and a private registry's server and login from the environment (never from the job)."""
+    from submit.image import image_digest
+
+    constants = {}
+    digest = image_digest(image)
+    if digest:
+        constants["QTRAIN_IMAGE_DIGEST"] = digest
+    for env, key in (("QTRAIN_DOCKER_SRV", "DOCKER_SRV"), ("QTRAIN_REGISTRY_LOGIN", "DOCKER_REGISTRY_LOGIN"),
+                     ("QTRAIN_REGISTRY_PASSWORD", "DOCKER_REGISTRY_PASSWORD")):
+        if os.environ.get(env):
+            constants[key] = os.environ[env]
+    return constants
 
 
 # ------------------------------------------------------------------------------------ follow

@@ -106,6 +106,7 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
         server.serve_forever(poll_interval=0.2)
     finally:
         manager.shutdown()
+        manager.executor.close()
         shutil.rmtree(manager.work_dir, ignore_errors=True)
         server.server_close()
         s3.stop()
@@ -177,6 +178,13 @@ def running() -> Endpoint | None:
                     data.get("executor", "process"), Path(data.get("log") or log_file()))
 
 
+def default_executor() -> str:
+    """`docker` where an engine answers and the runner image is there, else `process`."""
+    from submit.image import CPU_TAG, docker_problem, image_id
+
+    return "docker" if docker_problem() is None and image_id(CPU_TAG) else "process"
+
+
 def start(executor: str | None = None, port: int = 0, timeout: float = 60) -> tuple[Endpoint, bool]:
     """The running daemon, started (detached) if needed.  Returns (endpoint, started_now)."""
     current = running()
@@ -186,7 +194,16 @@ def start(executor: str | None = None, port: int = 0, timeout: float = 60) -> tu
                               hint="qtrain emulator stop first, then start it with --executor")
         return current, False
     ensure_token()
-    executor = executor or "process"
+    executor = executor or default_executor()
+    if executor == "docker":
+        from submit.image import docker_problem
+
+        problem = docker_problem()
+        if problem:
+            raise QtrainError(f"the docker executor needs a Docker engine: {problem}",
+                              hint="start dockerd, or use --executor process")
+    elif executor != "process":
+        raise QtrainError(f"unknown executor {executor!r}", hint="choose docker or process")
     home().mkdir(parents=True, exist_ok=True)
     log = open(log_file(), "ab")
     cmd = [sys.executable, "-m", "submit.emulator.daemon", "--port", str(port), "--executor", executor]

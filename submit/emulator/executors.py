@@ -168,6 +168,9 @@ class ProcessExecutor:
     def describe(self) -> str:
         return f"process (sh -c DOCKER_CMD with {sys.executable}{', warm' if self._ctx else ''})"
 
+    def close(self) -> None:
+        """Nothing outlives the instances, which the task manager has already stopped."""
+
     def environment(self, spec: InstanceSpec) -> dict[str, str]:
         env = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
@@ -186,6 +189,7 @@ class ProcessExecutor:
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU profile gets no GPU, as on Qarnot
         env.update(spec.env)
+        env.pop("QTRAIN_IMAGE_DIGEST", None)  # no image runs here: run.json must not claim one
         return env
 
     def start(self, spec: InstanceSpec) -> Running:
@@ -206,12 +210,115 @@ class ProcessExecutor:
         return Running(proc)
 
 
+class DockerRunning(Running):
+    """A `docker run` in the foreground: its output streams through the client's pipes; a kill
+    goes to the container (the client alone would leave it running)."""
+
+    def __init__(self, proc: subprocess.Popen, name: str):
+        super().__init__(proc)
+        self.name = name
+
+    def kill(self) -> None:
+        if self.alive():
+            subprocess.run(["docker", "kill", self.name], capture_output=True, timeout=60)
+        super().kill()
+
+
+class DockerExecutor:
+    """Runs each instance in the task's image (DOCKER_REPO:DOCKER_TAG), like Qarnot's docker
+    profiles: the instance folder mounted at /job, constants and Qarnot variables in the
+    environment, no network, a CPU and memory share, `--gpus all` for a GPU profile where the
+    NVIDIA runtime exists.  Containers carry this emulator's label and are removed when they end,
+    when the emulator stops, and (for an emulator that was killed) when the next one starts."""
+
+    name = "docker"
+    LABEL = "org.qtrain.emulator"
+
+    def __init__(self) -> None:
+        self.owner = str(os.getpid())
+        info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
+                              capture_output=True, text=True)
+        self.nvidia = info.returncode == 0 and "nvidia" in info.stdout
+        self._digests: dict[str, str | None] = {}
+        self.remove_containers(stale_only=True)
+
+    def describe(self) -> str:
+        return "docker" + (" (NVIDIA runtime)" if self.nvidia else "")
+
+    def remove_containers(self, stale_only: bool = False) -> None:
+        """Remove this emulator's containers (or, at start, those of emulators that are gone)."""
+        proc = subprocess.run(["docker", "ps", "-a", "--filter", f"label={self.LABEL}", "--format",
+                               "{{.ID}} {{.Label \"" + self.LABEL + "\"}}"], capture_output=True, text=True)
+        doomed = []
+        for line in proc.stdout.splitlines():
+            cid, _, owner = line.partition(" ")
+            mine = owner == self.owner
+            gone = not owner.isdigit() or not _pid_alive(int(owner))
+            if (gone if stale_only else mine or gone):
+                doomed.append(cid)
+        if doomed:
+            subprocess.run(["docker", "rm", "-f", *doomed], capture_output=True)
+
+    def close(self) -> None:
+        self.remove_containers()
+
+    def _digest(self, image: str) -> str | None:
+        if image not in self._digests:
+            proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                                  capture_output=True, text=True)
+            self._digests[image] = proc.stdout.strip() if proc.returncode == 0 else None
+        return self._digests[image]
+
+    def start(self, spec: InstanceSpec) -> Running:
+        if not spec.image:
+            raise ValueError("DOCKER_REPO is not set: the docker executor needs an image")
+        name = f"qtrain-{spec.task_uuid[:8]}-{spec.instance_id}"
+        env = dict(spec.env)
+        env.update({"QARNOT_RESOURCES_DIRECTORY": "/job", "QARNOT_RESULTS_DIRECTORY": "/job",
+                    "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)})
+        digest = self._digest(spec.image)
+        if digest:
+            env["QTRAIN_IMAGE_DIGEST"] = digest
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+        memory_mb = max(512, int(total_mb * 0.9 * spec.threads / (os.cpu_count() or 1)))
+        cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{self.LABEL}={self.owner}",
+               "--network", "none", "--cpus", str(spec.threads), "--memory", f"{memory_mb}m",
+               "--pull", "never", "-v", f"{spec.workdir}:/job", "-w", "/job"]
+        if os.geteuid() == 0:
+            spec.workdir.chmod(0o777)  # the image's own non-root user writes there
+        else:
+            cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]  # files stay the user's
+        if spec.gpu:
+            if self.nvidia:
+                cmd += ["--gpus", "all"]
+            else:
+                spec.notes.append("[emulator] Docker has no NVIDIA runtime here: the instance runs on the CPU")
+        for key in env:
+            cmd += ["-e", key]  # values through the environment, never on a command line
+        cmd.append(spec.image)
+        if spec.command.strip():
+            cmd += ["sh", "-c", spec.command]
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        return DockerRunning(proc, name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def host_has_gpu() -> bool:
     """An NVIDIA GPU this host can hand to an instance (checked without importing torch)."""
     return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
 
 
-EXECUTORS = {"process": ProcessExecutor}
+EXECUTORS = {"process": ProcessExecutor, "docker": DockerExecutor}
 
 
 def make_executor(name: str):

@@ -261,6 +261,8 @@ class Task:
                 self.log(inst.id, f"[emulator] the instance could not start: {exc}", "stderr")
                 self._finish_instance(inst, 127)
                 return
+            for note in spec.notes:
+                self.log(inst.id, note)
             readers = [threading.Thread(target=self._pump, args=(inst.id, lines, name), daemon=True)
                        for name, lines in inst.running.streams.items()]
             for r in readers:

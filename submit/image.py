@@ -1,0 +1,190 @@
+"""`qtrain image build|push`: the runner images (docker/Dockerfile), built online or offline.
+
+Offline (a machine with no registry, like CI here): the base image is made with debootstrap +
+`docker import` when none is given (cached as qtrain/base:bookworm), and the Python packages come
+from docker/wheelhouse, filled on the host by `pip download` (skipped while the requirements file
+is unchanged).  Docker's layer cache does the rest: a code change rebuilds two COPY layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.errors import QtrainError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DOCKER_DIR = PROJECT_ROOT / "docker"
+WHEELHOUSE = DOCKER_DIR / "wheelhouse"
+CPU_TAG = "qtrain/runner:latest"
+GPU_TAG = "qtrain/runner:gpu"
+OFFLINE_BASE = "qtrain/base:bookworm"
+GPU_BASE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+TORCH_INDEX = {"cpu": "https://download.pytorch.org/whl/cpu", "gpu": "https://download.pytorch.org/whl/cu128"}
+
+
+@dataclass
+class Built:
+    tag: str
+    image_id: str
+    seconds: float
+    source_digest: str
+
+
+def docker_problem() -> str | None:
+    """Why no Docker engine can be used here, or None when one answers."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    try:
+        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "docker info did not answer within 20 s"
+    if proc.returncode != 0:
+        return "no Docker engine answers (" + " ".join(proc.stderr.split())[:200] + ")"
+    return None
+
+
+def image_id(tag: str) -> str | None:
+    """The local image's id (sha256:...), or None when it is not here (or no engine runs)."""
+    if shutil.which("docker") is None:
+        return None
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def image_digest(tag: str) -> str | None:
+    """What identifies the image a task will run: its registry digest once pushed, else its id."""
+    if shutil.which("docker") is None:
+        return None
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", tag],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    digests = json.loads(proc.stdout or "[]") or []
+    return digests[0] if digests else image_id(tag)
+
+
+def source_digest(requirements: Path) -> str:
+    """sha256 over what goes into the image: jobs/, runner/ and the requirements file."""
+    h = hashlib.sha256()
+    files = [requirements, DOCKER_DIR / "Dockerfile"]
+    for pkg in ("jobs", "runner"):
+        files += sorted(p for p in (PROJECT_ROOT / pkg).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    for f in files:
+        h.update(f.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _require_checkout() -> None:
+    if not (DOCKER_DIR / "Dockerfile").is_file():
+        raise QtrainError(f"{DOCKER_DIR / 'Dockerfile'}: not found",
+                          hint="image build runs from a qtrain checkout (git clone ...; pip install -e .)")
+
+
+def _run(cmd: list[str], what: str, log, **kwargs) -> None:
+    """Run a build step, streaming its output to `log` (line by line)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    tail: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        line = line.rstrip()
+        tail = (tail + [line])[-8:]
+        log(line)
+    if proc.wait() != 0:
+        raise QtrainError(f"{what} failed (exit status {proc.returncode}): " + " | ".join(tail[-3:]))
+
+
+def ensure_offline_base(log) -> str:
+    """qtrain/base:bookworm (Debian minbase + python3 + venv), made once with debootstrap."""
+    if image_id(OFFLINE_BASE):
+        return OFFLINE_BASE
+    if shutil.which("debootstrap") is None:
+        raise QtrainError("--offline needs a base image and debootstrap is not installed",
+                          hint="apt-get install debootstrap, or give --base IMAGE")
+    if os.geteuid() != 0:
+        raise QtrainError("--offline makes its base image with debootstrap, which needs root",
+                          hint="run it as root once, or give --base IMAGE")
+    with tempfile.TemporaryDirectory(prefix="qtrain-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        log(f"making {OFFLINE_BASE} with debootstrap (about a minute, once)")
+        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm",
+              str(rootfs)], "debootstrap", log)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", "-", OFFLINE_BASE], stdin=tar.stdout,
+                             capture_output=True, text=True)
+        tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise QtrainError(f"docker import of the debootstrap base failed: {imp.stderr.strip()}")
+    return OFFLINE_BASE
+
+
+def ensure_wheelhouse(requirements: Path, log) -> None:
+    """docker/wheelhouse holds every pinned wheel (pip download on the host), refreshed only when
+    the requirements file changes."""
+    stamp = WHEELHOUSE / ".requirements.sha256"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        log(f"wheelhouse up to date ({WHEELHOUSE})")
+        return
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+           "-d", str(WHEELHOUSE), "-r", str(requirements)]
+    if sys.version_info[:2] != (3, 11):  # the debootstrap base (bookworm) has Python 3.11
+        cmd[4:4] = ["--python-version", "3.11"]
+    log("filling the wheelhouse with pip download")
+    _run(cmd, "pip download", log)
+    stamp.write_text(want + "\n")
+
+
+def build(*, gpu: bool = False, tag: str | None = None, offline: bool = False,
+          base: str | None = None, log=print) -> Built:
+    _require_checkout()
+    problem = docker_problem()
+    if problem:
+        raise QtrainError(f"cannot build the runner image: {problem}",
+                          hint="start Docker (dockerd), or run jobs with the process executor")
+    kind = "gpu" if gpu else "cpu"
+    tag = tag or (GPU_TAG if gpu else CPU_TAG)
+    requirements = DOCKER_DIR / f"requirements-{kind}.txt"
+    if offline:
+        if gpu and base is None:
+            raise QtrainError("--offline --gpu needs --base: a CUDA base image already on this machine")
+        base = base or ensure_offline_base(log)
+        ensure_wheelhouse(requirements, log)
+    base = base or (GPU_BASE if gpu else None)
+    digest = source_digest(requirements)
+    cmd = ["docker", "build", "-f", str(DOCKER_DIR / "Dockerfile"), "-t", tag,
+           "--build-arg", f"REQUIREMENTS=docker/requirements-{kind}.txt",
+           "--build-arg", f"TORCH_INDEX={TORCH_INDEX[kind]}",
+           "--build-arg", f"OFFLINE={1 if offline else 0}",
+           "--build-arg", f"QTRAIN_SOURCE_DIGEST={digest}"]
+    if base:
+        cmd += ["--build-arg", f"BASE={base}"]
+    cmd.append(str(PROJECT_ROOT))
+    t0 = time.perf_counter()
+    _run(cmd, "docker build", log, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return Built(tag, image_id(tag) or "", time.perf_counter() - t0, digest)
+
+
+def push(source: str, target: str, log=print) -> str:
+    """Tag the local image as `target` and push it; returns the pushed digest."""
+    problem = docker_problem()
+    if problem:
+        raise QtrainError(f"cannot push: {problem}")
+    if image_id(source) is None:
+        raise QtrainError(f"image {source} is not on this machine", hint="qtrain image build first")
+    if source != target:
+        _run(["docker", "tag", source, target], "docker tag", log)
+    _run(["docker", "push", target], "docker push", log)
+    return image_digest(target) or ""
