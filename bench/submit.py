@@ -109,9 +109,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qtrain-bench-") as d:
         tmp = Path(d)
         env = {**os.environ, "QTRAIN_STATE_DIR": str(tmp / "state"),
-               "QTRAIN_CONFIG_DIR": str(tmp / "config"), "MPLBACKEND": "Agg"}
+               "QTRAIN_CONFIG_DIR": str(tmp / "config"), "MPLBACKEND": "Agg",
+               "QTRAIN_EMULATOR_EXECUTOR": "process"}  # bench/docker.py measures the other one
         env.pop("QARNOT_CLIENT_TOKEN", None)
-        os.environ.update({k: env[k] for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")})
+        os.environ.update({k: env[k] for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR",
+                                               "QTRAIN_EMULATOR_EXECUTOR")})
         try:
             results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                    "platform": platform.platform()},

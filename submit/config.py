@@ -47,3 +47,6 @@ RESOURCE_CACHE_TTL = int(os.environ.get("QTRAIN_RESOURCE_CACHE_TTL", str(7 * 24 
 SNAPSHOT_INTERVAL = int(os.environ.get("QTRAIN_SNAPSHOT_INTERVAL", "300"))
 # Seconds between two polls of a task's state and output while following it.
 POLL_SECONDS = float(os.environ.get("QTRAIN_POLL_SECONDS", "0"))  # 0: per backend
+# The emulator's executor when none is asked for: docker | process (default: docker where an
+# engine answers and the runner image exists, else process).
+EMULATOR_EXECUTOR = os.environ.get("QTRAIN_EMULATOR_EXECUTOR") or None

@@ -8,6 +8,7 @@ is unchanged).  Docker's layer cache does the rest: a code change rebuilds two C
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,25 +54,47 @@ def docker_problem() -> str | None:
     return None
 
 
-def image_id(tag: str) -> str | None:
-    """The local image's id (sha256:...), or None when it is not here (or no engine runs)."""
+@functools.lru_cache(maxsize=32)
+def inspect(tag: str) -> dict | None:
+    """`docker image inspect` of a local image (one call, remembered), or None when it is not here
+    or no engine runs."""
     if shutil.which("docker") is None:
         return None
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+    proc = subprocess.run(["docker", "image", "inspect", "--format",
+                           "{{json .Id}} {{json .RepoDigests}} {{json .Config.Labels}}", tag],
                           capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    ident, digests, labels = (json.loads(part) for part in proc.stdout.split(" ", 2))
+    return {"id": ident, "repo_digests": digests or [], "labels": labels or {}}
+
+
+def image_id(tag: str) -> str | None:
+    """The local image's id (sha256:...), or None when it is not here (or no engine runs)."""
+    info = _fresh_inspect(tag)
+    return info["id"] if info else None
+
+
+def _fresh_inspect(tag: str) -> dict | None:
+    inspect.cache_clear()  # builds and removals happen between calls: ask again
+    return inspect(tag)
 
 
 def image_digest(tag: str) -> str | None:
     """What identifies the image a task will run: its registry digest once pushed, else its id."""
-    if shutil.which("docker") is None:
+    info = inspect(tag)
+    if not info:
         return None
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", tag],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    digests = json.loads(proc.stdout or "[]") or []
-    return digests[0] if digests else image_id(tag)
+    return info["repo_digests"][0] if info["repo_digests"] else info["id"]
+
+
+def stale_image(tag: str) -> bool:
+    """Is the local image `tag` a qtrain runner built from other code than this checkout's?"""
+    info = inspect(tag)
+    label = (info or {}).get("labels", {}).get("org.qtrain.source-digest")
+    if not label or label == "unknown" or not (DOCKER_DIR / "Dockerfile").is_file():
+        return False
+    return label not in (source_digest(DOCKER_DIR / f"requirements-{k}.txt") for k in ("cpu", "gpu"))
 
 
 def source_digest(requirements: Path) -> str:
@@ -187,4 +210,5 @@ def push(source: str, target: str, log=print) -> str:
     if source != target:
         _run(["docker", "tag", source, target], "docker tag", log)
     _run(["docker", "push", target], "docker push", log)
+    inspect.cache_clear()  # the push added a registry digest
     return image_digest(target) or ""

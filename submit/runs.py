@@ -45,6 +45,11 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)
+    from submit.image import stale_image
+
+    if stale_image(job.resources.image):
+        ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
+                f"qtrain image build (and push) to run your changes")
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
     total = package.dataset_bytes + len(package.job_json)

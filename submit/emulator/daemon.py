@@ -179,9 +179,12 @@ def running() -> Endpoint | None:
 
 
 def default_executor() -> str:
-    """`docker` where an engine answers and the runner image is there, else `process`."""
+    """QTRAIN_EMULATOR_EXECUTOR, else `docker` where an engine answers and the runner image is
+    there, else `process`."""
     from submit.image import CPU_TAG, docker_problem, image_id
 
+    if config.EMULATOR_EXECUTOR:
+        return config.EMULATOR_EXECUTOR
     return "docker" if docker_problem() is None and image_id(CPU_TAG) else "process"
 
 
