@@ -67,7 +67,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
         instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
         constants={"QTRAIN_RUN_ID": run.run_id, **image_constants(job.resources.image)},
-        tags=["qtrain", run.run_id], results_whitelist=f"^{RESULTS_PREFIX}")
+        tags=["qtrain", run.run_id], results_whitelist=f"(^|/){RESULTS_PREFIX}")
     try:
         uuid = backend.submit(package, request)
     except BaseException as exc:
