@@ -26,6 +26,7 @@ from runner.log import PREFIX, parse_epoch_line
 from submit import config
 from submit.backends import Backend, get_backend
 from submit.backends.base import TaskRequest, TaskStatus
+from submit.image import image_digest, stale_image
 from submit.package import build_package
 from submit.store import RunRecord, Store
 from submit.ui import Ui, human_bytes
@@ -45,9 +46,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)
-    from submit.image import stale_image
-
-    if stale_image(job.resources.image):
+    if backend.runs_images() and stale_image(job.resources.image):
         ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
                 f"qtrain image build (and push) to run your changes")
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
@@ -82,8 +81,6 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
 def image_constants(image: str) -> dict[str, str]:
     """Task constants about the image: its digest when this machine has it (recorded in run.json),
     and a private registry's server and login from the environment (never from the job)."""
-    from submit.image import image_digest
-
     constants = {}
     digest = image_digest(image)
     if digest:

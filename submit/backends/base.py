@@ -76,6 +76,10 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         return self.name
 
+    def runs_images(self) -> bool:
+        """Do tasks run in the job's image here (so that a stale local image matters)?"""
+        return True
+
     @abc.abstractmethod
     def profiles(self) -> list[str]:
         """The profile names the account offers."""

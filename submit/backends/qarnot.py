@@ -294,6 +294,10 @@ class LocalBackend(QarnotBackend):
     def describe(self) -> str:
         return "the local Qarnot emulator"
 
+    def runs_images(self) -> bool:
+        self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor
+        return self.endpoint is not None and self.endpoint.executor == "docker"
+
     def _connect(self):
         import qarnot
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from jobs.errors import QtrainError
 from submit import config
+from submit.emulator.executors import pid_alive
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _work_dir() -> Path:
     root = home() / "tasks"
     if root.is_dir():
         for old in root.iterdir():
-            if old.is_dir() and not (old.name.isdigit() and _alive(int(old.name))):
+            if old.is_dir() and not (old.name.isdigit() and pid_alive(int(old.name))):
                 shutil.rmtree(old, ignore_errors=True)
     return root / str(os.getpid())
 
@@ -147,31 +148,13 @@ def _read_state() -> dict[str, Any] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (started in this process)
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead too
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 # ---------------------------------------------------------------------------------- daemon
 def running() -> Endpoint | None:
     """The running daemon, or None (a stale state file is removed)."""
     data = _read_state()
     if not data:
         return None
-    if not _alive(int(data["pid"])):
+    if not pid_alive(int(data["pid"])):
         state_file().unlink(missing_ok=True)
         return None
     return Endpoint(data["url"], data["s3_url"], ensure_token(), int(data["pid"]),
@@ -244,9 +227,9 @@ def stop(timeout: float = 30) -> bool:
         return False
     os.kill(current.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(current.pid):
+    while time.monotonic() < deadline and pid_alive(current.pid):
         time.sleep(0.05)
-    if _alive(current.pid):
+    if pid_alive(current.pid):
         os.kill(current.pid, signal.SIGKILL)
     state_file().unlink(missing_ok=True)
     return True

@@ -253,7 +253,7 @@ class DockerExecutor:
         for line in proc.stdout.splitlines():
             cid, _, owner = line.partition(" ")
             mine = owner == self.owner
-            gone = not owner.isdigit() or not _pid_alive(int(owner))
+            gone = not owner.isdigit() or not pid_alive(int(owner))
             if (gone if stale_only else mine or gone):
                 doomed.append(cid)
         if doomed:
@@ -303,14 +303,23 @@ class DockerExecutor:
         return DockerRunning(proc, name)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` alive (a zombie, or an exited child of ours, is not)?"""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, now reaped
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def host_has_gpu() -> bool:

@@ -200,6 +200,12 @@ class Task:
     # ---------------------------------------------------------------------------------- run
     def _run(self) -> None:
         try:
+            self._lifecycle()
+        finally:  # results are in the result bucket by now: the instance folders can go
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _lifecycle(self) -> None:
+        try:
             self._materialise()
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails, with the reason
             self.errors.append({"code": "RESOURCES", "message": f"resources could not be staged: {exc}",
@@ -566,12 +572,7 @@ class TaskManager:
         task = self.get(uuid)
         task.abort()
         with self.lock:
-            self.tasks.pop(uuid, None)
-        threading.Thread(target=self._remove_when_done, args=(task,), daemon=True).start()
-
-    def _remove_when_done(self, task: Task) -> None:
-        task.thread.join(timeout=60)
-        shutil.rmtree(task.dir, ignore_errors=True)
+            self.tasks.pop(uuid, None)  # its thread removes its folder once the instances stop
 
     def list(self) -> list[Task]:
         with self.lock:
