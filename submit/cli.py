@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from jobs.errors import QtrainError
 
@@ -27,8 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
     """`app.command` (or `group.command`) whose function reports a QtrainError as one line and exit status 2, and any
@@ -415,11 +415,13 @@ def results_list(limit: int = typer.Option(20, help="How many runs, newest first
     if not rows:
         console.print(f"no runs yet in {store.root}  (qtrain run JOB)")
         return
-    t = Table("run", "created", "state", "job", "backend", "test metric")
+    wide = console.width >= 110  # the backend column only where it fits
+    t = Table(Column("run", no_wrap=True), Column("created", no_wrap=True), "state",
+              *(["backend"] if wide else []), Column("test metric", no_wrap=True))
     for row in rows:
         h = row["headline"]
-        t.add_row(row["run_id"], row["created"][:19].replace("T", " "), row["state"], row["job_name"],
-                  f"{row['backend']}/{row['profile']}",
+        t.add_row(row["run_id"], row["created"][5:16].replace("T", " "), row["state"],
+                  *([f"{row['backend']}/{row['profile']}"] if wide else []),
                   "-" if h["value"] is None else f"{h['metric']} {h['value']:.4f}")
     console.print(t)
 

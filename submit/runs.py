@@ -109,20 +109,59 @@ class LineBuffer:
         return [rest] if rest else []
 
 
+class LineShow:
+    """Prints the task's lines: every line but epoch lines, which come at most one a second per
+    instance (and always the last epoch), so a 500-epoch job stays readable.  `qtrain logs` has
+    every line."""
+
+    EVERY = 1.0
+
+    def __init__(self, ui: Ui):
+        self.ui = ui
+        self.shown: dict[str, float] = {}  # instance prefix -> when its last epoch line was shown
+        self.held: dict[str, str] = {}  # instance prefix -> newest epoch line not shown yet
+
+    def line(self, line: str, stream: str) -> None:
+        if not line.strip():
+            return
+        epoch = parse_epoch_line(line)
+        if epoch is not None:
+            key = line[:line.find(PREFIX)]  # "" or a multi-instance task's "3> "
+            done, _, total = epoch.get("epoch", "").partition("/")
+            now = time.monotonic()
+            if done == total or now - self.shown.get(key, 0.0) >= self.EVERY:
+                self.ui.say(line.rstrip())
+                self.shown[key] = now
+                self.held.pop(key, None)
+            else:
+                self.held[key] = line
+        elif PREFIX in line:
+            self.ui.say(line.rstrip(), style="red" if stream == "stderr" and "error" in line else None)
+        else:
+            self.ui.say(line.rstrip(), style="dim")
+
+    def flush(self) -> None:
+        for line in self.held.values():
+            self.ui.say(line.rstrip())
+        self.held.clear()
+
+
 def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool = False) -> TaskStatus:
     """Poll until the task ends, showing state changes and the runner's lines as they come."""
     uuid = _uuid(run)
     poll = config.POLL_SECONDS or backend.poll_seconds
     buffers = {"stdout": LineBuffer(), "stderr": LineBuffer()}
+    show = LineShow(ui)
     last = None
     while True:
         status = backend.status(uuid)
         out, err = backend.fresh_output(uuid)
         if not quiet:
-            for line in buffers["stdout"].feed(out):
-                show_line(ui, line, "stdout")
-            for line in buffers["stderr"].feed(err):
-                show_line(ui, line, "stderr")
+            for name, text in (("stdout", out), ("stderr", err)):
+                for line in buffers[name].feed(text) + (buffers[name].flush() if status.done else []):
+                    show.line(line, name)
+            if status.done:
+                show.flush()
         if status.state != last:
             if not quiet:
                 ui.say(f"[{time.strftime('%H:%M:%S')}] task {status.state}", style="cyan")
@@ -130,24 +169,8 @@ def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool =
                 store.set_state(run.run_id, status.run_state, detail=status.state)
             last = status.state
         if status.done:
-            if not quiet:
-                for name, buf in buffers.items():
-                    for line in buf.flush():
-                        show_line(ui, line, name)
             return status
         time.sleep(poll)
-
-
-def show_line(ui: Ui, line: str, stream: str) -> None:
-    if not line.strip():
-        return
-    epoch = parse_epoch_line(line)
-    if epoch is not None:
-        ui.say(line.rstrip())
-    elif PREFIX in line:
-        ui.say(line.rstrip(), style="red" if stream == "stderr" and "error" in line else None)
-    else:
-        ui.say(line.rstrip(), style="dim")
 
 
 # ---------------------------------------------------------------------------------- retrieve
