@@ -319,15 +319,24 @@ def fetch(run_ref: str = RunArgument,
     from submit.runs import backend_for, retrieve
     from submit.ui import Ui
 
+    from submit.backends.base import TaskNotFound
+
     ui = Ui(json_mode=as_json)
     store = _store(store_dir)
     record = store.get(run_ref)
     be = backend_for(record)
-    if wait:
-        _follow_and_retrieve(record, be, store, ui, as_json)
-        return
-    st = be.status(record.task_uuid or "")
-    record = retrieve(record, be, store, ui, st)
+    try:
+        if wait:
+            _follow_and_retrieve(record, be, store, ui, as_json)
+            return
+        st = be.status(record.task_uuid or "")
+        record = retrieve(record, be, store, ui, st)
+    except TaskNotFound as exc:
+        if not record.done:  # it can never be retrieved now: say so in the store
+            store.set_state(record.run_id, "failed", error=f"the task is gone: {exc.message}")
+            raise
+        ui.say(f"the task is no longer on {be.describe()}; what was retrieved is in the store")
+        record = store.get(record.run_id)
     _finish(record, store, ui, as_json)
 
 

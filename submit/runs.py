@@ -42,6 +42,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     from runner.run import check_job
 
     job = loaded.job
+    backend.check_image(job.resources.image)
     report = check_job(loaded)  # every mistake that can be caught here, before any upload
     ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")

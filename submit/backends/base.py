@@ -29,6 +29,10 @@ class BackendError(QtrainError):
     """The backend refused or could not be reached."""
 
 
+class TaskNotFound(BackendError):
+    """The backend does not know the task (deleted, or an emulator that was restarted)."""
+
+
 @dataclass
 class TaskRequest:
     run_id: str  # the results store's run id: names the result bucket, tags the task
@@ -79,6 +83,9 @@ class Backend(abc.ABC):
     def runs_images(self) -> bool:
         """Do tasks run in the job's image here (so that a stale local image matters)?"""
         return True
+
+    def check_image(self, image: str) -> None:
+        """Refuse, before anything is uploaded, an image this backend cannot run."""
 
     @abc.abstractmethod
     def profiles(self) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from submit import config
-from submit.backends.base import (Backend, BackendError, Downloaded, Progress, TaskRequest,
-                                  TaskStatus)
+from submit.backends.base import (Backend, BackendError, Downloaded, Progress, TaskNotFound,
+                                  TaskRequest, TaskStatus)
 
 PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
 
@@ -38,7 +38,7 @@ def _translate(fn: Callable) -> Callable:
             raise BackendError(f"{self.describe()} refused the token: {_msg(exc)}",
                                hint=self.token_hint) from exc
         except qx.MissingTaskException as exc:
-            raise BackendError(f"{self.describe()}: task not found ({_msg(exc)})",
+            raise TaskNotFound(f"{self.describe()}: task not found ({_msg(exc)})",
                                hint="it was deleted, or the emulator was restarted since") from exc
         except qx.MissingBucketException as exc:
             raise BackendError(f"{self.describe()}: bucket missing ({_msg(exc)})") from exc
@@ -94,6 +94,14 @@ class QarnotBackend(Backend):
 
     def describe(self) -> str:
         return "Qarnot"
+
+    def check_image(self, image: str) -> None:
+        from submit.image import CPU_TAG, GPU_TAG
+
+        if image in (CPU_TAG, GPU_TAG):
+            raise BackendError(f"resources.image is {image}, a local tag that Qarnot cannot pull",
+                               hint="qtrain image push REGISTRY/REPO:TAG, then set resources.image "
+                                    "(or --set resources.image=REGISTRY/REPO:TAG)")
 
     @staticmethod
     def configured() -> bool:
@@ -293,6 +301,9 @@ class LocalBackend(QarnotBackend):
 
     def describe(self) -> str:
         return "the local Qarnot emulator"
+
+    def check_image(self, image: str) -> None:
+        """The emulator runs local images (docker executor) or none at all (process)."""
 
     def runs_images(self) -> bool:
         self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor

@@ -323,3 +323,25 @@ def test_emulator_serve_in_the_foreground(tmp_path):
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0 and "stopped" in out
+
+
+def test_qarnot_refuses_a_local_image_before_anything_is_sent(qtrain, store_dir, monkeypatch):
+    monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "x")
+    monkeypatch.setenv("QARNOT_CLUSTER_URL", "http://127.0.0.1:9")
+    result = qtrain("run", "penguins", "--backend", "qarnot", "--store", store_dir)
+    assert result.code == 2 and "qtrain image push" in result.err
+    assert Store(store_dir).list() == []
+
+
+def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
+    done = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    waiting = qtrain("run", csv_job, "--set", "train.epochs=100000", "--detach", "--json",
+                     "--store", store_dir).json()
+    for run in (done, waiting):
+        conn.retrieve_task(run["task_uuid"]).delete()
+    again = qtrain("fetch", done["run_id"], "--json", "--store", store_dir)  # retrieved before: fine
+    assert again.code == 0 and again.json()["metrics"] == done["metrics"]
+    lost = qtrain("fetch", waiting["run_id"], "--store", store_dir)
+    assert lost.code == 2 and "task not found" in lost.err
+    record = Store(store_dir).get(waiting["run_id"])
+    assert record.state == "failed" and "gone" in record.error
