@@ -53,8 +53,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
     total = package.dataset_bytes + len(package.job_json)
-    with ui.transfer(f"uploading {job.name}", total) as advance:
-        uploaded = backend.upload(package, advance)
+    with ui.transfer(f"uploading {job.name}", total) as bar:
+        uploaded = backend.upload(package, bar.advance)
     if package.files:
         what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
             else "dataset already uploaded"
@@ -184,9 +184,8 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
     dest = store.artifacts_dir(run.run_id)
     dest.mkdir(parents=True, exist_ok=True)
     incoming = dest / ".incoming"  # the bucket's layout; results are moved out of out/ below
-    totals: dict[str, int] = {}
-    with ui.transfer(f"retrieving {run.run_id}", 0) as advance:
-        got = backend.download(uuid, incoming, advance, on_total=lambda n: totals.update(total=n))
+    with ui.transfer(f"retrieving {run.run_id}") as bar:
+        got = backend.download(uuid, incoming, bar.advance, on_total=bar.set_total)
     _promote(incoming / RESULTS_PREFIX.rstrip("/"), dest)
     if got.files:
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")

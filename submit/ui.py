@@ -30,14 +30,26 @@ class Ui:
         self.err.print(f"warning: {text}", style="yellow", markup=False)
 
     @contextmanager
-    def transfer(self, description: str, total: int) -> Iterator[Any]:
-        """A bytes progress bar on stderr (only on a terminal); yields `advance(n)`."""
+    def transfer(self, description: str, total: int | None = None) -> Iterator["Transfer"]:
+        """A bytes progress bar on stderr (only on a terminal)."""
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                             TransferSpeedColumn(), TimeRemainingColumn(), console=self.err,
                             transient=True, disable=not self.err.is_terminal)
         with progress:
-            task = progress.add_task(description, total=total or None)
-            yield lambda n: progress.advance(task, n)
+            yield Transfer(progress, progress.add_task(description, total=total or None))
+
+
+class Transfer:
+    """A running progress bar: `advance(n)` bytes, `set_total(n)` once it is known."""
+
+    def __init__(self, progress: Progress, task: Any):
+        self.progress, self.task = progress, task
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def set_total(self, n: int) -> None:
+        self.progress.update(self.task, total=n or None)
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table | None:
