@@ -7,6 +7,7 @@ row, the shifted target is applied, and every mistake that can be seen in the da
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import pickle
@@ -426,7 +427,15 @@ def fingerprint(spec: DataSpec, files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, computed once per process for an unchanged file (`qtrain run`
+    checks the job, then packages it: both need the hashes)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:  # noqa: ARG001
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
