@@ -99,10 +99,8 @@ def test_abort_kills_the_container(conn_factory, docker_emulator, wait_task):
     while "started" not in task.stdout() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _containers(), "the instance runs in a container"
-    t0 = time.monotonic()
     task.abort()
-    assert wait_task(task, timeout=30) == "Cancelled"
-    assert time.monotonic() - t0 < 20
+    assert wait_task(task, timeout=30) == "Cancelled"  # the container sleeps 120 s
     deadline = time.monotonic() + 10
     while _containers() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -101,10 +101,9 @@ def test_abort_stops_the_instance(conn, wait_task, tmp_path):
     deadline = time.monotonic() + 10
     while "started" not in task.stdout() and time.monotonic() < deadline:
         time.sleep(0.05)
-    t0 = time.monotonic()
     task.abort()
+    # the instance sleeps 60 s: ending within 20 s means the abort stopped it
     assert wait_task(task, timeout=20) == "Cancelled"
-    assert time.monotonic() - t0 < 10, "abort must stop the instance, not wait for it"
     task.abort()  # aborting a finished task is accepted (task.run() does it)
 
 
@@ -160,15 +159,13 @@ def test_wrong_token_is_refused(emulator):
 
 
 def test_unknown_endpoints_answer_4xx_with_a_message(emulator):
-    headers = {"Authorization": emulator.token}
-    t0 = time.monotonic()
+    headers = {"Authorization": emulator.token}  # (a 5xx would make the SDK retry for ~30 s)
     r = requests.get(f"{emulator.url}/pools", headers=headers, timeout=5)
     assert r.status_code == 404 and "not implemented" in r.json()["message"]
     r = requests.get(f"{emulator.url}/tasks/00000000-0000-0000-0000-000000000000", headers=headers, timeout=5)
     assert r.status_code == 404
     r = requests.post(f"{emulator.url}/tasks", data="{nope", headers=headers, timeout=5)
     assert r.status_code == 400
-    assert time.monotonic() - t0 < 2
 
 
 def test_missing_bucket_and_unknown_profile_are_refused(conn):
