@@ -7,6 +7,7 @@ permissions; the daemon reads it from there (never from its command line, which 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -172,7 +173,15 @@ def default_executor() -> str:
 
 
 def start(executor: str | None = None, port: int = 0, timeout: float = 60) -> tuple[Endpoint, bool]:
-    """The running daemon, started (detached) if needed.  Returns (endpoint, started_now)."""
+    """The running daemon, started (detached) if needed.  Returns (endpoint, started_now).
+    Several `qtrain run` starting at once share one daemon: the first starts it under a lock."""
+    home().mkdir(parents=True, exist_ok=True)
+    with open(home() / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_locked(executor, port, timeout)
+
+
+def _start_locked(executor: str | None, port: int, timeout: float) -> tuple[Endpoint, bool]:
     current = running()
     if current is not None:
         if executor and executor != current.executor:

@@ -195,3 +195,20 @@ def test_advanced_ranges_give_the_instance_ids(conn, wait_task):
     task.submit()
     assert wait_task(task) == "Success"
     assert sorted(task.stdout().splitlines()) == ["3> id=3 count=3", "4> id=4 count=3", "7> id=7 count=3"]
+
+
+def test_concurrent_starts_share_one_daemon(tmp_path):
+    import json as jsonlib
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QTRAIN_STATE_DIR": str(tmp_path / "state"),
+           "QTRAIN_CONFIG_DIR": str(tmp_path / "config"), "QTRAIN_EMULATOR_EXECUTOR": "process"}
+    procs = [subprocess.Popen([sys.executable, "-m", "submit", "emulator", "start", "--json"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        answers = [jsonlib.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+        assert len({a["pid"] for a in answers}) == 1
+        assert sorted(a["state"] for a in answers) == ["already running", "already running", "started"]
+    finally:
+        subprocess.run([sys.executable, "-m", "submit", "emulator", "stop"], env=env, capture_output=True)
