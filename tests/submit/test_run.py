@@ -345,3 +345,17 @@ def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
     assert lost.code == 2 and "task not found" in lost.err
     record = Store(store_dir).get(waiting["run_id"])
     assert record.state == "failed" and "gone" in record.error
+
+
+def test_registry_credentials_reach_the_task_and_nothing_else(qtrain, store_dir, csv_job, conn, monkeypatch):
+    monkeypatch.setenv("QTRAIN_DOCKER_SRV", "registry.example.com")
+    monkeypatch.setenv("QTRAIN_REGISTRY_LOGIN", "robot")
+    monkeypatch.setenv("QTRAIN_REGISTRY_PASSWORD", "s3cret-registry-password")
+    data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
+    constants = conn.retrieve_task(data["task_uuid"]).constants
+    assert constants["DOCKER_SRV"] == "registry.example.com" and constants["DOCKER_REGISTRY_LOGIN"] == "robot"
+    assert constants["DOCKER_REGISTRY_PASSWORD"] == "s3cret-registry-password"
+    for path in store_dir.rglob("*"):
+        if path.is_file():
+            assert b"s3cret-registry-password" not in path.read_bytes(), path
+    assert "s3cret" not in json.dumps(data)
