@@ -30,6 +30,20 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from runner import __version__
+
+        print(f"qtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """Check, train and run PyTorch training jobs locally or on Qarnot, and keep their results."""
+
 def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
     """`app.command` (or `group.command`) whose function reports a QtrainError as one line and exit status 2, and any
     other exception as an internal error with its traceback (exit status 1)."""

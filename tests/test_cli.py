@@ -33,3 +33,10 @@ def test_jobs_exports():
 def test_unknown_command_is_a_usage_error(qtrain):
     result = qtrain("frobnicate")
     assert result.code == 2 and "No such command" in result.err
+
+
+def test_version(qtrain):
+    from runner import __version__
+
+    result = qtrain("--version")
+    assert result.code == 0 and result.out.strip() == f"qtrain {__version__}"
