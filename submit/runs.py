@@ -43,6 +43,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
 
     job = loaded.job
     backend.check_image(job.resources.image)
+    backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
     report = check_job(loaded)  # every mistake that can be caught here, before any upload
     ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")

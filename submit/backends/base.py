@@ -87,6 +87,9 @@ class Backend(abc.ABC):
     def check_image(self, image: str) -> None:
         """Refuse, before anything is uploaded, an image this backend cannot run."""
 
+    def warm_up(self) -> None:
+        """Get ready in the background (connect, start a daemon) while the job is checked."""
+
     @abc.abstractmethod
     def profiles(self) -> list[str]:
         """The profile names the account offers."""

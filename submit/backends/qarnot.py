@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ class QarnotBackend(Backend):
 
     def __init__(self) -> None:
         self._conn = None
+        self._warming: threading.Thread | None = None
         self._tasks: dict[str, Any] = {}
         self.cluster_url = os.environ.get("QARNOT_CLUSTER_URL") or "https://api.qarnot.com"
 
@@ -122,9 +124,24 @@ class QarnotBackend(Backend):
 
     @property
     def conn(self):
+        if self._warming is not None:  # warm_up() is connecting in the background: wait for it
+            self._warming.join()
+            self._warming = None
         if self._conn is None:
             self._conn = _translate(lambda self: self._connect())(self)
         return self._conn
+
+    def warm_up(self) -> None:
+        """Start connecting in the background (for the emulator: start its daemon) while the
+        caller does other work; `conn` waits for it, and raises any error itself."""
+        if self._conn is None and self._warming is None:
+            def connect() -> None:
+                try:
+                    self._conn = self._connect()
+                except Exception:  # noqa: BLE001 - `conn` tries again and reports it properly
+                    pass
+            self._warming = threading.Thread(target=connect, name="connect", daemon=True)
+            self._warming.start()
 
     def _task(self, uuid: str):
         task = self._tasks.get(uuid)
