@@ -226,8 +226,7 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
             if table is not None:
                 ui.out.print(table)
     if run.trials and data["trials"]:
-        ui.say("trials: " + ", ".join(
-            f"{t['trial']}: {_fmt_headline(run, t['metrics'])}" for t in data["trials"]))
+        ui.out.print(_trials_table(run, data))
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(run.state)
     ui.say(f"run {run.run_id}: {run.state}  ->  {data['artifacts_dir']}", style=style)
     if as_json:
@@ -236,12 +235,12 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
         raise typer.Exit(1)
 
 
-def _fmt_headline(run, metrics) -> str:
+def _trials_table(run, data):
+    from jobs.load import sweep_trials
     from submit.runs import headline
+    from submit.ui import trials_table
 
-    name, _ = headline(run)
-    value = (metrics or {}).get("test", {}).get(name)
-    return "no results" if value is None else f"test {name} {value:.4f}"
+    return trials_table(data, sweep_trials(run.job.get("sweep") or {}), headline(run)[0])
 
 
 def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:
@@ -473,6 +472,8 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     t.add_row("states", "  ".join(f"{h['state']} {h['at'][11:19]}" for h in record.history))
     t.add_row("files", data["artifacts_dir"])
     console.print(t)
+    if record.trials and data["trials"]:
+        console.print(_trials_table(record, data))
     if data["metrics"]:
         console.print(metrics_table(data["metrics"]))
         folder = Path(data["artifacts_dir"])

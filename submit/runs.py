@@ -307,6 +307,7 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
                           for i in range(run.trials)]
         best = sweep.get("best")
         data["best"] = best
+        data["selection"] = sweep.get("selection")  # what picked the best trial, e.g. val_accuracy
         if best is not None:
             data["metrics"] = run.metrics.get(best["trial"])
     return data

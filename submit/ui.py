@@ -99,3 +99,20 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def trials_table(summary: dict[str, Any], trials: list[dict[str, Any]], metric: str) -> Table:
+    """A sweep's trials: what each one changed, its validation and test headline, the best marked."""
+    best = (summary.get("best") or {}).get("trial")
+    title = f"trials (best: {best}, by {summary.get('selection') or metric})" if best is not None else "trials"
+    t = Table(title=title, title_justify="left")
+    for col in ("trial", "overrides", f"val {metric}", f"test {metric}"):
+        t.add_column(col, justify="right" if col != "overrides" else "left")
+    for row in summary.get("trials") or []:
+        m = row.get("metrics") or {}
+        changed = trials[row["trial"]] if row["trial"] < len(trials) else {}
+        overrides = ", ".join(f"{k}={v}" for k, v in changed.items())
+        style = "bold green" if row["trial"] == best else None
+        t.add_row(str(row["trial"]), overrides, fmt((m.get("val") or {}).get(metric)),
+                  fmt((m.get("test") or {}).get(metric)) if m else "failed", style=style)
+    return t

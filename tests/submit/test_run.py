@@ -359,3 +359,12 @@ def test_registry_credentials_reach_the_task_and_nothing_else(qtrain, store_dir,
         if path.is_file():
             assert b"s3cret-registry-password" not in path.read_bytes(), path
     assert "s3cret" not in json.dumps(data)
+
+
+def test_results_show_lists_a_sweeps_trials(qtrain, store_dir, csv_job):
+    data = qtrain("run", csv_job, "--set", "sweep={model.hidden: [[4], [16]]}", "--json",
+                  "--store", store_dir).json()
+    shown = qtrain("results", "show", data["run_id"], "--store", store_dir)
+    assert shown.code == 0
+    assert "model.hidden=[4]" in shown.out and "model.hidden=[16]" in shown.out
+    assert f"best: {data['best']['trial']}" in shown.out
