@@ -210,6 +210,12 @@ def _store(path: Optional[Path]):
     return Store(config.store_dir(path))
 
 
+def _open_run(run_ref: str, store_dir: Optional[Path]):
+    """(store, the run's record) for the commands that take a RUN."""
+    store = _store(store_dir)
+    return store, store.get(run_ref)
+
+
 def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
     """Print a finished run (metrics, confusion matrix, where its files are) and set the exit
     status: 0 succeeded, 1 failed or cancelled."""
@@ -300,8 +306,7 @@ def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
-    store = _store(store_dir)
-    record = store.get(run_ref)
+    store, record = _open_run(run_ref, store_dir)
     if not record.done and record.task_uuid:
         st = backend_for(record).status(record.task_uuid)
         if not st.done:
@@ -335,8 +340,7 @@ def fetch(run_ref: str = RunArgument,
     from submit.backends.base import TaskNotFound
 
     ui = Ui(json_mode=as_json)
-    store = _store(store_dir)
-    record = store.get(run_ref)
+    store, record = _open_run(run_ref, store_dir)
     be = backend_for(record)
     try:
         if wait:
@@ -362,8 +366,7 @@ def logs(run_ref: str = RunArgument,
     from jobs.errors import QtrainError
     from submit.runs import LOG_FILES, backend_for
 
-    store = _store(store_dir)
-    record = store.get(run_ref)
+    store, record = _open_run(run_ref, store_dir)
     try:
         text = backend_for(record).output(record.task_uuid or "", instance, stderr)
     except QtrainError:
@@ -382,8 +385,7 @@ def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
-    store = _store(store_dir)
-    record = store.get(run_ref)
+    store, record = _open_run(run_ref, store_dir)
     if record.done:
         ui.say(f"run {record.run_id} already ended: {record.state}")
     else:
@@ -455,8 +457,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     from submit.runs import summary
     from submit.ui import confusion_table, metrics_table
 
-    store = _store(store_dir)
-    record = store.get(run_ref)
+    store, record = _open_run(run_ref, store_dir)
     data = summary(record, store)
     if as_json:
         print(json.dumps(data))
@@ -489,6 +490,7 @@ def results_compare(run_refs: list[str] = typer.Argument(..., help="Two or more 
                     as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Runs side by side: test metrics and the job settings that differ."""
     from submit.compare import compare_runs
+    from submit.ui import fmt
 
     store = _store(store_dir)
     records = [store.get(r) for r in run_refs]
@@ -499,14 +501,8 @@ def results_compare(run_refs: list[str] = typer.Argument(..., help="Two or more 
     t = Table("", *(r.run_id for r in records), title="compare", title_justify="left")
     for section in ("metrics", "settings"):
         for key, values in table[section].items():
-            t.add_row(key, *(ui_fmt(v) for v in values))
+            t.add_row(key, *(fmt(v) for v in values))
     console.print(t)
-
-
-def ui_fmt(value: Any) -> str:
-    from submit.ui import fmt
-
-    return fmt(value)
 
 
 # --------------------------------------------------------------------------------------- image
