@@ -9,11 +9,11 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from submit.emulator.tasks import PROFILES, RequestError, TaskManager
+from submit.emulator.tasks import TaskManager
+from submit.emulator.wire import PROFILES, RequestError, task_json
 
 EMAIL = "emulator@qtrain.local"
 
@@ -35,11 +35,11 @@ class Api:
         r("GET", r"/profiles", lambda body: list(PROFILES))
         r("GET", r"/profiles/(?P<name>[^/]+)", self.profile)
         r("POST", r"/tasks", self.submit)
-        r("GET", r"/tasks", lambda body: [t.to_json() for t in self.manager.list()])
-        r("GET", r"/tasks/summaries", lambda body: [t.to_json(summary=True) for t in self.manager.list()])
+        r("GET", r"/tasks", lambda body: [task_json(t) for t in self.manager.list()])
+        r("GET", r"/tasks/summaries", lambda body: [task_json(t, summary=True) for t in self.manager.list()])
         r("POST", r"/tasks/summaries/paginate", lambda body: self.paginate(body, summary=True))
         r("POST", r"/tasks/paginate", lambda body: self.paginate(body, summary=False))
-        r("GET", r"/tasks/(?P<uuid>[0-9a-f-]+)", lambda body, uuid: self.manager.get(uuid).to_json())
+        r("GET", r"/tasks/(?P<uuid>[0-9a-f-]+)", lambda body, uuid: task_json(self.manager.get(uuid)))
         r("DELETE", r"/tasks/(?P<uuid>[0-9a-f-]+)", self.delete)
         for stream in ("stdout", "stderr"):
             r("GET", rf"/tasks/(?P<uuid>[0-9a-f-]+)/{stream}", self.output(stream, fresh=False))
@@ -102,12 +102,12 @@ class Api:
         tags = ((body.get("filter") or {}).get("filters") or [])
         if tags:  # {"filters": [{"field": "Tags", "value": ...}]}: keep it simple, match any value
             values = {f.get("value") for f in tags if isinstance(f, dict)}
-            tasks = [t for t in tasks if values & set(t.body.get("tags") or [])]
+            tasks = [t for t in tasks if values & set(t.body.tags)]
         start = int(body.get("token") or 0)
         size = int(body.get("maximumResults") or 50)
         page = tasks[start:start + size]
         more = start + size < len(tasks)
-        return {"data": [t.to_json(summary=summary) for t in page], "token": str(start),
+        return {"data": [task_json(t, summary=summary) for t in page], "token": str(start),
                 "nextToken": str(start + size) if more else None, "isTruncated": more}
 
     def delete(self, body: Any, uuid: str) -> dict[str, Any]:
@@ -136,10 +136,7 @@ class Api:
         task = self.manager.get(uuid)
         if not isinstance(body, dict) or not body.get("interval"):
             raise RequestError(400, "a periodic snapshot needs an interval in seconds")
-        start = task.snapshot is None
-        task.snapshot = body
-        if start and not task.done:
-            threading.Thread(target=task._snapshot_loop, daemon=True).start()
+        task.set_periodic_snapshot(body)
         return {}
 
     def instant_snapshot(self, body: Any, uuid: str) -> dict[str, Any]:

@@ -80,12 +80,13 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
 
     from submit.emulator.api import Api, make_server
     from submit.emulator.executors import make_executor
-    from submit.emulator.tasks import Storage, TaskManager
+    from submit.emulator.storage import Storage
+    from submit.emulator.tasks import TaskManager
 
     token = token or ensure_token()
     s3 = ThreadedMotoServer(ip_address=host, port=s3_port, verbose=False)
     s3.start()
-    s3_host, s3_bound = s3.get_host_and_port()
+    _, s3_bound = s3.get_host_and_port()
     s3_url = f"http://{host}:{s3_bound}"
     manager = TaskManager(_work_dir(), Storage(s3_url, home() / "cache"), make_executor(executor))
     server = make_server(Api(manager, token, s3_url), host, port)

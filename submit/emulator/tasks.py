@@ -1,4 +1,4 @@
-"""Emulated Qarnot tasks: the request a task was submitted with, its life, and its JSON.
+"""Emulated Qarnot tasks: their life, from submission to an end state.
 
 A task moves through Qarnot's states in order:
     Submitted -> FullyDispatched -> PartiallyExecuting|FullyExecuting -> UploadingResults
@@ -8,11 +8,13 @@ Qarnot's cache TTL), each instance runs in its own folder through an executor, a
 instance writes there goes back to the result bucket (whitelist/blacklist honoured) when it ends,
 and periodically while it runs when snapshots are asked.  `resultsCount` grows with each upload,
 which is what tells the SDK that there is something new to download.
+
+The request a task was submitted with and the JSON it is answered with are the wire format's
+(`wire.py`); the bytes move through `storage.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -21,64 +23,15 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from submit.emulator.executors import InstanceSpec, Running, host_has_gpu
+from submit.emulator.storage import Storage
+from submit.emulator.wire import RequestError, TaskBody, safe_relpath, stamp
 
-RUNNING_STATES = ("Submitted", "PartiallyDispatched", "FullyDispatched", "PartiallyExecuting",
-                  "FullyExecuting", "UploadingResults", "DownloadingResults", "PendingCancel")
 FINAL_STATES = ("Success", "Failure", "Cancelled")
-GPU_PROFILES = ("docker-nvidia-batch", "docker-nvidia-network")
-PROFILES = {
-    "docker-batch": {"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
-    "docker-network": {"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
-    "docker-nvidia-batch": {"DOCKER_REPO": "nvidia/cuda", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
-    "docker-nvidia-network": {"DOCKER_REPO": "nvidia/cuda", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
-}
 LOG_LIMIT = 4 << 20  # characters of stdout/stderr kept per stream (Qarnot's buffer is circular too)
-
-
-class RequestError(Exception):
-    """A request the emulator refuses: answered with `status` and {"message": ...}."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def stamp(t: float | None = None) -> str:
-    """Qarnot's date format, as the SDK parses it (6 fraction digits, 'Z')."""
-    dt = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_ranges(text: str) -> list[int]:
-    """Qarnot's advanced ranges: "0-5,7,10-12"."""
-    ids: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                ids.extend(range(lo, hi + 1))
-            elif part:
-                ids.append(int(part))
-    except ValueError:
-        raise RequestError(400, f"advancedRanges {text!r}: expected ranges such as 0-5,7") from None
-    if not ids:
-        raise RequestError(400, "advancedRanges is empty")
-    return ids
-
-
-def safe_relpath(key: str) -> PurePosixPath | None:
-    """A bucket key as a relative path, or None for keys that would escape the folder."""
-    p = PurePosixPath(key.lstrip("/"))
-    if not p.parts or ".." in p.parts:
-        return None
-    return p
 
 
 @dataclass
@@ -117,43 +70,17 @@ class Instance:
     uploaded: dict[str, tuple[int, int]] = field(default_factory=dict)  # relpath -> (size, mtime)
     results: list[str] = field(default_factory=list)
 
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
 
 class Task:
-    def __init__(self, manager: "TaskManager", body: dict[str, Any]):
+    def __init__(self, manager: "TaskManager", body: TaskBody):
         self.manager = manager
         self.uuid = str(uuidlib.uuid4())
         self.body = body
-        self.name = str(body.get("name") or "task")
-        self.shortname = body.get("shortname") or self.uuid
-        self.profile = body.get("profile")
-        if self.profile not in PROFILES:
-            raise RequestError(400, f"profile {self.profile!r} does not exist (profiles: "
-                                    f"{', '.join(PROFILES)})")
-        if body.get("advancedRanges"):
-            self.ids = parse_ranges(body["advancedRanges"])
-        else:
-            count = body.get("instanceCount") or 1
-            if not isinstance(count, int) or count < 1:
-                raise RequestError(400, f"instanceCount {count!r}: must be a positive integer")
-            self.ids = list(range(count))
-        self.constants = {c.get("key"): "" if c.get("value") is None else str(c.get("value"))
-                          for c in body.get("constants") or [] if c.get("key")}
-        self.buckets = [b for b in body.get("advancedResourceBuckets") or []]
-        self.buckets += [{"bucketName": name} for name in body.get("resourceBuckets") or []]
-        self.result_bucket = body.get("resultBucket")
-        self.results_whitelist = body.get("resultsWhitelist")
-        self.results_blacklist = body.get("resultsBlacklist")
-        for name, rx in (("resultsWhitelist", self.results_whitelist),
-                         ("resultsBlacklist", self.results_blacklist)):
-            if rx:
-                try:
-                    re.compile(rx)
-                except re.error as exc:
-                    raise RequestError(400, f"{name} {rx!r} is not a valid regex: {exc}") from None
-        self.gpu = self.profile in GPU_PROFILES or any(
-            (h or {}).get("discriminator") == "GpuHardwareConstraint"
-            for h in body.get("hardwareConstraints") or [])
-        self.upload_on_cancel = bool(body.get("uploadResultsOnCancellation"))
+        self.ids = body.ids
         self.snapshot: dict[str, Any] | None = None
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.created = time.time()
@@ -174,6 +101,7 @@ class Task:
         self.all_err = Output()
         self.resource_files: dict[str, tuple[int, int]] = {}
         self.thread = threading.Thread(target=self._run, name=f"task-{self.uuid[:8]}", daemon=True)
+        self._snapshot_thread: threading.Thread | None = None
 
     # -------------------------------------------------------------------------------- state
     def set_state(self, state: str) -> None:
@@ -223,7 +151,7 @@ class Task:
         for t in threads:
             t.join()
         if self.aborted:
-            if self.upload_on_cancel:
+            if self.body.upload_on_cancel:
                 self._upload_all()
             self.set_state("Cancelled")
             return
@@ -237,21 +165,21 @@ class Task:
             if self.aborted:
                 inst.state = "Cancelled"
                 return
-            env = dict(self.constants)
+            env = dict(self.body.constants)
             env.update({
                 "INSTANCE_ID": str(inst.id), "INSTANCE_COUNT": str(len(self.ids)),
                 "QARNOT_RESOURCES_DIRECTORY": str(inst.workdir),
                 "QARNOT_RESULTS_DIRECTORY": str(inst.workdir),
-                "QARNOT_TASK_UUID": self.uuid, "QARNOT_TASK_NAME": self.name,
+                "QARNOT_TASK_UUID": self.uuid, "QARNOT_TASK_NAME": self.body.name,
             })
-            command = self.constants.get("DOCKER_CMD", "").replace("${INSTANCE_ID}", str(inst.id))
+            command = self.body.constants.get("DOCKER_CMD", "").replace("${INSTANCE_ID}", str(inst.id))
             image = None
-            if self.constants.get("DOCKER_REPO"):
-                image = f"{self.constants['DOCKER_REPO']}:{self.constants.get('DOCKER_TAG') or 'latest'}"
-            spec = InstanceSpec(self.uuid, inst.id, command, inst.workdir, env, image, self.gpu,
+            if self.body.constants.get("DOCKER_REPO"):
+                image = f"{self.body.constants['DOCKER_REPO']}:{self.body.constants.get('DOCKER_TAG') or 'latest'}"
+            spec = InstanceSpec(self.uuid, inst.id, command, inst.workdir, env, image, self.body.gpu,
                                 threads=self.manager.threads_per_instance(len(self.ids)))
-            if self.gpu and not host_has_gpu():
-                self.log(inst.id, f"[emulator] profile {self.profile} asks for a GPU; this host has "
+            if self.body.gpu and not host_has_gpu():
+                self.log(inst.id, f"[emulator] profile {self.body.profile} asks for a GPU; this host has "
                                   f"none: the instance runs on the CPU")
             if not command.strip():
                 self.log(inst.id, "[emulator] DOCKER_CMD is empty: the local emulator needs the "
@@ -303,7 +231,7 @@ class Task:
                 "message": f"instance {inst.id}: the command {how}",
                 "debug": tail[-2000:]})
         if not self.aborted:
-            self._upload(inst, self.results_whitelist, self.results_blacklist)
+            self._upload(inst, self.body.results_whitelist, self.body.results_blacklist)
         self._update_running_state()
 
     def _update_running_state(self) -> None:
@@ -332,7 +260,7 @@ class Task:
     def _materialise(self) -> None:
         storage = self.manager.storage
         staged: list[tuple[PurePosixPath, Path]] = []
-        for b in self.buckets:
+        for b in self.body.buckets:
             name = b.get("bucketName")
             prefix = (((b.get("filtering") or {}).get("prefixFiltering") or {}).get("prefix")) or ""
             strip = (((b.get("resourcesTransformation") or {}).get("stripPrefix") or {}).get("prefix")) or ""
@@ -378,7 +306,7 @@ class Task:
 
     def _upload(self, inst: Instance, whitelist: str | None, blacklist: str | None,
                 bucket: str | None = None, prefix: str = "") -> int:
-        bucket = bucket or self.result_bucket
+        bucket = bucket or self.body.result_bucket
         if not bucket:
             return 0
         n = 0
@@ -398,13 +326,23 @@ class Task:
 
     def _upload_all(self) -> None:
         for inst in self.instances.values():
-            self._upload(inst, self.results_whitelist, self.results_blacklist)
+            self._upload(inst, self.body.results_whitelist, self.body.results_blacklist)
 
     def take_snapshot(self, config: dict[str, Any]) -> None:
         for inst in self.instances.values():
             if inst.state == "Running":
                 self._upload(inst, config.get("whitelist"), config.get("blacklist"),
                              config.get("bucket"), config.get("bucketPrefix") or "")
+
+    def set_periodic_snapshot(self, config: dict[str, Any]) -> None:
+        """Snapshot every `config["interval"]` seconds until the task ends (the newest settings
+        apply from the next snapshot on)."""
+        with self.lock:
+            self.snapshot = config
+            if self._snapshot_thread is None and not self.done:
+                self._snapshot_thread = threading.Thread(target=self._snapshot_loop, daemon=True,
+                                                         name=f"snapshots-{self.uuid[:8]}")
+                self._snapshot_thread.start()
 
     def _snapshot_loop(self) -> None:
         while not self.done:
@@ -431,108 +369,6 @@ class Task:
         self.snapshots[sid]["lastUpdateDate"] = stamp()
         return sid
 
-    # --------------------------------------------------------------------------------- JSON
-    def to_json(self, summary: bool = False) -> dict[str, Any]:
-        with self.lock:
-            now = time.time()
-            completed = [i for i in self.instances.values() if i.state in FINAL_STATES]
-            running = [i for i in self.instances.values() if i.state == "Running"]
-            exec_time = sum(((i.ended or now) - i.started) for i in self.instances.values() if i.started)
-            data: dict[str, Any] = {
-                "uuid": self.uuid, "name": self.name, "shortname": self.shortname,
-                "profile": self.profile, "state": self.state, "previousState": self.previous_state,
-                "stateTransitionTime": stamp(self.transition),
-                "previousStateTransitionTime": stamp(self.previous_transition) if self.previous_transition else None,
-                "creationDate": stamp(self.created), "lastModified": stamp(self.transition),
-                "endDate": stamp(self.ended) if self.ended else None,
-                "errors": list(self.errors), "resultsCount": self.results_count,
-                "resultBucket": self.result_bucket, "tags": self.body.get("tags") or [],
-                "labels": self.body.get("labels") or {},
-                "runningInstanceCount": len(running), "runningCoreCount": len(running),
-                "progress": round(100.0 * len(completed) / len(self.ids), 1),
-                "executionTime": _timespan(exec_time), "wallTime": _timespan((self.ended or now) - self.created),
-                "snapshotInterval": (self.snapshot or {}).get("interval", 0),
-                "uploadResultsOnCancellation": self.upload_on_cancel,
-            }
-            if self.body.get("advancedRanges"):
-                data["advancedRanges"] = self.body["advancedRanges"]
-            else:
-                data["instanceCount"] = len(self.ids)
-            if summary:
-                return data
-            data.update({
-                "constants": [{"key": k, "value": v} for k, v in self.constants.items()],
-                "constraints": self.body.get("constraints") or [],
-                "advancedResourceBuckets": self.body.get("advancedResourceBuckets") or [],
-                "hardwareConstraints": self.body.get("hardwareConstraints") or [],
-                "resultsWhitelist": self.results_whitelist, "resultsBlacklist": self.results_blacklist,
-                "snapshotWhitelist": (self.snapshot or {}).get("whitelist"),
-                "snapshotBlacklist": (self.snapshot or {}).get("blacklist"),
-                "autoDeleteOnCompletion": bool(self.body.get("autoDeleteOnCompletion")),
-                "completionTimeToLive": self.body.get("completionTimeToLive") or "00:00:00",
-                "completedInstances": [{
-                    "instanceId": i.id, "state": i.state,
-                    "wallTimeSec": round((i.ended or now) - (i.started or i.ended or now), 3),
-                    "execTimeSec": round((i.ended or now) - (i.started or i.ended or now), 3),
-                    "execTimeSecGHz": 0.0, "peakMemoryMB": 0, "averageGHz": 0.0,
-                    "results": list(i.results), "executionAttemptCount": 1,
-                } for i in completed],
-            })
-            return data
-
-
-def _timespan(seconds: float) -> str:
-    """A .NET TimeSpan as Qarnot sends it: [d.]hh:mm:ss."""
-    seconds = max(0, int(seconds))
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return (f"{d}." if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
-
-
-class Storage:
-    """The emulator's own S3 client (to its moto server) and its object cache."""
-
-    def __init__(self, s3_url: str, cache_dir: Path):
-        import boto3
-        import botocore.config
-
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=s3_url, aws_access_key_id="qtrain-emulator",
-            aws_secret_access_key="qtrain-emulator", region_name="us-east-1",
-            config=botocore.config.Config(s3={"addressing_style": "path"}))
-        self.cache_dir = cache_dir
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def exists(self, bucket: str) -> bool:
-        try:
-            self.client.head_bucket(Bucket=bucket)
-            return True
-        except Exception:  # noqa: BLE001 - 404 and friends
-            return False
-
-    def list(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            out.extend(page.get("Contents", []))
-        return out
-
-    def cached(self, bucket: str, key: str, etag: str) -> Path:
-        """The object's bytes in the local cache (downloaded once per ETag, like Qarnot's cache)."""
-        name = hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest()
-        path = self.cache_dir / name
-        with self._lock:
-            if not path.exists():
-                tmp = path.with_suffix(".part")
-                self.client.download_file(bucket, key, str(tmp))
-                tmp.chmod(0o444)
-                tmp.replace(path)
-        return path
-
-    def put(self, bucket: str, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), bucket, key)
-
 
 class TaskManager:
     def __init__(self, work_dir: Path, storage: Storage, executor, cores: int | None = None):
@@ -548,15 +384,13 @@ class TaskManager:
     def threads_per_instance(self, instances: int) -> int:
         return max(1, self.cores // min(instances, self.cores))
 
-    def submit(self, body: dict[str, Any]) -> Task:
-        if not isinstance(body, dict):
-            raise RequestError(400, "a task must be a JSON object")
-        task = Task(self, body)
-        for b in task.buckets:
+    def submit(self, body: Any) -> Task:
+        task = Task(self, TaskBody.parse(body))
+        for b in task.body.buckets:
             if not b.get("bucketName") or not self.storage.exists(b["bucketName"]):
                 raise RequestError(404, f"resource bucket {b.get('bucketName')!r} not found")
-        if task.result_bucket and not self.storage.exists(task.result_bucket):
-            raise RequestError(404, f"result bucket {task.result_bucket!r} not found")
+        if task.body.result_bucket and not self.storage.exists(task.body.result_bucket):
+            raise RequestError(404, f"result bucket {task.body.result_bucket!r} not found")
         with self.lock:
             self.tasks[task.uuid] = task
         task.thread.start()
