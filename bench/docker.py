@@ -33,7 +33,7 @@ from tests.docker.test_docker_executor import emulator_at  # noqa: E402
 
 def first_epoch_seconds(executor: str, home: Path, repeat: int) -> list[float]:
     from jobs.load import load_job
-    from submit.backends.qarnot import LocalBackend
+    from submit.backends.local import LocalBackend
     from submit.runs import follow, submit_run
     from submit.store import Store
     from submit.ui import Ui
@@ -122,7 +122,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    f, r, b = results["first_epoch"], results["rebuild"], results["bare_container"]
+    r, b = results["rebuild"], results["bare_container"]
     print(f"(a) submission to first epoch: docker {dm:.2f}s, process {pm:.2f}s "
           f"(docker adds {dm - pm:+.2f}s, x{dm / pm:.1f}); a bare container start+stop takes "
           f"{b['docker_run_true_seconds']:.2f}s against {b['sh_true_seconds'] * 1000:.0f} ms for sh")

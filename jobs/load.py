@@ -7,7 +7,6 @@ Every problem becomes a `JobError` whose one-line message names the file, the fi
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -18,13 +17,10 @@ import yaml
 from pydantic import ValidationError
 
 from jobs.errors import JobError
+from jobs.files import PATH_FIELDS
 from jobs.spec import Job, is_builtin_source
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
-# Fields holding file paths: a relative value given with --set is taken from the current folder,
-# like any other command-line path (values inside the job file are relative to the job file).
-PATH_FIELDS = ("data.path", "data.labels", "data.test_path", "data.test_labels", "model.backbone",
-               "model.weights")
 
 
 @dataclass(frozen=True)
@@ -177,8 +173,3 @@ def sweep_trials(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def format_trial(trial: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in trial.items())
-
-
-def job_hash(job: Job) -> str:
-    canonical = json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -276,8 +276,3 @@ class Job(Spec):
         if self.task == "regression" and self.train.class_weights != "none":
             raise ValueError("train.class_weights only applies to classification")
         return self
-
-    @property
-    def headline(self) -> tuple[str, str]:
-        """The metric a run is judged by, and whether bigger is better ('max') or not ('min')."""
-        return ("accuracy", "max") if self.task == "classification" else ("rmse", "min")

@@ -1,3 +1,5 @@
 """How it trains: the entrypoint that runs inside the container (`python -m runner`)."""
 
-__version__ = "0.1.0"
+from jobs import __version__
+
+__all__ = ["__version__"]

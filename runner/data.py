@@ -7,12 +7,10 @@ row, the shifted target is applied, and every mistake that can be seen in the da
 
 from __future__ import annotations
 
-import functools
 import gzip
-import hashlib
 import pickle
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.errors import DataError
+from jobs.files import resolve
 from jobs.spec import BUILTIN_DATA, DataSpec, Job, is_builtin_source
 from runner import log
 
@@ -32,8 +31,6 @@ class Table:
     target: str
     features: list[str]
     test_frame: pd.DataFrame | None = None  # a separate test set, when the job names one
-    files: list[Path] = field(default_factory=list)
-    fingerprint: str = ""
 
 
 @dataclass
@@ -42,31 +39,9 @@ class Images:
     y: np.ndarray  # (N,) labels
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
-    files: list[Path] = field(default_factory=list)
-    fingerprint: str = ""
 
 
 Dataset = Table | Images
-
-
-def resolve(path: str, base_dir: Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base_dir / p
-
-
-def data_files(spec: DataSpec, base_dir: Path) -> list[Path]:
-    """The local files a job reads (what the submitter uploads); [] for a built-in."""
-    if is_builtin_source(spec.path):
-        return []
-    paths = [spec.path, spec.labels, spec.test_path, spec.test_labels]
-    files: list[Path] = []
-    for p in filter(None, paths):
-        full = resolve(p, base_dir)
-        if full.is_dir():
-            files.extend(sorted(q for q in full.rglob("*") if q.is_file()))
-        else:
-            files.append(full)
-    return files
 
 
 def load_dataset(job: Job, base_dir: Path) -> Dataset:
@@ -79,15 +54,9 @@ def load_dataset(job: Job, base_dir: Path) -> Dataset:
         test = None
         if spec.test_path:
             test = _read_table(resolve(spec.test_path, base_dir), spec, "data.test_path")
-        table = prepare_table(data, job, f"data.path {spec.path}", test)
-        table.files = data_files(spec, base_dir)
-        table.fingerprint = fingerprint(spec, table.files)
-        return table
-    images = data
-    images.files = data_files(spec, base_dir)
-    images.fingerprint = fingerprint(spec, images.files)
-    _check_images(images, job)
-    return images
+        return prepare_table(data, job, f"data.path {spec.path}", test)
+    _check_images(data, job)
+    return data
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -414,33 +383,6 @@ def _check_images(images: Images, job: Job) -> None:
     if images.x_test is not None and images.x_test.shape[1:] != images.x.shape[1:]:
         raise DataError(f"data.test_path: test images are {images.x_test.shape[1:]} but training "
                         f"images are {images.x.shape[1:]}")
-
-
-def fingerprint(spec: DataSpec, files: list[Path]) -> str:
-    """sha256 over the data files' bytes (or the built-in's name and options)."""
-    h = hashlib.sha256()
-    if not files:
-        h.update(f"{spec.path}:{sorted(spec.options.items())}".encode())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(file_sha256(f).encode())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, computed once per process for an unchanged file (`qtrain run`
-    checks the job, then packages it: both need the hashes)."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4096)
-def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:  # noqa: ARG001
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe(data: Dataset) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from jobs.errors import DataError, QtrainError
+from jobs.results import MODEL, RunResults
 from runner.data import to_nchw
 from runner.models import MODEL_FORMAT, Net, build_from_arch
 from runner.prepare import transform_images, transform_table
@@ -56,18 +57,22 @@ class Predictor:
 
 
 def load_model(path: str | Path) -> Predictor:
-    """Load a run's model.pt (or the run directory holding it)."""
+    """Load a run's model.pt, or the one of a results folder (a sweep's: its best trial's,
+    chosen on validation by `jobs.results.select_best`)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "model.pt"
+        results = RunResults(p)
+        if results.is_sweep and results.best_trial() is None:
+            raise QtrainError(f"{p}: a sweep with no finished trial", hint="no model to predict with")
+        p = results.best_folder() / MODEL
     if not p.is_file():
-        raise QtrainError(f"{p}: no model.pt here", hint="give a run directory or its model.pt")
+        raise QtrainError(f"{p}: no {MODEL} here", hint=f"give a run directory or its {MODEL}")
     try:
         saved = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise QtrainError(f"{p}: cannot be read as a qtrain model ({exc})") from exc
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise QtrainError(f"{p}: not a qtrain model.pt")
+        raise QtrainError(f"{p}: not a qtrain {MODEL}")
     model = build_from_arch(saved["arch"])
     model.load_state_dict(saved["model_state"])
     model.eval()

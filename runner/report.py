@@ -1,14 +1,5 @@
-"""The results contract: every file a run writes to its out directory.
+"""Writing the results contract's files (`jobs.results` names them and describes each one).
 
-    metrics.json              train/val/test/baseline metrics, timings, device, epochs
-    confusion_matrix.csv      counts (rows = true, columns = predicted), classification only
-    confusion_matrix_pct.csv  the same, row-normalised percentages
-    confusion_matrix.png
-    history.csv, loss_curve.png
-    predictions.csv           test rows: row id, true, predicted (+ one probability per class)
-    model.pt                  weights + arch + fitted preprocessing (see runner.predict)
-    checkpoint.pt             what `resume` needs (written by the trainer)
-    run.json                  job and dataset hashes, versions, device, seed, timings
 Each file is written to a temporary name and renamed, so a reader never sees half a file.
 """
 
@@ -22,16 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RESULT_FILES = ("metrics.json", "history.csv", "loss_curve.png", "predictions.csv", "model.pt",
-                "checkpoint.pt", "run.json")
-CLASSIFICATION_FILES = ("confusion_matrix.csv", "confusion_matrix_pct.csv", "confusion_matrix.png")
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+from jobs.results import CONFUSION, CONFUSION_PCT, CONFUSION_PNG, HISTORY, LOSS_CURVE, atomic_write
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -68,10 +50,10 @@ def _plt():
 
 def write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
     counts = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes)
-    write_csv(out / "confusion_matrix.csv", counts, index=True)
+    write_csv(out / CONFUSION, counts, index=True)
     totals = matrix.sum(axis=1, keepdims=True)
     pct = np.divide(matrix * 100.0, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    write_csv(out / "confusion_matrix_pct.csv",
+    write_csv(out / CONFUSION_PCT,
               pd.DataFrame(pct.round(2), index=pd.Index(classes, name="true"), columns=classes),
               index=True)
     plt = _plt()
@@ -90,13 +72,13 @@ def write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
     fig.colorbar(im, ax=ax, label="% of true class")
     ax.set_title("Confusion matrix (test)")
     fig.tight_layout()
-    _save_fig(fig, out / "confusion_matrix.png")
+    _save_fig(fig, out / CONFUSION_PNG)
     plt.close(fig)
 
 
 def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     frame = pd.DataFrame(history)
-    write_csv(out / "history.csv", frame)
+    write_csv(out / HISTORY, frame)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for col in ("train_loss", "val_loss"):
@@ -107,7 +89,7 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     ax.legend()
     ax.set_title("Training curve")
     fig.tight_layout()
-    _save_fig(fig, out / "loss_curve.png")
+    _save_fig(fig, out / LOSS_CURVE)
     plt.close(fig)
 
 

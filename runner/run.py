@@ -20,16 +20,17 @@ import pandas as pd
 import torch
 
 from jobs.errors import QtrainError
-from jobs.load import LoadedJob, format_trial, job_hash
+from jobs.files import job_files
+from jobs.load import LoadedJob, format_trial
+from jobs.results import (CHECKPOINT, METRICS, MODEL, PREDICTIONS, RUN_INFO, SWEEP, Metrics, RunInfo,
+                          TrialResult, dataset_hash, headline, job_hash, select_best, trial_dir)
 from runner import log
 from runner.data import Dataset, describe, load_dataset
 from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
 from runner.models import MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, storable_arch
 from runner.prepare import Prepared, prepare
-from runner.report import atomic_write, write_confusion, write_csv, write_history, write_json
-from runner.train import Trainer, predict_raw, seed_everything, select_device, set_threads
-
-SWEEP_SUMMARY = "sweep.json"
+from runner.report import write_confusion, write_csv, write_history, write_json
+from runner.train import Trainer, TrainResult, predict_raw, seed_everything, select_device, set_threads
 
 
 def versions() -> dict[str, str]:
@@ -124,14 +125,18 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     A job with a sweep runs trial `trial` (the Qarnot INSTANCE_ID) into `out_dir`, or, with
     `trial=None`, every trial in turn into `out_dir/trial-<i>` plus a `sweep.json` summary.
     """
+    if loaded.trials and trial is None:
+        return run_sweep(loaded, out_dir, resume=resume)
+    # the hashes are those of the job as submitted (a sweep's, sweep included): as in the store
+    files = job_files(loaded.job, loaded.base_dir)
+    jhash, dhash = job_hash(loaded.job), dataset_hash(loaded.job, files)
+    overrides = None
     if loaded.trials:
-        if trial is None:
-            return run_sweep(loaded, out_dir, resume=resume)
-        log.info(f"sweep trial {trial}/{len(loaded.trials) - 1}: {format_trial(loaded.trials[trial])}")
+        overrides = loaded.trials[trial]
+        log.info(f"sweep trial {trial}/{len(loaded.trials) - 1}: {format_trial(overrides)}")
         loaded = loaded.trial(trial)
     out_dir.mkdir(parents=True, exist_ok=True)
     job = loaded.job
-    jhash = job_hash(job)
     # a checkpoint may be resumed with more epochs or another checkpoint interval
     resume_hash = job_hash(job.model_copy(update={"train": job.train.model_copy(
         update={"epochs": 1, "checkpoint_every": 0})}))
@@ -143,7 +148,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
              f"train {len(p.y['train'])} / val {len(p.y.get('val', []))} / test "
              f"{len(p.y.get('test', []))}, {len(p.feature_names)} features, {trainable} trainable "
              f"parameters, device {b.device}")
-    checkpoint = out_dir / "checkpoint.pt"
+    checkpoint = out_dir / CHECKPOINT
     trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint)
     result = trainer.fit(resume_from=checkpoint if resume else None)
     t_eval = time.perf_counter()
@@ -154,8 +159,10 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "evaluate_seconds": time.perf_counter() - t_eval,
         "samples_per_second": result.samples_per_second,
     }
+    head = headline(job.task).metric
     metrics.update({
-        "task": job.task, "headline": job.headline[0], "device": str(b.device),
+        "task": job.task, "headline": head, "train_loss": kept_train_loss(result, job),
+        "device": str(b.device),
         "epochs_run": result.epochs_run, "epochs": job.train.epochs,
         "best_epoch": result.best_epoch, "early_stop_epoch": result.early_stop_epoch,
         "monitor": trainer.monitor, "resumed_from_epoch": result.resumed_from,
@@ -165,21 +172,21 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     if p.classes is not None and "test" in p.splits:
         write_confusion(out_dir, confusion(p.y["test"], test_out["pred"], len(p.classes)), p.classes)
     if "test" in p.splits:
-        write_csv(out_dir / "predictions.csv", predictions_frame(p, test_out["pred"], test_out["proba"]))
+        write_csv(out_dir / PREDICTIONS, predictions_frame(p, test_out["pred"], test_out["proba"]))
     write_history(out_dir, result.history)
-    save_model(out_dir / "model.pt", b, loaded)
+    save_model(out_dir / MODEL, b, loaded)
     timings["total_seconds"] = time.perf_counter() - t_start
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "run.json", {
-        "job_name": job.name, "job_hash": jhash, "dataset_hash": b.data.fingerprint,
-        "dataset_files": [f.name for f in b.data.files], "trial": trial,
-        "seed": job.train.seed, "device": str(b.device),
-        "cuda": torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
-        "host": socket.gethostname(), "image_digest": _image_digest(),
-        "image_source_digest": os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
-        "versions": versions(), "timings": timings, "job": job.model_dump(mode="json"),
-    })
-    head, _ = job.headline
+    Metrics.model_validate(metrics)  # the contract, checked where it is written
+    write_json(out_dir / METRICS, metrics)
+    info = RunInfo(
+        job_name=job.name, job_hash=jhash, dataset_hash=dhash,
+        dataset_files=[f.remote for f in files], trial=trial, overrides=overrides,
+        seed=job.train.seed, device=str(b.device),
+        cuda=torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
+        host=socket.gethostname(), image_digest=_image_digest(),
+        image_source_digest=os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
+        versions=versions(), timings=timings, job=job.model_dump(mode="json"))
+    write_json(out_dir / RUN_INFO, info.model_dump())
     test = metrics.get("test", {})
     base = metrics.get("baseline", {})
     if head in test:
@@ -188,33 +195,30 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     return metrics
 
 
+def kept_train_loss(result: TrainResult, job) -> float | None:
+    """The training loss of the weights the run keeps: the best epoch's when early stopping
+    restored them, else the last epoch's."""
+    es = job.train.early_stopping
+    epoch = result.best_epoch if (es and es.restore_best and result.best_epoch) else result.epochs_run
+    row = next((h for h in result.history if h.get("epoch") == epoch), None)
+    return None if row is None else row.get("train_loss")
+
+
 def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[str, Any]:
-    trials = loaded.trials
     rows = []
-    for i, overrides in enumerate(trials):
-        metrics = run_job(loaded, out_dir / f"trial-{i}", resume=resume, trial=i)
-        rows.append({"trial": i, "overrides": overrides, "metrics": metrics})
-    summary = summarize_sweep(loaded.job, rows)
+    for i, overrides in enumerate(loaded.trials):
+        metrics = run_job(loaded, out_dir / trial_dir(i), resume=resume, trial=i)
+        rows.append(TrialResult(trial=i, overrides=overrides, metrics=Metrics.model_validate(metrics)))
+    summary = select_best(loaded.job.task, rows, loaded.job.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / SWEEP_SUMMARY, summary)
-    best = summary["best"]
-    log.info(f"sweep done: best trial {best['trial']} ({format_trial(best['overrides'])}) "
-             f"{summary['selection']}={best['value']:.4f}")
-    return summary
-
-
-def summarize_sweep(job, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pick the best trial on the validation split when there is one (else test).  `rows` are
-    {"trial", "overrides", "metrics"}; the submitter calls this too, on retrieved trials."""
-    head, mode = job.headline
-    split = "val" if all(r["metrics"].get("val") for r in rows) else "test"
-    def value(r):
-        return r["metrics"].get(split, {}).get(head, float("nan"))
-    scored = [r for r in rows if not np.isnan(value(r))]
-    pick = (max if mode == "max" else min)(scored, key=value) if scored else rows[0]
-    return {"job_name": job.name, "selection": f"{split}_{head}",
-            "trials": rows, "best": {"trial": pick["trial"], "overrides": pick["overrides"],
-                                     "value": value(pick)}}
+    write_json(out_dir / SWEEP, summary.model_dump())
+    best = summary.best
+    if best is not None:
+        log.info(f"sweep done: best trial {best.trial} ({format_trial(best.overrides)}) "
+                 f"{summary.selection}={best.value:.4f}")
+    if summary.note:
+        log.warn(summary.note)
+    return summary.model_dump()
 
 
 def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
@@ -285,7 +289,8 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
 def _describe_prepared(b: Built, loaded: LoadedJob) -> dict[str, Any]:
     p = b.prepared
     out: dict[str, Any] = {
-        "data": describe(b.data), "dataset_hash": b.data.fingerprint,
+        "data": describe(b.data),
+        "dataset_hash": dataset_hash(loaded.job, job_files(loaded.job, loaded.base_dir)),
         "splits": {s: int(len(p.y.get(s, []))) for s in ("train", "val", "test")},
         "input_shape": list(p.input_shape), "features": len(p.feature_names),
         "feature_names": p.feature_names[:50],

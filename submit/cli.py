@@ -33,7 +33,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def _version(value: bool) -> None:
     if value:
-        from runner import __version__
+        from jobs import __version__
 
         print(f"qtrain {__version__}")
         raise typer.Exit()
@@ -171,12 +171,13 @@ def predict(
 
 
 def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:
-    from submit.runs import summary
-
-    store = _store(store_dir)
-    data = summary(store.get(ref), store)
-    folder = Path(data["artifacts_dir"])
-    return folder / f"trial-{data['best']['trial']}" if data.get("best") else folder
+    """The folder of the model a stored run stands for (a sweep: the trial chosen on validation)."""
+    store, record = _open_run(ref, store_dir)
+    trial, metrics = record.chosen()
+    if metrics is None:
+        raise QtrainError(f"run {record.run_id}: no trained model in the store ({record.state})",
+                          hint=f"qtrain fetch {record.run_id} retrieves it once its task has ended")
+    return store.artifacts_dir(record.run_id, trial)
 
 
 # ------------------------------------------------------------------------------------ catalog
@@ -223,16 +224,15 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
     from submit.ui import confusion_table, metrics_table
 
     data = summary(run, store)
-    if show_results and data["metrics"]:
-        title = "metrics" if not run.trials else f"metrics of the best trial ({data['best']['trial']})"
-        for table in (metrics_table(data["metrics"], title),
-                      confusion_table(Path(data["artifacts_dir"])
-                                      / ("" if not run.trials else f"trial-{data['best']['trial']}")
-                                      / "confusion_matrix.csv")):
+    trial, metrics = run.chosen()
+    if show_results and metrics:
+        title = "metrics" if trial is None else f"metrics of the best trial ({trial}, chosen on {data['selection']})"
+        for table in (metrics_table(metrics, title),
+                      confusion_table(store.artifacts_dir(run.run_id, trial))):
             if table is not None:
                 ui.out.print(table)
-    if run.trials and data["trials"]:
-        ui.out.print(_trials_table(run, data))
+    if run.trials:
+        ui.out.print(_trials_table(run))
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(run.state)
     ui.say(f"run {run.run_id}: {run.state}  ->  {data['artifacts_dir']}", style=style)
     if as_json:
@@ -241,12 +241,10 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
         raise typer.Exit(1)
 
 
-def _trials_table(run, data):
-    from jobs.load import sweep_trials
-    from submit.runs import headline
+def _trials_table(run):
     from submit.ui import trials_table
 
-    return trials_table(data, sweep_trials(run.job.get("sweep") or {}), headline(run)[0])
+    return trials_table(run.sweep(), run.headline()[0])
 
 
 def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:
@@ -422,14 +420,13 @@ app.add_typer(results_app, name="results")
 def results_list(limit: int = typer.Option(20, help="How many runs, newest first (0: all)."),
                  as_json: bool = typer.Option(False, "--json", help="Print a JSON array of runs."),
                  store_dir: Optional[Path] = StoreOption) -> None:
-    """The runs in the store, newest first."""
-    from submit.runs import headline
-
+    """The runs in the store, newest first, with the test headline of each run's model (a sweep:
+    of the trial chosen on validation)."""
     store = _store(store_dir)
     runs = store.list(limit or None)
     rows = []
     for r in runs:
-        name, value = headline(r)
+        name, value = r.headline()
         rows.append({"run_id": r.run_id, "created": r.created, "state": r.state,
                      "job_name": r.job_name, "backend": r.backend, "profile": r.profile,
                      "trials": r.trials, "headline": {"metric": name, "value": value}})
@@ -473,14 +470,12 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     t.add_row("states", "  ".join(f"{h['state']} {h['at'][11:19]}" for h in record.history))
     t.add_row("files", data["artifacts_dir"])
     console.print(t)
-    if record.trials and data["trials"]:
-        console.print(_trials_table(record, data))
-    if data["metrics"]:
-        console.print(metrics_table(data["metrics"]))
-        folder = Path(data["artifacts_dir"])
-        if record.trials and data.get("best"):
-            folder = folder / f"trial-{data['best']['trial']}"
-        table = confusion_table(folder / "confusion_matrix.csv")
+    if record.trials:
+        console.print(_trials_table(record))
+    trial, metrics = record.chosen()
+    if metrics:
+        console.print(metrics_table(metrics, "metrics" if trial is None else f"metrics of trial {trial}"))
+        table = confusion_table(store.artifacts_dir(record.run_id, trial))
         if table is not None:
             console.print(table)
 

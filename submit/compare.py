@@ -1,4 +1,7 @@
-"""`qtrain results compare`: runs side by side (test metrics, and the job settings that matter)."""
+"""`qtrain results compare`: runs side by side (test metrics, and the job settings that matter).
+
+A sweep stands for its best trial, chosen on validation by `jobs.results.select_best` (the same
+trial `results show`, `results list` and `predict` use); its test numbers are that trial's."""
 
 from __future__ import annotations
 
@@ -20,26 +23,34 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def best_metrics(run: RunRecord) -> dict[str, Any]:
-    """The run's metrics (a sweep's: the trial with the best test headline)."""
-    if -1 in run.metrics or not run.metrics:
-        return run.metrics.get(-1, {})
-    name, mode = ("accuracy", max) if run.job.get("task") == "classification" else ("rmse", min)
-    scored = [m for m in run.metrics.values() if isinstance(m.get("test", {}).get(name), (int, float))]
-    return mode(scored, key=lambda m: m["test"][name]) if scored else {}
+def resolved(job: dict[str, Any]) -> dict[str, Any]:
+    """The job with every default filled in (a setting left out is shown with its value)."""
+    from pydantic import ValidationError
+
+    from jobs.spec import Job
+
+    try:
+        return Job.model_validate(job).model_dump(mode="json")
+    except ValidationError:  # a job stored by another version of qtrain: as it was written
+        return job
 
 
 def compare_runs(runs: list[RunRecord]) -> dict[str, Any]:
     metrics: dict[str, list[Any]] = {}
-    per_run = [best_metrics(r) for r in runs]
+    chosen = [r.chosen() for r in runs]
+    per_run = [m or {} for _, m in chosen]
+    if any(r.trials for r in runs):
+        sweeps = [r.sweep() for r in runs]
+        metrics["trial"] = [None if s is None else (s.best.trial if s.best else None) for s in sweeps]
+        metrics["chosen on"] = [None if s is None else s.selection for s in sweeps]
     names: list[str] = []
     for m in per_run:
-        names += [k for k, v in m.get("test", {}).items() if isinstance(v, (int, float)) and k not in names]
+        names += [k for k, v in (m.get("test") or {}).items() if isinstance(v, (int, float)) and k not in names]
     for name in names:
-        metrics[f"test {name}"] = [m.get("test", {}).get(name) for m in per_run]
+        metrics[f"test {name}"] = [(m.get("test") or {}).get(name) for m in per_run]
     metrics["epochs run"] = [m.get("epochs_run") for m in per_run]
-    metrics["train seconds"] = [m.get("timings", {}).get("train_seconds") for m in per_run]
-    flat = [flatten({k: v for k, v in r.job.items() if k != "description"}) for r in runs]
+    metrics["train seconds"] = [(m.get("timings") or {}).get("train_seconds") for m in per_run]
+    flat = [flatten({k: v for k, v in resolved(r.job).items() if k != "description"}) for r in runs]
     keys = sorted(set().union(*flat), key=lambda k: (k not in KEY_SETTINGS, k))
     settings = {}
     for key in keys:

@@ -47,6 +47,9 @@ RESOURCE_CACHE_TTL = int(os.environ.get("QTRAIN_RESOURCE_CACHE_TTL", str(7 * 24 
 SNAPSHOT_INTERVAL = int(os.environ.get("QTRAIN_SNAPSHOT_INTERVAL", "300"))
 # Seconds between two polls of a task's state and output while following it.
 POLL_SECONDS = float(os.environ.get("QTRAIN_POLL_SECONDS", "0"))  # 0: per backend
+# How long `qtrain run` keeps following through a lost connection (seconds) before it stops
+# following (the task goes on; `qtrain fetch RUN` picks it up).
+FOLLOW_RETRY_SECONDS = float(os.environ.get("QTRAIN_FOLLOW_RETRY_SECONDS", "120"))
 # The emulator's executor when none is asked for: docker | process (default: docker where an
 # engine answers and the runner image exists, else process).
 EMULATOR_EXECUTOR = os.environ.get("QTRAIN_EMULATOR_EXECUTOR") or None

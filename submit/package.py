@@ -1,15 +1,15 @@
 """What a task ships: the job's local files, content-addressed, and `job.json`, the resolved job.
 
-Every local path the job names (data.path, data.labels, data.test_path, data.test_labels,
-model.backbone, model.weights) becomes a file or folder in the task's working directory, and the job
-is rewritten to point there:
+The files are those `jobs.files.job_files` names (the one definition the runner shares): each
+becomes `<field's folder>/<name>` in the task's working directory, and the job is rewritten to
+point there:
 
     data.path: ~/datasets/weatherAUS.csv   ->  data/weatherAUS.csv
     data.path: ~/datasets/mnist/           ->  data/mnist/...
 
-The files go to the data bucket under `datasets/<dataset hash>/`, where the dataset hash is a
-sha256 over every file's relative path and sha256: an unchanged dataset has the same prefix and is
-never uploaded twice, from any job.  `job.json` goes under `jobs/<sha256 of job.json>/`.
+The files go to the data bucket under `datasets/<dataset hash>/` (`jobs.results.dataset_hash`, the
+hash the runner writes in run.json): an unchanged dataset has the same prefix and is never uploaded
+twice, from any job.  `job.json` goes under `jobs/<sha256 of job.json>/`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import QtrainError
-from jobs.load import PATH_FIELDS, LoadedJob, job_hash, set_dotted
-from jobs.spec import is_builtin_source
-from runner.data import file_sha256
-
-# Folder in the task's working directory for each path field.
-FIELD_FOLDERS = {"data.path": "data", "data.labels": "labels", "data.test_path": "test",
-                 "data.test_labels": "test_labels", "model.backbone": "backbone",
-                 "model.weights": "weights"}
-assert set(FIELD_FOLDERS) == set(PATH_FIELDS)
+from jobs.files import JOB_FILE, PATH_FIELDS, JobFile, get_dotted, job_files, portable_path
+from jobs.load import LoadedJob, set_dotted
+from jobs.results import dataset_hash, job_hash
 
 
 @dataclass(frozen=True)
@@ -64,6 +58,10 @@ class Package:
         return f"jobs/{hashlib.sha256(self.job_json).hexdigest()}/"
 
     @property
+    def job_key(self) -> str:
+        return self.job_prefix + JOB_FILE
+
+    @property
     def dataset_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
@@ -74,48 +72,20 @@ def build_package(loaded: LoadedJob) -> Package:
         if key in PATH_FIELDS:
             raise QtrainError(f"{loaded.source}: sweep over {key} cannot be submitted",
                               hint="run one job per dataset, or sweep other fields")
-    files: list[PackageFile] = []
-    for key in PATH_FIELDS:
-        value = _get_dotted(raw, key)
-        if not isinstance(value, str) or not value or (key.startswith("data.") and is_builtin_source(value)):
-            continue
-        local = Path(value).expanduser()
-        local = local if local.is_absolute() else loaded.base_dir / local
-        if not local.exists():
-            continue  # not a local file (e.g. torchvision:densenet121); `check` vetted it
-        folder = FIELD_FOLDERS[key]
-        if local.is_dir():
-            for path in sorted(p for p in local.rglob("*") if p.is_file()):
-                files.append(_file(f"{folder}/{local.name}/{path.relative_to(local).as_posix()}", path))
-            set_dotted(raw, key, f"{folder}/{local.name}")
-        else:
-            files.append(_file(f"{folder}/{local.name}", local))
-            set_dotted(raw, key, f"{folder}/{local.name}")
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.remote):
-        h.update(f"{f.remote}\0{f.sha256}\n".encode())
-    if not files:  # a built-in dataset: its name and options identify it
-        h.update(json.dumps(raw.get("data"), sort_keys=True).encode())
+    found = job_files(loaded.job, loaded.base_dir)
+    files = [_file(f) for f in found]
+    for key in {f.field for f in found}:  # point the job at the files' place in the task
+        set_dotted(raw, key, portable_path(key, get_dotted(loaded.job.model_dump(mode="json"), key)))
     return Package(job_name=loaded.job.name, job=raw, job_hash=job_hash(loaded.job),
-                   dataset_hash=h.hexdigest(), files=files, trials=len(loaded.trials))
+                   dataset_hash=dataset_hash(loaded.job, found), files=files,
+                   trials=len(loaded.trials))
 
 
-def _file(remote: str, path: Path) -> PackageFile:
+def _file(f: JobFile) -> PackageFile:
     try:
-        size = path.stat().st_size
-        digest = file_sha256(path)
+        return PackageFile(f.remote, f.local, f.size, f.sha256)
     except OSError as exc:
-        raise QtrainError(f"{path}: cannot read it ({exc.strerror})") from exc
-    return PackageFile(remote, path, size, digest)
-
-
-def _get_dotted(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+        raise QtrainError(f"{f.field} {f.local}: cannot read it ({exc.strerror})") from exc
 
 
 class ProgressReader:

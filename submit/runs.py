@@ -13,26 +13,26 @@ nothing: `qtrain fetch RUN` picks it up from any shell.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from jobs.errors import QtrainError
-from jobs.load import LoadedJob, load_job_dict
-from runner.log import PREFIX, parse_epoch_line
+from jobs.load import LoadedJob
+from jobs.results import (METRICS, OUT, PREFIX, SWEEP, RunResults, atomic_write, parse_epoch_line,
+                          parse_metrics, read_json, write_record)
 from submit import config
 from submit.backends import Backend, get_backend
-from submit.backends.base import TaskRequest, TaskStatus
+from submit.backends.base import BackendUnreachable, TaskRequest, TaskStatus
 from submit.image import image_digest, stale_image
 from submit.package import build_package
 from submit.store import RunRecord, Store
 from submit.ui import Ui, human_bytes
 
 COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
-RESULTS_PREFIX = "out/"  # where the runner writes in the task's working directory
+RESULTS_PREFIX = f"{OUT}/"  # where the runner writes in the task's working directory
 LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
 
 
@@ -148,16 +148,50 @@ class LineShow:
         self.held.clear()
 
 
-def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool = False) -> TaskStatus:
-    """Poll until the task ends, showing state changes and the runner's lines as they come."""
+T = TypeVar("T")
+
+
+class Retry:
+    """Calls through a lost connection: waits 0.5, 1, 2 ... (at most 10) seconds between tries,
+    saying so, and gives up `limit` seconds after the connection was lost."""
+
+    def __init__(self, ui: Ui, what: str, limit: float | None = None, sleep=time.sleep):
+        self.ui, self.what, self.sleep = ui, what, sleep
+        self.limit = config.FOLLOW_RETRY_SECONDS if limit is None else limit
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        lost_at, delay = None, 0.5
+        while True:
+            try:
+                value = fn()
+            except BackendUnreachable as exc:
+                now = time.monotonic()
+                lost_at = lost_at or now
+                if now - lost_at + delay > self.limit:
+                    raise BackendUnreachable(f"{exc.message}; gave up after {now - lost_at:.0f}s",
+                                             hint=f"the task goes on: {self.what}") from exc
+                self.ui.warn(f"{exc.message}; trying again in {delay:g}s")
+                self.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if lost_at is not None:
+                self.ui.say("connection back", style="dim")
+            return value
+
+
+def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool = False,
+           retry: Retry | None = None) -> TaskStatus:
+    """Poll until the task ends, showing state changes and the runner's lines as they come.  A
+    lost connection is retried (`Retry`) rather than ending the follow."""
     uuid = _uuid(run)
     poll = config.POLL_SECONDS or backend.poll_seconds
     buffers = {"stdout": LineBuffer(), "stderr": LineBuffer()}
     show = LineShow(ui)
+    retry = retry or Retry(ui, f"qtrain fetch {run.run_id}")
     last = None
     while True:
-        status = backend.status(uuid)
-        out, err = backend.fresh_output(uuid)
+        status = retry(lambda: backend.status(uuid))
+        out, err = retry(lambda: backend.fresh_output(uuid))
         if not quiet:
             for name, text in (("stdout", out), ("stderr", err)):
                 for line in buffers[name].feed(text) + (buffers[name].flush() if status.done else []):
@@ -191,27 +225,15 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
     if got.files:
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
     _save_logs(backend, uuid, dest)
-    job = load_job_dict(run.job, dest).job
+    results = RunResults(dest)
+    for trial in range(run.trials) if run.trials else [None]:
+        raw = read_json(results.folder(trial) / METRICS)
+        if parse_metrics(raw) is not None:
+            store.set_metrics(run.run_id, raw, trial=trial)
     if run.trials:
-        rows = []
-        for i in range(run.trials):
-            m = _read_json(dest / f"trial-{i}" / "metrics.json")
-            if m is not None:
-                store.set_metrics(run.run_id, m, trial=i)
-                rows.append({"trial": i, "metrics": m})
-        if rows:
-            from jobs.load import sweep_trials
-            from runner.report import write_json
-            from runner.run import SWEEP_SUMMARY, summarize_sweep
-
-            trials = sweep_trials(job.sweep)
-            for r in rows:
-                r["overrides"] = trials[r["trial"]]
-            write_json(dest / SWEEP_SUMMARY, summarize_sweep(job, rows))
-    else:
-        m = _read_json(dest / "metrics.json")
-        if m is not None:
-            store.set_metrics(run.run_id, m)
+        sweep = store.get(run.run_id).sweep()
+        if any(r.metrics for r in sweep.trials):
+            write_record(dest / SWEEP, sweep)
     error = None
     if status.state == "Failure":
         error = "; ".join(status.errors) or "the task failed"
@@ -227,6 +249,8 @@ def _promote(src: Path, dest: Path) -> None:
     for path in sorted(src.rglob("*")):
         if path.is_file():
             target = dest / path.relative_to(src)
+            if target.is_file() and os.path.samefile(path, target):
+                continue  # promoted by an earlier fetch (rename() onto the same inode is a no-op)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
             tmp.unlink(missing_ok=True)
@@ -238,20 +262,11 @@ def _promote(src: Path, dest: Path) -> None:
 
 
 def _save_logs(backend: Backend, uuid: str, dest: Path) -> None:
-    from runner.report import atomic_write
-
     for stream, name in LOG_FILES.items():
         try:
             atomic_write(dest / name, backend.output(uuid, stderr=stream == "stderr"))
         except QtrainError:
             pass  # logs are a convenience; the results are what matters
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _uuid(run: RunRecord) -> str:
@@ -301,23 +316,12 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
         "history": run.history,
     }
     if run.trials:
-        sweep = _read_json(store.artifacts_dir(run.run_id) / "sweep.json") or {}
+        sweep = run.sweep()
         data["trials"] = [{"trial": i, "metrics": run.metrics.get(i),
                            "artifacts_dir": str(store.artifacts_dir(run.run_id, i))}
                           for i in range(run.trials)]
-        best = sweep.get("best")
-        data["best"] = best
-        data["selection"] = sweep.get("selection")  # what picked the best trial, e.g. val_accuracy
-        if best is not None:
-            data["metrics"] = run.metrics.get(best["trial"])
+        data["best"] = sweep.best.model_dump(mode="json") if sweep.best else None
+        data["selection"] = sweep.selection  # what chose the best trial, e.g. val_accuracy
+        data["selection_note"] = sweep.note
+        data["metrics"] = run.chosen()[1]
     return data
-
-
-def headline(run: RunRecord) -> tuple[str, float | None]:
-    """The run's headline metric on the test split (the best trial's, for a sweep)."""
-    name = "accuracy" if run.job.get("task") == "classification" else "rmse"
-    values = [m.get("test", {}).get(name) for m in run.metrics.values()]
-    values = [v for v in values if isinstance(v, (int, float))]
-    if not values:
-        return name, None
-    return name, (max(values) if name == "accuracy" else min(values))

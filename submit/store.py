@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobs.errors import QtrainError
+from jobs.load import sweep_trials
+from jobs.results import Metrics, SweepSummary, headline, parse_metrics, summarize, trial_dir
 
 STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -83,6 +85,31 @@ class RunRecord:
     def done(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def task(self) -> str:
+        return self.job.get("task") or "classification"
+
+    def sweep(self) -> SweepSummary | None:
+        """A sweep's trials and best (`jobs.results.select_best` over the indexed metrics)."""
+        if not self.trials:
+            return None
+        return summarize(self.task, {t: m for t, m in self.metrics.items() if t >= 0},
+                         sweep_trials(self.job.get("sweep") or {})[:self.trials], self.job_name)
+
+    def chosen(self) -> tuple[int | None, dict[str, Any] | None]:
+        """(trial, metrics) of the model the run stands for: the run's own, or a sweep's best
+        trial, chosen on validation (never on test).  (None, None) when there is none yet."""
+        if not self.trials:
+            return None, self.metrics.get(-1)
+        best = self.sweep().best
+        return (None, None) if best is None else (best.trial, self.metrics.get(best.trial))
+
+    def headline(self) -> tuple[str, float | None]:
+        """The headline metric and its test value for the chosen model."""
+        name = headline(self.task).metric
+        m: Metrics | None = parse_metrics(self.chosen()[1])
+        return name, (m.score("test", name) if m else None)
+
 
 class Store:
     def __init__(self, root: Path):
@@ -93,15 +120,28 @@ class Store:
             raise QtrainError(f"results store {self.root}: cannot create it ({exc.strerror})",
                               hint="choose another folder with --store or QTRAIN_STORE") from exc
         self.db_path = self.root / "index.sqlite"
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        self._init_db()
+
+    def _init_db(self) -> None:
+        """WAL mode (kept in the file, so set once) and the schema.  Several processes opening a
+        new store at once can get SQLITE_BUSY here without the busy handler being called: retry."""
+        for attempt in range(100):
+            try:
+                with self._connect() as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise QtrainError(f"results store {self.db_path}: locked by another process")
 
     # ------------------------------------------------------------------------------ plumbing
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
             db.row_factory = sqlite3.Row
             yield db
@@ -171,7 +211,7 @@ class Store:
     # ------------------------------------------------------------------------------- reading
     def artifacts_dir(self, run_id: str, trial: int | None = None) -> Path:
         base = self.root / "runs" / run_id
-        return base if trial is None else base / f"trial-{trial}"
+        return base if trial is None else base / trial_dir(trial)
 
     def resolve(self, ref: str) -> str:
         """A run id, or a unique prefix or suffix of one (like git's short hashes)."""

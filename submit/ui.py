@@ -16,6 +16,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 from rich.table import Table
 
+from jobs.results import CONFUSION, SweepSummary
+
 
 class Ui:
     def __init__(self, json_mode: bool = False):
@@ -68,7 +70,9 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table | No
     return t
 
 
-def confusion_table(path: Path) -> Table | None:
+def confusion_table(folder: Path) -> Table | None:
+    """The test confusion matrix of the results in `folder` (None for regression)."""
+    path = folder / CONFUSION
     if not path.is_file():
         return None
     with open(path, newline="") as fh:
@@ -101,18 +105,24 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def trials_table(summary: dict[str, Any], trials: list[dict[str, Any]], metric: str) -> Table:
-    """A sweep's trials: what each one changed, its validation and test headline, the best marked."""
-    best = (summary.get("best") or {}).get("trial")
-    title = f"trials (best: {best}, by {summary.get('selection') or metric})" if best is not None else "trials"
-    t = Table(title=title, title_justify="left")
-    for col in ("trial", "overrides", f"val {metric}", f"test {metric}"):
+def trials_table(sweep: SweepSummary, metric: str) -> Table:
+    """A sweep's trials: what each one changed, its validation and test headline, the best marked
+    (chosen on validation, or on the training loss when there is none: the title says which)."""
+    best = sweep.best.trial if sweep.best else None
+    title = f"trials (best: {best}, chosen on {sweep.selection})" if best is not None else "trials"
+    t = Table(title=title, title_justify="left", caption=sweep.note)
+    columns = ["trial", "overrides", f"val {metric}", f"test {metric}"]
+    if sweep.selection == "train_loss":
+        columns.insert(2, "train loss")
+    for col in columns:
         t.add_column(col, justify="right" if col != "overrides" else "left")
-    for row in summary.get("trials") or []:
-        m = row.get("metrics") or {}
-        changed = trials[row["trial"]] if row["trial"] < len(trials) else {}
-        overrides = ", ".join(f"{k}={v}" for k, v in changed.items())
-        style = "bold green" if row["trial"] == best else None
-        t.add_row(str(row["trial"]), overrides, fmt((m.get("val") or {}).get(metric)),
-                  fmt((m.get("test") or {}).get(metric)) if m else "failed", style=style)
+    for row in sweep.trials:
+        m = row.metrics
+        overrides = ", ".join(f"{k}={v}" for k, v in row.overrides.items())
+        cells = [fmt(m.score("val", metric)) if m else "-",
+                 fmt(m.score("test", metric)) if m else "failed"]
+        if sweep.selection == "train_loss":
+            cells.insert(0, fmt(m.train_loss) if m else "-")
+        t.add_row(str(row.trial), overrides, *cells,
+                  style="bold green" if row.trial == best else None)
     return t

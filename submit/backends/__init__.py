@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from submit.backends.base import Backend, BackendError
-from submit.backends.qarnot import LocalBackend, QarnotBackend
+from submit.backends.local import LocalBackend
+from submit.backends.qarnot import QarnotBackend
 
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "qarnot": QarnotBackend}
 

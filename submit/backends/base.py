@@ -33,6 +33,10 @@ class TaskNotFound(BackendError):
     """The backend does not know the task (deleted, or an emulator that was restarted)."""
 
 
+class BackendUnreachable(BackendError):
+    """The backend or its storage could not be reached: worth trying again later."""
+
+
 @dataclass
 class TaskRequest:
     run_id: str  # the results store's run id: names the result bucket, tags the task

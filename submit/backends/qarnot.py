@@ -1,9 +1,10 @@
 """The Qarnot backend: the official `qarnot` SDK, and nothing hand-written on the wire.
 
 The same class serves Qarnot and the local emulator; they differ only in where the connection
-points (`QarnotBackend` reads the account from QARNOT_CLIENT_TOKEN or the SDK's config file,
-`LocalBackend` from the emulator daemon, started on first use).  The token goes to the SDK and
-nowhere else: not into the job, the task's constants, the logs or the results store.
+points: `QarnotBackend` reads the account from QARNOT_CLIENT_TOKEN or the SDK's config file, and
+`submit.backends.local.LocalBackend` hands it a connection to the emulator daemon (`connect`).
+The token goes to the SDK and nowhere else: not into the job, the task's constants, the logs or
+the results store.
 """
 
 from __future__ import annotations
@@ -16,58 +17,27 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from submit import config
-from submit.backends.base import (Backend, BackendError, Downloaded, Progress, TaskNotFound,
-                                  TaskRequest, TaskStatus)
+from submit.backends.base import Backend, BackendError, Downloaded, Progress, TaskRequest, TaskStatus
+from submit.backends.errors import translate
 
 PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
 
 
 def _translate(fn: Callable) -> Callable:
-    """SDK, HTTP and S3 errors -> BackendError with a next step (no SDK type leaves here)."""
+    """SDK, HTTP and S3 errors -> BackendError with a next step (`submit.backends.errors`): no
+    SDK type leaves a backend."""
 
     @functools.wraps(fn)
     def wrapper(self: "QarnotBackend", *args: Any, **kwargs: Any):
-        import botocore.exceptions
-        import qarnot.exceptions as qx
-        import requests
-
         try:
             return fn(self, *args, **kwargs)
-        except BackendError:
-            raise
-        except qx.UnauthorizedException as exc:
-            raise BackendError(f"{self.describe()} refused the token: {_msg(exc)}",
-                               hint=self.token_hint) from exc
-        except qx.MissingTaskException as exc:
-            raise TaskNotFound(f"{self.describe()}: task not found ({_msg(exc)})",
-                               hint="it was deleted, or the emulator was restarted since") from exc
-        except qx.MissingBucketException as exc:
-            raise BackendError(f"{self.describe()}: bucket missing ({_msg(exc)})") from exc
-        except qx.MaxTaskException as exc:
-            raise BackendError(f"{self.describe()}: task quota reached ({_msg(exc)})",
-                               hint="wait for running tasks to end, or cancel some") from exc
-        except qx.NotEnoughCreditsException as exc:
-            raise BackendError(f"{self.describe()}: not enough credits ({_msg(exc)})") from exc
-        except qx.MissingProfileException as exc:
-            raise BackendError(f"{self.describe()}: unknown profile ({_msg(exc)})",
-                               hint="qtrain profiles lists what the account offers") from exc
-        except qx.QarnotException as exc:
-            raise BackendError(f"{self.describe()}: {_msg(exc)}") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise BackendError(f"cannot reach {self.describe()} at {self.cluster_url}",
-                               hint=self.unreachable_hint) from exc
-        except (botocore.exceptions.EndpointConnectionError,
-                botocore.exceptions.ConnectionClosedError) as exc:
-            raise BackendError(f"cannot reach the storage of {self.describe()}: {exc}",
-                               hint=self.unreachable_hint) from exc
-        except botocore.exceptions.ClientError as exc:
-            raise BackendError(f"storage of {self.describe()}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - translated when known, else re-raised as is
+            error = translate(exc, self)
+            if error is None or error is exc:
+                raise
+            raise error from exc
 
     return wrapper
-
-
-def _msg(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def s3_etag(path: Path) -> str:
@@ -88,7 +58,9 @@ class QarnotBackend(Backend):
     token_hint = "check QARNOT_CLIENT_TOKEN or the [client] token of your Qarnot config file"
     unreachable_hint = "check your network and QARNOT_CLUSTER_URL"
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Callable[[], Any] | None = None) -> None:
+        """`connect` makes the SDK connection (default: the Qarnot account configured here)."""
+        self._connect = connect or self._connect_account
         self._conn = None
         self._warming: threading.Thread | None = None
         self._tasks: dict[str, Any] = {}
@@ -110,7 +82,7 @@ class QarnotBackend(Backend):
         """Is a Qarnot account set up here (token in the environment or the SDK config file)?"""
         return bool(os.environ.get("QARNOT_CLIENT_TOKEN")) or config.qarnot_config_file().is_file()
 
-    def _connect(self):
+    def _connect_account(self):
         import qarnot
 
         cfg = config.qarnot_config_file()
@@ -173,7 +145,7 @@ class QarnotBackend(Backend):
             with ProgressReader(f.local, progress or (lambda n: None)) as fh:
                 bucket.add_file(fh, key)
             sent += f.size
-        job_key = package.job_prefix + "job.json"
+        job_key = package.job_key
         if not any(o.key == job_key for o in bucket.directory(job_key)):
             data = package.job_json
             bucket.add_file(io.BytesIO(data), job_key)
@@ -300,39 +272,3 @@ def split_image(image: str) -> tuple[str, str]:
     if not sep or "/" in tag:
         return image, "latest"
     return repo, tag
-
-
-class LocalBackend(QarnotBackend):
-    """The local Qarnot emulator, started on first use (`qtrain emulator start`)."""
-
-    name = "local"
-    poll_seconds = 0.2
-    token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
-    unreachable_hint = "qtrain emulator status; qtrain emulator start"
-
-    def __init__(self, executor: str | None = None) -> None:
-        super().__init__()
-        self.executor = executor
-        self.endpoint = None
-        self.started_now = False
-
-    def describe(self) -> str:
-        return "the local Qarnot emulator"
-
-    def check_image(self, image: str) -> None:
-        """The emulator runs local images (docker executor) or none at all (process)."""
-
-    def runs_images(self) -> bool:
-        self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor
-        return self.endpoint is not None and self.endpoint.executor == "docker"
-
-    def _connect(self):
-        import qarnot
-
-        from submit.emulator import daemon
-
-        self.endpoint, self.started_now = daemon.start(self.executor)
-        self.cluster_url = self.endpoint.url
-        return qarnot.connection.Connection(client_token=self.endpoint.token,
-                                            cluster_url=self.endpoint.url,
-                                            storage_url=self.endpoint.s3_url)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 
 import pytest
 
 from jobs import CATALOG_DIR, JobError, load_job
-from jobs.load import job_hash, sweep_trials
+from jobs.load import sweep_trials
+from jobs.results import job_hash
 
 
 def test_short_form_gets_sensible_defaults(write_job):
@@ -92,7 +93,8 @@ def test_catalog_job_is_valid_and_documents_the_seed(name):
     loaded = load_job(name)
     assert loaded.job.name == name
     text = (CATALOG_DIR / f"{name}.yaml").read_text()
-    assert text.startswith("#") and "eed" in text.split("name:")[0]  # the seed and its number
+    header = text.split("name:")[0]
+    assert text.startswith("#") and re.search(r"\bseeds? 00[0-4]\b", header), header  # which seed
 
 
 def test_missing_job_file_lists_catalog(tmp_path):

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import load_job
 from runner.data import read_idx
 from runner.predict import load_model
-from runner.report import CLASSIFICATION_FILES, RESULT_FILES
+from jobs.results import CLASSIFICATION_FILES, RESULT_FILES
 
 pytestmark = pytest.mark.slow
 

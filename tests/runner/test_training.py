@@ -73,7 +73,9 @@ def test_class_weights_raise_minority_recall(tmp_path, data_dir):
 
 def test_device_selection():
     assert select_device("cpu").type == "cpu"
-    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else select_device("auto").type)
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert select_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(QtrainError, match="no CUDA device"):
             select_device("cuda")
@@ -139,12 +141,13 @@ def test_torchvision_densenet_backbone_trains_a_head(tmp_path, write_job):
 
 
 def test_epoch_line_round_trips_through_the_parser():
+    from jobs.results import parse_epoch_line
     from runner import log
 
     line = log.epoch_line({"epoch": "3/20", "train_loss": 0.41234, "val_accuracy": 0.875,
                            "elapsed": 1.23456})
     assert line == "[qtrain] epoch=3/20 train_loss=0.41234 val_accuracy=0.875 elapsed=1.235s"
     # Qarnot prefixes multi-instance stdout with the instance number
-    assert log.parse_epoch_line("2> " + line) == {"epoch": "3/20", "train_loss": "0.41234",
+    assert parse_epoch_line("2> " + line) == {"epoch": "3/20", "train_loss": "0.41234",
                                                   "val_accuracy": "0.875", "elapsed": "1.235s"}
-    assert log.parse_epoch_line("[qtrain] done: test accuracy=0.9") is None
+    assert parse_epoch_line("[qtrain] done: test accuracy=0.9") is None

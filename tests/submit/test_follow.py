@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.log import epoch_line
+from jobs.results import epoch_line
 from submit.runs import LineBuffer, LineShow
 from submit.ui import Ui
 

@@ -1,0 +1,44 @@
+"""The local backend: the Qarnot backend's code, connected to the local emulator daemon.
+
+Nothing here talks to the emulator but through the `qarnot` SDK, exactly as on Qarnot: this
+class only starts the daemon (on first use) and hands the SDK connection to `QarnotBackend`.
+"""
+
+from __future__ import annotations
+
+from submit.backends.qarnot import QarnotBackend
+
+
+class LocalBackend(QarnotBackend):
+    """The local Qarnot emulator, started on first use (`qtrain emulator start`)."""
+
+    name = "local"
+    poll_seconds = 0.2
+    token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
+    unreachable_hint = "qtrain emulator status; qtrain emulator start"
+
+    def __init__(self, executor: str | None = None) -> None:
+        super().__init__(connect=self._connect_emulator)
+        self.executor = executor
+        self.endpoint = None
+
+    def describe(self) -> str:
+        return "the local Qarnot emulator"
+
+    def check_image(self, image: str) -> None:
+        """The emulator runs local images (docker executor) or none at all (process)."""
+
+    def runs_images(self) -> bool:
+        self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor
+        return self.endpoint is not None and self.endpoint.executor == "docker"
+
+    def _connect_emulator(self):
+        import qarnot
+
+        from submit.emulator import daemon
+
+        self.endpoint, _ = daemon.start(self.executor)
+        self.cluster_url = self.endpoint.url
+        return qarnot.connection.Connection(client_token=self.endpoint.token,
+                                            cluster_url=self.endpoint.url,
+                                            storage_url=self.endpoint.s3_url)
