@@ -163,7 +163,10 @@ class Store:
                 yield db
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # a Ctrl-C can land after COMMIT took effect: then there is nothing to roll back,
+                # and the interrupt (not a rollback error) is what the caller must see
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
 
     # ------------------------------------------------------------------------------- writing

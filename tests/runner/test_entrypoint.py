@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from jobs import load_job
 
@@ -63,3 +64,18 @@ def test_runner_reports_a_bad_job_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run_runner(tmp_path / "nowhere", tmp_path / "results")
     assert proc.returncode == 2 and "job.json: not found" in proc.stderr
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_a_missing_or_broken_job_file_fails_before_torch_is_imported(tmp_path, content):
+    resources = tmp_path / "job"
+    resources.mkdir()
+    if content is not None:
+        (resources / "job.json").write_text(content)
+    probe = ("import sys, runner.__main__ as m; code = m.main(); "
+             "print(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "QARNOT_RESOURCES_DIRECTORY": str(resources),
+                               "QARNOT_RESULTS_DIRECTORY": str(tmp_path / "results")})
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert proc.stderr.startswith("[qtrain] error:") and "job.json" in proc.stderr

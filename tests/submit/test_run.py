@@ -136,7 +136,7 @@ def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
             break
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130 and "qtrain fetch" in out
+    assert proc.returncode == 130 and "qtrain fetch" in out, out
     run_id = Store(store_dir).list()[0].run_id
     fetched = qtrain("fetch", run_id, "--json", "--store", store_dir)
     assert fetched.code == 0 and fetched.json()["state"] == "succeeded"

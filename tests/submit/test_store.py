@@ -72,3 +72,25 @@ def test_unwritable_store_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(QtrainError, match="cannot create it"):
         Store(tmp_path / "file" / "store")
+
+
+def test_an_interrupt_after_commit_is_not_masked(tmp_path, monkeypatch):
+    """Ctrl-C delivered as COMMIT returns: the run is written, and the caller sees the interrupt."""
+    import sqlite3
+
+    store = Store(tmp_path)
+    run = make_run(store)
+
+    class Interrupting(sqlite3.Connection):
+        def execute(self, sql, *args):
+            result = super().execute(sql, *args)
+            if sql == "COMMIT":
+                raise KeyboardInterrupt
+            return result
+
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, factory=Interrupting, **k))
+    with pytest.raises(KeyboardInterrupt):
+        store.set_state(run.run_id, "running")
+    monkeypatch.undo()
+    assert Store(tmp_path).get(run.run_id).state == "running"
