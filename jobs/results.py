@@ -153,6 +153,7 @@ class RunInfo(Record):
     overrides: dict[str, Any] | None = None
     seed: int | None = None
     device: str | None = None
+    threads: int | None = None  # torch's CPU threads
     cuda: str | None = None
     host: str | None = None
     image_digest: str | None = None

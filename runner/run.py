@@ -181,7 +181,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     info = RunInfo(
         job_name=job.name, job_hash=jhash, dataset_hash=dhash,
         dataset_files=[f.remote for f in files], trial=trial, overrides=overrides,
-        seed=job.train.seed, device=str(b.device),
+        seed=job.train.seed, device=str(b.device), threads=torch.get_num_threads(),
         cuda=torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
         host=socket.gethostname(), image_digest=_image_digest(),
         image_source_digest=os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
@@ -269,7 +269,7 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         n = min(len(p.y["train"]), 32)
         xb = trainer.data.x["train"][:n]
         yb = trainer.data.y["train"][:n]
-        loss, _ = trainer.train_step(xb, yb)
+        loss = float(trainer.train_step(xb, yb)[0])
         if not np.isfinite(loss):
             raise QtrainError(f"check: the first training step gave loss {loss}",
                               hint="lower train.lr or check the data for extreme values")

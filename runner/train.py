@@ -51,10 +51,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(spec: TrainSpec) -> None:
-    n = spec.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else os.cpu_count() or 1)
+def set_threads(spec: TrainSpec) -> int:
+    """torch's threads: `train.threads`, else the CPU share the platform gives this process
+    (OMP_NUM_THREADS, which the emulator sets per instance so that a sweep's concurrent trials
+    never oversubscribe the cores), else every core this process may use.  Returns the count."""
+    n = spec.threads or _env_threads() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                           else os.cpu_count() or 1)
     torch.set_num_threads(n)
+    return n
+
+
+def _env_threads() -> int | None:
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
 
 
 def autocast_for(device: torch.device, spec: TrainSpec):
@@ -197,8 +209,9 @@ class Trainer:
         return es.patience if es else 10
 
     # ---------------------------------------------------------------------------- one step
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
-        """One optimisation step; returns (loss, correct predictions or 0)."""
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimisation step; returns (loss, correct predictions or None) as tensors on the
+        device: nothing waits for the device between steps (the epoch reads them once)."""
         with self.autocast():
             out = self.model(xb)
             loss = self.loss_fn(out.float(), yb)
@@ -210,8 +223,8 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
-        correct = int((out.argmax(1) == yb).sum()) if self.prepared.classes is not None else 0
-        return float(loss.detach()), correct
+        correct = (out.detach().argmax(1) == yb).sum() if self.prepared.classes is not None else None
+        return loss.detach(), correct
 
     def run_epoch(self) -> dict[str, float]:
         x, y = self.data.x["train"], self.data.y["train"]
@@ -219,15 +232,21 @@ class Trainer:
         bs = n if self.spec.batch_size == "full" else min(self.spec.batch_size, n)
         order = torch.randperm(n, generator=self.generator).to(self.device)
         self.model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        # float64 where the device has it: the same sum as adding Python floats, without a sync
+        loss_sum = torch.zeros((), device=self.device,
+                               dtype=torch.float32 if self.device.type == "mps" else torch.float64)
+        correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
         for start in range(0, n, bs):
             idx = order[start: start + bs]
             if len(idx) < 2 and n >= 2 and self.has_batchnorm:
                 continue  # batchnorm cannot train on a single sample
             loss, correct = self.train_step(x[idx], y[idx])
-            total_loss += loss * len(idx)
-            total_correct += correct
+            loss_sum.add_(loss, alpha=len(idx))
+            if correct is not None:
+                correct_sum += correct
             seen += len(idx)
+        total_loss, total_correct = float(loss_sum), int(correct_sum)
         if not math.isfinite(total_loss):
             raise QtrainError(f"training diverged at epoch loss {total_loss}",
                               hint="lower train.lr, or check the data for extreme values")

@@ -38,14 +38,15 @@ LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
 
 # ------------------------------------------------------------------------------------ submit
 def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
-               profile: str | None = None) -> RunRecord:
-    from runner.run import check_job
+               profile: str | None = None, recheck: bool = False) -> RunRecord:
+    from submit.checks import check
 
     job = loaded.job
     backend.check_image(job.resources.image)
     backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
-    report = check_job(loaded)  # every mistake that can be caught here, before any upload
-    ui.say(f"checked {job.name}: {report['splits']['train']} training rows, "
+    report, remembered = check(loaded, recheck)  # every mistake caught here, before any upload
+    how = "passed before with this job, data and code" if remembered else "checked"
+    ui.say(f"{how}: {job.name}, {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)
     if backend.runs_images() and stale_image(job.resources.image):
@@ -188,7 +189,7 @@ def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool =
     buffers = {"stdout": LineBuffer(), "stderr": LineBuffer()}
     show = LineShow(ui)
     retry = retry or Retry(ui, f"qtrain fetch {run.run_id}")
-    last = None
+    last = last_counts = None
     while True:
         status = retry(lambda: backend.status(uuid))
         out, err = retry(lambda: backend.fresh_output(uuid))
@@ -198,6 +199,12 @@ def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool =
                     show.line(line, name)
             if status.done:
                 show.flush()
+        if run.trials and not quiet and not status.done:
+            counts = trial_counts(status, run.trials)
+            if counts != last_counts:
+                ui.say(f"[{time.strftime('%H:%M:%S')}] trials: {counts[0]} done, {counts[1]} "
+                       f"running, {counts[2]} queued", style="cyan")
+                last_counts = counts
         if status.state != last:
             if not quiet:
                 ui.say(f"[{time.strftime('%H:%M:%S')}] task {status.state}", style="cyan")
@@ -207,6 +214,13 @@ def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool =
         if status.done:
             return status
         time.sleep(poll)
+
+
+def trial_counts(status: TaskStatus, trials: int) -> tuple[int, int, int]:
+    """A sweep's trials (instances): (done, running, queued)."""
+    done = len(status.instances)
+    running = min(status.running, trials - done)
+    return done, running, trials - done - running
 
 
 # ---------------------------------------------------------------------------------- retrieve

@@ -58,6 +58,7 @@ class TaskStatus:
     errors: list[str] = field(default_factory=list)
     instances: dict[int, str] = field(default_factory=dict)  # completed instance -> state
     progress: float | None = None
+    running: int = 0  # instances running now
 
     @property
     def done(self) -> bool:

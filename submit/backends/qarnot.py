@@ -204,7 +204,8 @@ class QarnotBackend(Backend):
             errors.append(f"{text}" + (f": {debug}" if debug else ""))
         instances = {c.instance_id: c.state for c in task.completed_instances or []}
         return TaskStatus(uuid=uuid, state=task.state or "Submitted", errors=errors,
-                          instances=instances, progress=task.progress)
+                          instances=instances, progress=task.progress,
+                          running=task.running_instance_count or 0)
 
     @_translate
     def fresh_output(self, uuid: str) -> tuple[str, str]:

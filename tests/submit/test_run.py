@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,12 @@ def test_a_sweep_is_one_task_with_one_instance_per_trial(qtrain, store_dir, csv_
     assert data["metrics"] == data["trials"][data["best"]["trial"]]["metrics"]
     assert (Path(data["artifacts_dir"]) / "sweep.json").is_file()
     assert (Path(data["artifacts_dir"]) / "trial-1" / "model.pt").is_file()
+    assert re.search(r"trials: \d done, \d running, \d queued", result.err)  # the follow view
+    # concurrent trials share the cores instead of oversubscribing them
+    cores = os.cpu_count()
+    for t in data["trials"]:
+        threads = json.loads((Path(t["artifacts_dir"]) / "run.json").read_text())["threads"]
+        assert threads * min(2, cores) <= cores and threads >= 1
 
 
 def test_bad_input_uploads_nothing_and_records_nothing(qtrain, store_dir, csv_job, conn):
