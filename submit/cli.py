@@ -76,6 +76,10 @@ SetOption = typer.Option(None, "--set", "-s", metavar="KEY.PATH=VALUE",
                          help="Override a job field, e.g. --set train.epochs=5 (repeatable).")
 
 
+RecheckOption = typer.Option(False, "--recheck", help="Check again even if this job, its data "
+                                                      "and the code passed before.")
+
+
 def _load(job: str, overrides: Optional[list[str]]):
     from jobs.load import load_job
 
@@ -88,18 +92,22 @@ def check(
     job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
     set_: Optional[list[str]] = SetOption,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    recheck: bool = RecheckOption,
 ) -> None:
     """Preflight a job: validate it, load and preprocess the data, build the model and run one
     training step on a small batch.  Catches every mistake that can be caught before paying for a
-    cloud task."""
-    from runner.run import check_job
+    cloud task.  A job that passed with the same job, data and code is not checked again."""
+    from submit.checks import check as check_job
 
     loaded = _load(job, set_)
-    report = check_job(loaded)
+    report, remembered = check_job(loaded, recheck=recheck)
     if as_json:
-        print(json.dumps(report))
+        print(json.dumps({**report, "remembered": remembered}))
         return
     _print_check(report, loaded.source)
+    if remembered:
+        err_console.print("(passed before with this job, data and code: not checked again; "
+                          "--recheck to check anyway)", style="dim", highlight=False)
 
 
 def _print_check(report: dict[str, Any], source: str) -> None:
@@ -273,6 +281,7 @@ def run(
                                                      "Default: the job's resources.profile."),
     set_: Optional[list[str]] = SetOption,
     detach: bool = typer.Option(False, "--detach", help="Return once submitted, with the run id."),
+    recheck: bool = RecheckOption,
     as_json: bool = JsonOption,
     store_dir: Optional[Path] = StoreOption,
 ) -> None:
@@ -287,7 +296,7 @@ def run(
     loaded = _load(job, set_)
     store = _store(store_dir)
     be = get_backend(backend)
-    record = submit_run(loaded, be, store, ui, profile=profile)
+    record = submit_run(loaded, be, store, ui, profile=profile, recheck=recheck)
     if detach:
         ui.say(f"detached: qtrain status {record.run_id}  |  qtrain fetch {record.run_id}")
         if as_json:

@@ -10,6 +10,21 @@ import pytest
 from tests import datagen
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory):
+    """qtrain's state (remembered checks, the emulator's files) in a throwaway folder, never the
+    user's; the emulator fixture narrows it further for its daemon."""
+    import os
+
+    saved = os.environ.get("QTRAIN_STATE_DIR")
+    os.environ["QTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("qtrain-state"))
+    yield
+    if saved is None:
+        os.environ.pop("QTRAIN_STATE_DIR", None)
+    else:
+        os.environ["QTRAIN_STATE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """One folder of small generated datasets, made once per test session."""

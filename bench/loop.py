@@ -1,0 +1,181 @@
+"""The daily loop (issue 8): each figure a ratio of paired runs taken alternately in this one
+invocation, medians over --pairs pairs, with the spread (min..max of the ratios).
+
+(a) check: wall(`qtrain check penguins --recheck`) / wall(`python -c "import torch, pandas,
+    sklearn"`); goal <= 1.15.  A repeated check of the unchanged job (remembered): goal <= 0.3.
+(b) run, process executor: wall(`qtrain run penguins`) / wall(`qtrain train penguins`) on a warm
+    emulator; goal <= 0.6.
+(c) sweep: wall(a 6-trial sweep) / wall(one of its trials alone), goal <= 1.15 x 6 / cores; and
+    the same sweep with every trial on all cores (`train.threads` = cores, what the runner did
+    before it honoured the emulator's CPU share), the reference for the oversubscription fix.
+(d) the tabular training loop: steps/s of the runner's Trainer / steps/s of a minimal hand-written
+    PyTorch loop over the same tensors, model, optimizer and batch size (in this process, a
+    50k-row, 10-feature regression table); goal >= 0.9.
+
+    python bench/loop.py [--pairs 5] [--parts check,run,sweep,loop]
+        -> prints the figures, writes bench/results/loop.json (parts not run keep their old figures)
+
+It uses its own emulator (state and config in a temporary folder) and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wall(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def qtrain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "submit", *args]
+
+
+def paired(a: list[str], b: list[str], env: dict[str, str], pairs: int) -> dict:
+    """Alternate a and b `pairs` times: the median of a/b, its spread, the medians of each."""
+    sa, sb = [], []
+    for _ in range(pairs):
+        sa.append(wall(a, env))
+        sb.append(wall(b, env))
+    ratios = sorted(x / y for x, y in zip(sa, sb))
+    return {"ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "seconds": statistics.median(sa), "reference_seconds": statistics.median(sb),
+            "samples": sa, "reference_samples": sb}
+
+
+def loop_speed(pairs: int, epochs: int = 3) -> dict:
+    """(d): the Trainer against a minimal loop, alternately, on one prepared table."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from jobs.load import load_job_dict
+    from runner.models import build_from_arch
+    from runner.run import build
+    from runner.train import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50_000, 10))
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(10)])
+    frame["y"] = x @ rng.normal(size=10) + np.sin(x[:, 0] * 2) + rng.normal(scale=0.3, size=len(x))
+    with tempfile.TemporaryDirectory(prefix="qtrain-loop-") as d:
+        frame.to_csv(Path(d) / "t.csv", index=False)
+        loaded = load_job_dict({"name": "loop", "task": "regression", "data": {"path": "t.csv", "target": "y"},
+                                "train": {"epochs": epochs, "threads": 1}}, Path(d))
+        b = build(loaded)
+    ours, minimal, steps = [], [], 0
+    for _ in range(pairs):
+        model = build_from_arch(b.arch)
+        trainer = Trainer(model, b.prepared, loaded.job, torch.device("cpu"), "bench")
+        with contextlib.redirect_stdout(io.StringIO()):  # the epoch lines
+            result = trainer.fit()
+        bs = loaded.job.train.batch_size
+        n = len(trainer.data.x["train"])
+        steps = epochs * -(-n // bs)
+        ours.append(steps / result.train_seconds)
+
+        xt, yt = trainer.data.x["train"], trainer.data.y["train"]
+        model = build_from_arch(b.arch)
+        opt = torch.optim.Adam(model.parameters(), lr=loaded.job.train.lr)
+        loss_fn = torch.nn.MSELoss()
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            order = torch.randperm(n)
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                yb = yt[idx]
+                loss = loss_fn(model(xt[idx]).reshape(yb.shape), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        minimal.append(steps / (time.perf_counter() - t0))
+    ratios = sorted(a / b for a, b in zip(ours, minimal))
+    return {"ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "seconds": steps / statistics.median(ours), "reference_seconds": steps / statistics.median(minimal),
+            "steps_per_second": statistics.median(ours), "minimal_steps_per_second": statistics.median(minimal),
+            "steps": steps, "goal": 0.9, "table": "50k rows x 10 features, regression, batch 64, 1 thread"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--parts", default="check,run,sweep,loop")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="qtrain-loop-") as d:
+        tmp = Path(d)
+        env = {**os.environ, "QTRAIN_STATE_DIR": str(tmp / "state"), "QTRAIN_CONFIG_DIR": str(tmp / "config"),
+               "MPLBACKEND": "Agg", "QTRAIN_EMULATOR_EXECUTOR": "process"}
+        env.pop("QARNOT_CLIENT_TOKEN", None)
+        store = ["--store", str(tmp / "store")]
+        imports = [sys.executable, "-c", "import torch, pandas, sklearn"]
+        results: dict = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        results.update({"machine": {"cpus": cores, "python": platform.python_version(),
+                                    "platform": platform.platform()}, "pairs": args.pairs})
+        try:
+            if "loop" in parts:
+                results["loop"] = loop_speed(args.pairs)
+            if "check" in parts:
+                results["check"] = paired(qtrain("check", "penguins", "--recheck"), imports, env, args.pairs)
+                results["check"]["goal"] = 1.15
+                results["check_remembered"] = paired(qtrain("check", "penguins"), imports, env, args.pairs)
+                results["check_remembered"]["goal"] = 0.3
+            if parts & {"run", "sweep"}:
+                wall(qtrain("emulator", "start"), env)
+                wall(qtrain("run", "penguins", *store), env)  # warm-up: fork server, caches
+            if "run" in parts:
+                results["run_process"] = paired(qtrain("run", "penguins", *store),
+                                                qtrain("train", "penguins", "--out", str(tmp / "train")),
+                                                env, args.pairs)
+                results["run_process"]["goal"] = 0.6
+            if "sweep" in parts:
+                sweep = ["grid-search", "--set", "train.epochs=3", *store]
+                one = ["--set", "sweep={model.n_layers: [2], model.dropout: [0.5]}"]
+                n = max(1, args.pairs // 2)
+                results["sweep"] = paired(qtrain("run", *sweep), qtrain("run", *sweep, *one), env, n)
+                results["sweep"]["goal"] = 1.15 * 6 / cores
+                results["sweep_all_cores_each"] = paired(
+                    qtrain("run", *sweep, "--set", f"train.threads={cores}"), qtrain("run", *sweep), env, n)
+        finally:
+            subprocess.run(qtrain("emulator", "stop"), cwd=ROOT, env=env, capture_output=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for key, label in (("check", "check / import torch+pandas+sklearn"),
+                       ("check_remembered", "remembered check / import"),
+                       ("run_process", "run (process executor) / train"),
+                       ("sweep", "6-trial sweep / one trial"),
+                       ("sweep_all_cores_each", "sweep, each trial on all cores / sweep, shared"),
+                       ("loop", "Trainer steps/s / minimal loop steps/s")):
+        r = results.get(key)
+        if r is None:
+            continue
+        sign = ">=" if key == "loop" else "<="
+        goal = f" (goal {sign} {r['goal']:.2f})" if "goal" in r else ""
+        print(f"{label}: {r['ratio']:.2f} [{r['ratio_min']:.2f}..{r['ratio_max']:.2f}]{goal}  "
+              f"{r['seconds']:.2f}s vs {r['reference_seconds']:.2f}s")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
