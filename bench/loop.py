@@ -8,6 +8,8 @@ invocation, medians over --pairs pairs, with the spread (min..max of the ratios)
 (c) sweep: wall(a 6-trial sweep) / wall(one of its trials alone), goal <= 1.15 x 6 / cores; and
     the same sweep with every trial on all cores (`train.threads` = cores, what the runner did
     before it honoured the emulator's CPU share), the reference for the oversubscription fix.
+(b') the same through the docker executor (the runner image, as on Qarnot), warm container up:
+    goal <= 0.7; and with the warm path off (a fresh container per instance) as the reference.
 (d) the tabular training loop: steps/s of the runner's Trainer / steps/s of a minimal hand-written
     PyTorch loop over the same tensors, model, optimizer and batch size (in this process, a
     50k-row, 10-feature regression table); goal >= 0.9.
@@ -115,10 +117,15 @@ def loop_speed(pairs: int, epochs: int = 3) -> dict:
             "steps": steps, "goal": 0.9, "table": "50k rows x 10 features, regression, batch 64, 1 thread"}
 
 
+def docker_ready() -> bool:
+    ok = subprocess.run(["docker", "image", "inspect", "qtrain/runner:latest"], capture_output=True)
+    return ok.returncode == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--parts", default="check,run,sweep,loop")
+    parser.add_argument("--parts", default="check,run,sweep,loop,docker")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -157,6 +164,19 @@ def main() -> None:
                 results["sweep"]["goal"] = 1.15 * 6 / cores
                 results["sweep_all_cores_each"] = paired(
                     qtrain("run", *sweep, "--set", f"train.threads={cores}"), qtrain("run", *sweep), env, n)
+            if "docker" in parts and docker_ready():
+                subprocess.run(qtrain("emulator", "stop"), cwd=ROOT, env=env, capture_output=True)
+                denv = {**env, "QTRAIN_EMULATOR_EXECUTOR": "docker"}
+                wall(qtrain("emulator", "start"), denv)
+                wall(qtrain("run", "penguins", *store), denv)  # warm container up, check remembered
+                train = qtrain("train", "penguins", "--out", str(tmp / "train"))
+                results["run_docker"] = paired(qtrain("run", "penguins", *store), train, denv, args.pairs)
+                results["run_docker"]["goal"] = 0.7
+                subprocess.run(qtrain("emulator", "stop"), cwd=ROOT, env=env, capture_output=True)
+                cold = {**denv, "QTRAIN_DOCKER_WARM": "0"}
+                wall(qtrain("emulator", "start"), cold)
+                results["run_docker_fresh_container"] = paired(qtrain("run", "penguins", *store), train,
+                                                               cold, args.pairs)
         finally:
             subprocess.run(qtrain("emulator", "stop"), cwd=ROOT, env=env, capture_output=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +184,8 @@ def main() -> None:
     for key, label in (("check", "check / import torch+pandas+sklearn"),
                        ("check_remembered", "remembered check / import"),
                        ("run_process", "run (process executor) / train"),
+                       ("run_docker", "run (docker executor, warm) / train"),
+                       ("run_docker_fresh_container", "run (docker, fresh container) / train"),
                        ("sweep", "6-trial sweep / one trial"),
                        ("sweep_all_cores_each", "sweep, each trial on all cores / sweep, shared"),
                        ("loop", "Trainer steps/s / minimal loop steps/s")):

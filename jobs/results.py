@@ -158,6 +158,9 @@ class RunInfo(Record):
     host: str | None = None
     image_digest: str | None = None
     image_source_digest: str | None = None
+    # how the emulator ran it: docker (a fresh container), docker-warm (forked in a warm container
+    # of the same image), process or process-warm; None on Qarnot
+    execution: str | None = None
     versions: dict[str, str] = {}
     timings: dict[str, float | None] = {}
     job: dict[str, Any] = {}  # the trial's resolved job

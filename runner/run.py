@@ -185,6 +185,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         cuda=torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
         host=socket.gethostname(), image_digest=_image_digest(),
         image_source_digest=os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
+        execution=os.environ.get("QTRAIN_EXECUTION") or None,
         versions=versions(), timings=timings, job=job.model_dump(mode="json"))
     write_json(out_dir / RUN_INFO, info.model_dump())
     test = metrics.get("test", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -200,10 +201,12 @@ class ProcessExecutor:
             err = spec.workdir.parent / f".{spec.instance_id}.stderr"
             out.write_bytes(b"")
             err.write_bytes(b"")
+            env["QTRAIN_EXECUTION"] = "process-warm"
             proc = self._ctx.Process(target=_warm_child, daemon=False, args=(
                 argv, str(spec.workdir), env, str(out), str(err), spec.threads))
             proc.start()
             return WarmRunning(proc, out, err)
+        env["QTRAIN_EXECUTION"] = "process"
         proc = subprocess.Popen(
             ["sh", "-c", spec.command], cwd=spec.workdir, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -233,17 +236,52 @@ class DockerExecutor:
 
     name = "docker"
     LABEL = "org.qtrain.emulator"
+    WARM_LABEL = "org.qtrain.warm"  # a long-lived container of one image (its id), see WarmContainer
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool | None = None, preload: str | None = None) -> None:
         self.owner = str(os.getpid())
         info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
                               capture_output=True, text=True)
         self.nvidia = info.returncode == 0 and "nvidia" in info.stdout
-        self._digests: dict[str, str | None] = {}
         self.remove_containers(stale_only=True)
+        self.warm = (os.environ.get("QTRAIN_DOCKER_WARM", "1") != "0") if warm is None else warm
+        self._warm: dict[tuple[str, bool], WarmContainer] = {}
+        self._lock = threading.Lock()
+        self.root: Path | None = None  # the task folders' root, mounted into warm containers
+        # an image to warm as soon as the root is known: the default runner image
+        self.preload = preload or os.environ.get("QTRAIN_WARM_IMAGE", "qtrain/runner:latest")
 
     def describe(self) -> str:
-        return "docker" + (" (NVIDIA runtime)" if self.nvidia else "")
+        return "docker" + (" (NVIDIA runtime)" if self.nvidia else "") + (", warm" if self.warm else "")
+
+    def set_root(self, root: Path) -> None:
+        """The folder every instance folder lives under; a default image is warmed from now."""
+        self.root = root
+        if self.warm and self.preload and self._digest(self.preload):
+            threading.Thread(target=self._warm_container, args=(self.preload, False), daemon=True).start()
+
+    def _warm_container(self, image: str, gpu: bool) -> "WarmContainer | None":
+        """The ready warm container of the image as it is now; one is started (and None returned:
+        this instance runs in a fresh container) when there is none, or the image was rebuilt."""
+        if not self.warm or self.root is None:
+            return None
+        image_id = self._digest(image)
+        if image_id is None:
+            return None
+        with self._lock:
+            for key, old in list(self._warm.items()):
+                if old.image == image and key[0] != image_id:  # rebuilt since: retire the old one
+                    del self._warm[key]
+                    old.stop()
+            current = self._warm.get((image_id, gpu))
+            if current is not None and current.failed():
+                del self._warm[(image_id, gpu)]
+                current.stop()
+                current = None
+            if current is None:
+                self._warm[(image_id, gpu)] = WarmContainer.start(self, image, image_id, gpu)
+                return None
+        return current if current.ready() else None
 
     def remove_containers(self, stale_only: bool = False) -> None:
         """Remove this emulator's containers (or, at start, those of emulators that are gone)."""
@@ -263,36 +301,45 @@ class DockerExecutor:
         self.remove_containers()
 
     def _digest(self, image: str) -> str | None:
-        if image not in self._digests:
-            proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
-                                  capture_output=True, text=True)
-            self._digests[image] = proc.stdout.strip() if proc.returncode == 0 else None
-        return self._digests[image]
+        """The id of the image the tag names now (not cached: an image can be rebuilt)."""
+        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                              capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def memory_mb(self, threads: int) -> int:
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+        return max(512, int(total_mb * 0.9 * threads / (os.cpu_count() or 1)))
 
     def start(self, spec: InstanceSpec) -> Running:
         if not spec.image:
             raise ValueError("DOCKER_REPO is not set: the docker executor needs an image")
+        if spec.gpu and not self.nvidia:
+            spec.notes.append("[emulator] Docker has no NVIDIA runtime here: the instance runs on the CPU")
+        gpu = spec.gpu and self.nvidia
+        argv = python_module_argv(spec.command)
+        warm = self._warm_container(spec.image, gpu) if argv else None
+        if warm is not None:
+            try:
+                return warm.run(spec, argv)
+            except OSError:
+                pass  # the container went away between two instances: this one runs fresh
         name = f"qtrain-{spec.task_uuid[:8]}-{spec.instance_id}"
         env = dict(spec.env)
         env.update({"QARNOT_RESOURCES_DIRECTORY": "/job", "QARNOT_RESULTS_DIRECTORY": "/job",
-                    "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)})
+                    "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads),
+                    "QTRAIN_EXECUTION": "docker"})
         digest = self._digest(spec.image)
         if digest:
             env["QTRAIN_IMAGE_DIGEST"] = digest
-        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
-        memory_mb = max(512, int(total_mb * 0.9 * spec.threads / (os.cpu_count() or 1)))
         cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{self.LABEL}={self.owner}",
-               "--network", "none", "--cpus", str(spec.threads), "--memory", f"{memory_mb}m",
+               "--network", "none", "--cpus", str(spec.threads), "--memory", f"{self.memory_mb(spec.threads)}m",
                "--pull", "never", "-v", f"{spec.workdir}:/job", "-w", "/job"]
         if os.geteuid() == 0:
             spec.workdir.chmod(0o777)  # the image's own non-root user writes there
         else:
             cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]  # files stay the user's
-        if spec.gpu:
-            if self.nvidia:
-                cmd += ["--gpus", "all"]
-            else:
-                spec.notes.append("[emulator] Docker has no NVIDIA runtime here: the instance runs on the CPU")
+        if gpu:
+            cmd += ["--gpus", "all"]
         for key in env:
             cmd += ["-e", key]  # values through the environment, never on a command line
         cmd.append(spec.image)
@@ -301,6 +348,129 @@ class DockerExecutor:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         return DockerRunning(proc, name)
+
+
+class WarmContainer:
+    """One long-lived container of an image in which `python -m runner.warm` has imported torch
+    and the runner: each instance is forked in it (`runner/warm.py`), in its own folder under the
+    task folders' root, which is mounted at the same path, with no network and as the image's
+    non-root user like a fresh container; its CPU share is its thread count.  Labelled like the
+    instance containers, so that it is removed with them (emulator stop, or the next start after a
+    crash)."""
+
+    def __init__(self, executor: DockerExecutor, image: str, image_id: str, gpu: bool, name: str,
+                 socket_path: Path, proc: subprocess.Popen):
+        self.executor, self.image, self.image_id, self.gpu = executor, image, image_id, gpu
+        self.name, self.socket_path, self.proc = name, socket_path, proc
+
+    @classmethod
+    def start(cls, executor: DockerExecutor, image: str, image_id: str, gpu: bool) -> "WarmContainer":
+        import hashlib
+
+        root = executor.root
+        key = hashlib.sha256(f"{image_id}{gpu}".encode()).hexdigest()[:12]
+        name = f"qtrain-warm-{executor.owner}-{key}"
+        socket_path = root / f".warm-{key}.sock"
+        socket_path.unlink(missing_ok=True)
+        cores = os.cpu_count() or 1
+        cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{executor.LABEL}={executor.owner}",
+               "--label", f"{executor.WARM_LABEL}={image_id}", "--network", "none", "--cpus", str(cores),
+               "--memory", f"{executor.memory_mb(cores)}m", "--pull", "never", "-v", f"{root}:{root}",
+               "-e", "MPLBACKEND=Agg", "-e", "PYTHONUNBUFFERED=1"]
+        if os.geteuid() == 0:
+            root.chmod(0o777)  # the image's non-root user makes the socket and the instances write here
+        else:
+            cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+        if gpu:
+            cmd += ["--gpus", "all"]
+        cmd += [image, "python", "-m", "runner.warm", str(socket_path)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        return cls(executor, image, image_id, gpu, name, socket_path, proc)
+
+    def ready(self) -> bool:
+        return self.proc.poll() is None and self.socket_path.exists()
+
+    def failed(self) -> bool:
+        return self.proc.poll() is not None
+
+    def stop(self) -> None:
+        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+        self.socket_path.unlink(missing_ok=True)
+
+    def request(self, message: dict) -> socket.socket:
+        import json
+
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(self.socket_path))
+        conn.sendall(json.dumps(message).encode() + b"\n")
+        return conn
+
+    def run(self, spec: InstanceSpec, argv: list[str]) -> Running:
+        out = spec.workdir.parent / f".{spec.instance_id}.stdout"
+        err = spec.workdir.parent / f".{spec.instance_id}.stderr"
+        for path in (out, err):
+            path.write_bytes(b"")
+            path.chmod(0o666)
+        if os.geteuid() == 0:
+            for folder in (spec.workdir, spec.workdir.parent):
+                folder.chmod(0o777)
+        env = dict(spec.env)
+        env.update({"QARNOT_RESOURCES_DIRECTORY": str(spec.workdir),
+                    "QARNOT_RESULTS_DIRECTORY": str(spec.workdir),
+                    "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads),
+                    "QTRAIN_IMAGE_DIGEST": self.image_id, "QTRAIN_EXECUTION": "docker-warm"})
+        conn = self.request({"argv": argv, "cwd": str(spec.workdir), "env": env, "out": str(out),
+                             "err": str(err), "threads": spec.threads})
+        return WarmDockerRunning(self, conn, out, err)
+
+
+class WarmDockerRunning(Running):
+    """An instance forked in a warm container: output tailed from its files, its end read from
+    the fork server's connection."""
+
+    def __init__(self, container: WarmContainer, conn, out: Path, err: Path):
+        import json
+
+        self.container, self.conn = container, conn
+        self.stream = conn.makefile("rb")
+        first = json.loads(self.stream.readline() or b"{}")
+        if "pid" not in first:
+            raise OSError("the warm container did not start the instance")
+        self.pid = first["pid"]
+        self.code: int | None = None
+        self.ended = threading.Event()
+        threading.Thread(target=self._wait_exit, daemon=True).start()
+        self.streams = {"stdout": _tail(out, self.alive), "stderr": _tail(err, self.alive)}
+
+    def _wait_exit(self) -> None:
+        import json
+
+        try:
+            line = self.stream.readline()
+            self.code = int(json.loads(line)["exit"]) if line else 137
+        except (OSError, ValueError, KeyError):
+            self.code = 137  # the container died under the instance
+        finally:
+            self.ended.set()
+            self.conn.close()
+
+    def wait(self) -> int:
+        self.ended.wait()
+        return int(self.code if self.code is not None else 137)
+
+    def alive(self) -> bool:
+        return not self.ended.is_set()
+
+    def kill(self) -> None:
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if not self.alive():
+                return
+            try:
+                self.container.request({"signal": int(sig), "pid": self.pid}).close()
+            except OSError:
+                return
+            self.ended.wait(grace)
 
 
 def pid_alive(pid: int) -> bool:

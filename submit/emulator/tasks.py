@@ -374,6 +374,8 @@ class TaskManager:
     def __init__(self, work_dir: Path, storage: Storage, executor, cores: int | None = None):
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if hasattr(executor, "set_root"):  # the docker executor mounts it into warm containers
+            executor.set_root(work_dir)
         self.storage = storage
         self.executor = executor
         self.cores = cores or os.cpu_count() or 1

@@ -61,32 +61,111 @@ def docker_emulator(docker_home):
         yield endpoint
 
 
-def _containers() -> list[str]:
+def _containers(warm: bool = False) -> list[str]:
+    """The emulator's instance containers (or, with warm=True, its warm containers)."""
     proc = subprocess.run(["docker", "ps", "-a", "--filter", "label=org.qtrain.emulator",
                            "--format", "{{.Names}}"], capture_output=True, text=True)
-    return proc.stdout.split()
+    return [n for n in proc.stdout.split() if n.startswith("qtrain-warm-") == warm]
 
 
-def test_penguins_through_docker_gives_the_process_executor_metrics(qtrain, tmp_path, docker_home):
+def _wait(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _warm_ready(image: str = CPU_TAG) -> bool:
+    """Has the running emulator's warm container of `image` (as it is now) come up?"""
+    from submit.emulator import daemon
+
+    key = image_id(image)
+    proc = subprocess.run(["docker", "ps", "--filter", f"label=org.qtrain.warm={key}", "--format",
+                           "{{.Names}}"], capture_output=True, text=True)
+    return bool(proc.stdout.strip()) and any((daemon.home() / "tasks").rglob(".warm-*.sock"))
+
+
+def _run_json(result) -> dict:
+    return json.loads((Path(result.json()["artifacts_dir"]) / "run.json").read_text())
+
+
+def test_penguins_gives_the_same_metrics_fresh_warm_and_in_process(qtrain, tmp_path, docker_home, monkeypatch):
     args = ("run", "penguins", "--set", "train.epochs=8", "--json", "--store", tmp_path / "store")
+    monkeypatch.setenv("QTRAIN_DOCKER_WARM", "0")
     with emulator_at(docker_home, "docker") as endpoint:
         assert endpoint.executor == "docker"
         status = qtrain("emulator", "status", "--json").json()
         assert status["executor"] == "docker"
-        in_docker = qtrain(*args)
-    assert in_docker.code == 0, in_docker.err
+        fresh = qtrain(*args)
+        assert not _containers(warm=True)
+    monkeypatch.setenv("QTRAIN_DOCKER_WARM", "1")
+    with emulator_at(docker_home, "docker"):
+        _wait(_warm_ready)  # the default image is warmed when the emulator starts
+        warm = qtrain(*args)
+        assert _containers(warm=True) and not _containers()  # forked in the warm container
+    assert not _containers(warm=True), "warm containers go with the emulator"
     with emulator_at(tmp_path / "process-home", "process"):
         in_process = qtrain(*args)
-    assert in_process.code == 0, in_process.err
-    d, p = in_docker.json(), in_process.json()
-    assert d["state"] == p["state"] == "succeeded"
-    assert d["metrics"]["test"]["accuracy"] == p["metrics"]["test"]["accuracy"]
-    assert d["metrics"]["test"]["log_loss"] == pytest.approx(p["metrics"]["test"]["log_loss"], abs=1e-5)
-    run_json = json.loads((Path(d["artifacts_dir"]) / "run.json").read_text())
-    assert run_json["image_digest"] == image_id(CPU_TAG)  # the image that really ran
-    assert run_json["image_source_digest"]
-    assert json.loads((Path(p["artifacts_dir"]) / "run.json").read_text())["image_digest"] is None
+    results = {"docker": fresh, "docker-warm": warm, "process-warm": in_process}
+    for how, result in results.items():
+        assert result.code == 0, result.err
+        assert result.json()["state"] == "succeeded"
+        assert _run_json(result)["execution"] == how
+    tests = [r.json()["metrics"]["test"] for r in results.values()]
+    assert tests[0]["accuracy"] == tests[1]["accuracy"] == tests[2]["accuracy"]
+    assert tests[0]["log_loss"] == pytest.approx(tests[1]["log_loss"], abs=1e-5)
+    assert tests[0]["log_loss"] == pytest.approx(tests[2]["log_loss"], abs=1e-5)
+    for result in (fresh, warm):
+        run_json = _run_json(result)
+        assert run_json["image_digest"] == image_id(CPU_TAG)  # the image that really ran
+        assert run_json["image_source_digest"]
+    assert _run_json(in_process)["image_digest"] is None
     assert not _containers(), "containers are removed when they end"
+
+
+def test_a_rebuilt_image_gets_a_fresh_warm_container(qtrain, tmp_path, docker_home):
+    tag = "qtrain/runner:warm-test"
+    build = ["docker", "build", "-q", "-t", tag, "-"]
+
+    def rebuild(mark: str) -> str:
+        dockerfile = f"FROM {CPU_TAG}\nLABEL org.qtrain.test={mark}\n"
+        subprocess.run(build, input=dockerfile, text=True, check=True, capture_output=True)
+        return image_id(tag)
+
+    args = ("run", "penguins", "--set", "train.epochs=1", "--set", f"resources.image={tag}", "--json",
+            "--store", tmp_path / "store")
+    try:
+        first = rebuild(f"a{time.time()}")
+        with emulator_at(docker_home, "docker"):
+            assert _run_json(qtrain(*args))["execution"] == "docker"  # no warm container yet: fresh
+            _wait(lambda: _warm_ready(tag))
+            assert _run_json(qtrain(*args))["image_digest"] == first
+            second = rebuild(f"b{time.time()}")
+            assert second != first
+            rerun = _run_json(qtrain(*args))  # the warm container is of the old image: fresh again
+            assert rerun["execution"] == "docker" and rerun["image_digest"] == second
+            _wait(lambda: _warm_ready(tag))
+            again = _run_json(qtrain(*args))
+            assert again["execution"] == "docker-warm" and again["image_digest"] == second
+            labels = subprocess.run(["docker", "ps", "--filter", f"label=org.qtrain.warm={first}",
+                                     "-q"], capture_output=True, text=True).stdout.split()
+            assert not labels, "the old image's warm container is retired"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_a_killed_daemon_leaves_no_warm_container_behind(docker_home):
+    from submit.emulator import daemon
+
+    with emulator_at(docker_home, "docker"):
+        _wait(_warm_ready)
+        before = _containers(warm=True)
+        os.kill(daemon.running().pid, 9)
+        time.sleep(0.5)
+        assert _containers(warm=True) == before  # orphaned, until the next emulator starts
+    with emulator_at(docker_home, "docker"):
+        _wait(lambda: not set(before) & set(_containers(warm=True)))
+    assert not _containers(warm=True)
 
 
 def test_abort_kills_the_container(conn_factory, docker_emulator, wait_task):
@@ -139,13 +218,10 @@ def test_stopping_the_emulator_mid_task_removes_its_containers_and_files(qtrain,
     from submit.emulator import daemon
 
     with emulator_at(docker_home, "docker"):
-        run = qtrain("run", "penguins", "--set", "train.epochs=100000", "--detach", "--json",
-                     "--store", tmp_path / "store").json()
-        deadline = time.monotonic() + 60
-        while not _containers() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _containers()
+        run = qtrain("run", "penguins", "--set", "train.epochs=100000", "--set",
+                     "train.checkpoint_every=1", "--detach", "--json", "--store", tmp_path / "store").json()
         work = daemon.home() / "tasks"
-        assert any(work.rglob(run["task_uuid"]))
-    assert not _containers()
+        _wait(lambda: any(work.rglob(f"{run['task_uuid']}/**/checkpoint.pt")))  # it trains
+        assert _containers() or _containers(warm=True)
+    assert not _containers() and not _containers(warm=True)
     assert not any(work.rglob(run["task_uuid"])), "files written in the container are deletable"

@@ -1,0 +1,92 @@
+"""A fork server inside the runner image: `python -m runner.warm SOCKET`.
+
+The emulator's docker executor keeps one long-lived container of a task's image running this, so
+that an instance does not pay for a fresh container importing torch (seconds): the server imports
+torch, pandas, sklearn and the runner once, then forks one child per instance, in the image, with
+the instance's own folder, environment and thread share.  The protocol is one JSON object per line
+on a unix socket (in the folder the emulator mounts):
+
+    {"argv": ["runner"], "cwd": ..., "env": {...}, "out": path, "err": path, "threads": n}
+        -> {"pid": n} ... {"exit": status}        (on the same connection, when the child ends)
+    {"signal": 15, "pid": n}                       -> {"ok": true}   (to the child's process group)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import socket
+import sys
+import threading
+
+PRELOAD = ("numpy", "pandas", "sklearn", "torch", "torch._dynamo", "matplotlib.pyplot", "runner.run")
+
+
+def child(request: dict) -> None:
+    """In the forked child: become `python -m argv` in the instance's folder."""
+    os.setsid()
+    for fd, path in ((1, request["out"]), (2, request["err"])):
+        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    os.chdir(request["cwd"])
+    os.environ.update(request["env"])  # over the image's own environment (PATH, PYTHONPATH, ...)
+    sys.modules["torch"].set_num_threads(int(request.get("threads") or 1))
+    sys.argv = list(request["argv"])
+    try:
+        runpy.run_module(request["argv"][0], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported on stderr, like an uncaught error
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def serve(conn: socket.socket) -> None:
+    with conn, conn.makefile("rwb", buffering=0) as stream:
+        request = json.loads(stream.readline())
+        if "signal" in request:
+            try:
+                os.killpg(int(request["pid"]), int(request["signal"]))
+            except (ProcessLookupError, PermissionError):
+                pass
+            stream.write(b'{"ok": true}\n')
+            return
+        pid = os.fork()
+        if pid == 0:
+            child(request)
+        stream.write(json.dumps({"pid": pid}).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        stream.write(json.dumps({"exit": 128 - code if code < 0 else code}).encode() + b"\n")
+
+
+def main() -> int:
+    path = sys.argv[1]
+    for name in PRELOAD:
+        __import__(name)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path + ".part")
+    os.chmod(path + ".part", 0o666)
+    server.listen(64)
+    os.replace(path + ".part", path)  # the socket appears once the imports are done
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
