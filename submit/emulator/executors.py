@@ -72,14 +72,22 @@ class Running:
 class WarmRunning(Running):
     """An instance forked from the warm interpreter; its output is tailed from files."""
 
-    def __init__(self, proc, out: Path, err: Path):  # proc: multiprocessing.Process
+    def __init__(self, proc, out: Path, err: Path, status: Path):  # proc: multiprocessing.Process
         self.proc = proc
         self.pid = proc.pid
+        self.status = status
         self.streams = {"stdout": _tail(out, self.alive), "stderr": _tail(err, self.alive)}
 
     def wait(self) -> int:
         self.proc.join()
         code = self.proc.exitcode
+        if code == 255:
+            # multiprocessing's forkserver can fail to report a child's status under load and say
+            # 255 (python/cpython#140867): the child wrote its own status as it exited
+            try:
+                code = int(self.status.read_text())
+            except (OSError, ValueError):
+                pass
         return 128 - code if code is not None and code < 0 else int(code or 0)
 
     def alive(self) -> bool:
@@ -120,6 +128,23 @@ def python_module_argv(command: str) -> list[str] | None:
 
 
 def _warm_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
+                threads: int, status: str) -> None:
+    """`_run_module` in the forked process, its exit status also written to `status`."""
+    code = 1
+    try:
+        _run_module(argv, cwd, env, out, err, threads)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
+    finally:
+        try:
+            Path(status).write_text(str(code))
+        except OSError:
+            pass
+
+
+def _run_module(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
                 threads: int) -> None:
     """Runs in a process forked from the warm interpreter: become `python -m argv` in `cwd`."""
     import runpy
@@ -199,13 +224,15 @@ class ProcessExecutor:
         if self._ctx is not None and argv:
             out = spec.workdir.parent / f".{spec.instance_id}.stdout"
             err = spec.workdir.parent / f".{spec.instance_id}.stderr"
+            status = spec.workdir.parent / f".{spec.instance_id}.status"
             out.write_bytes(b"")
             err.write_bytes(b"")
+            status.unlink(missing_ok=True)
             env["QTRAIN_EXECUTION"] = "process-warm"
             proc = self._ctx.Process(target=_warm_child, daemon=False, args=(
-                argv, str(spec.workdir), env, str(out), str(err), spec.threads))
+                argv, str(spec.workdir), env, str(out), str(err), spec.threads, str(status.absolute())))
             proc.start()
-            return WarmRunning(proc, out, err)
+            return WarmRunning(proc, out, err, status)
         env["QTRAIN_EXECUTION"] = "process"
         proc = subprocess.Popen(
             ["sh", "-c", spec.command], cwd=spec.workdir, env=env, stdin=subprocess.DEVNULL,
