@@ -10,6 +10,9 @@ invocation, medians over --pairs pairs, with the spread (min..max of the ratios)
     before it honoured the emulator's CPU share), the reference for the oversubscription fix.
 (b') the same through the docker executor (the runner image, as on Qarnot), warm container up:
     goal <= 0.7; and with the warm path off (a fresh container per instance) as the reference.
+(f) a diamonds-sized generated table (50k rows, 10 features, regression), `qtrain train` with the
+    defaults (batch `auto`: 256 here) against the defaults before (batch 64): wall ratio, and the
+    test r2 of each (goal: no worse than 0.005).
 (e) cold start: wall(`qtrain run penguins` with no emulator running: it starts the daemon) minus
     wall(the same run on the warm emulator), paired; goal <= +2 s.
 (d) the tabular training loop: steps/s of the runner's Trainer / steps/s of a minimal hand-written
@@ -119,6 +122,28 @@ def loop_speed(pairs: int, epochs: int = 3) -> dict:
             "steps": steps, "goal": 0.9, "table": "50k rows x 10 features, regression, batch 64, 1 thread"}
 
 
+def large_table(tmp: Path, env: dict[str, str], pairs: int) -> dict:
+    """(f): `qtrain train` of a generated 50k-row table, today's defaults against batch 64."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50_000, 10))
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(10)])
+    frame["y"] = (x @ rng.normal(size=10) + np.sin(x[:, 0] * 2) + x[:, 1] * x[:, 2]
+                  + rng.normal(scale=0.3, size=len(x)))
+    frame.to_csv(tmp / "diamonds-like.csv", index=False)
+    (tmp / "table.yaml").write_text("name: table\ntask: regression\n"
+                                    "data: {path: diamonds-like.csv, target: y}\n")
+    auto = qtrain("train", str(tmp / "table.yaml"), "--out", str(tmp / "t-auto"))
+    old = qtrain("train", str(tmp / "table.yaml"), "--set", "train.batch_size=64", "--out", str(tmp / "t-64"))
+    r = paired(auto, old, env, pairs)
+    r2 = {name: json.loads((tmp / name / "metrics.json").read_text())["test"]["r2"] for name in ("t-auto", "t-64")}
+    r.update({"r2": r2["t-auto"], "reference_r2": r2["t-64"], "r2_change": r2["t-auto"] - r2["t-64"],
+              "goal_r2_change": -0.005, "batch_size": json.loads((tmp / "t-auto" / "metrics.json").read_text())["batch_size"]})
+    return r
+
+
 def docker_ready() -> bool:
     ok = subprocess.run(["docker", "image", "inspect", "qtrain/runner:latest"], capture_output=True)
     return ok.returncode == 0
@@ -127,7 +152,7 @@ def docker_ready() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--parts", default="check,run,sweep,loop,docker,cold")
+    parser.add_argument("--parts", default="check,run,sweep,loop,docker,cold,table")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -166,6 +191,8 @@ def main() -> None:
                 results["sweep"]["goal"] = 1.15 * 6 / cores
                 results["sweep_all_cores_each"] = paired(
                     qtrain("run", *sweep, "--set", f"train.threads={cores}"), qtrain("run", *sweep), env, n)
+            if "table" in parts:
+                results["table"] = large_table(tmp, env, max(1, args.pairs // 2))
             if "cold" in parts:
                 cold_s, warm_s = [], []
                 for _ in range(args.pairs):
@@ -208,6 +235,11 @@ def main() -> None:
         goal = f" (goal {sign} {r['goal']:.2f})" if "goal" in r else ""
         print(f"{label}: {r['ratio']:.2f} [{r['ratio_min']:.2f}..{r['ratio_max']:.2f}]{goal}  "
               f"{r['seconds']:.2f}s vs {r['reference_seconds']:.2f}s")
+    if "table" in results:
+        t = results["table"]
+        print(f"50k-row table, qtrain train defaults (batch {t['batch_size']}) / batch 64: {t['ratio']:.2f} "
+              f"[{t['ratio_min']:.2f}..{t['ratio_max']:.2f}]  {t['seconds']:.1f}s vs {t['reference_seconds']:.1f}s; "
+              f"test r2 {t['r2']:.4f} vs {t['reference_r2']:.4f} (change {t['r2_change']:+.4f}, goal >= -0.005)")
     if "cold_start" in results:
         c = results["cold_start"]
         print(f"cold start: +{c['extra_seconds']:.2f}s [{c['min']:+.2f}..{c['max']:+.2f}] over a warm run "

@@ -133,7 +133,7 @@ def format_validation_error(exc: ValidationError) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value into the error location: model.cnn.filters
-    return part in ("mlp", "cnn", "transfer", "int", "constrained-int", "literal['full']")
+    return part in ("mlp", "cnn", "transfer", "int", "constrained-int") or str(part).startswith("literal[")
 
 
 def parse_override(item: str, source: str) -> tuple[str, Any]:

@@ -103,6 +103,7 @@ class Metrics(Record):
     device: str | None = None
     epochs_run: int | None = None
     epochs: int | None = None
+    batch_size: int | None = None  # samples per step, as resolved (train.batch_size auto/full)
     best_epoch: int | None = None
     early_stop_epoch: int | None = None
     monitor: str | None = None

@@ -163,7 +163,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     metrics.update({
         "task": job.task, "headline": head, "train_loss": kept_train_loss(result, job),
         "device": str(b.device),
-        "epochs_run": result.epochs_run, "epochs": job.train.epochs,
+        "epochs_run": result.epochs_run, "epochs": job.train.epochs, "batch_size": trainer.batch_size,
         "best_epoch": result.best_epoch, "early_stop_epoch": result.early_stop_epoch,
         "monitor": trainer.monitor, "resumed_from_epoch": result.resumed_from,
         "parameters": {"total": total, "trainable": trainable},

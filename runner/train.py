@@ -69,6 +69,21 @@ def _env_threads() -> int | None:
     return n if n > 0 else None
 
 
+AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
+
+
+def resolve_batch_size(batch_size: int | str, n: int, images: bool = False) -> int:
+    """The samples per step: `full` -> n; `auto` -> 64, or for a large table 128 / 256 (see
+    TrainSpec.batch_size); a number -> itself (at most n)."""
+    if batch_size == "full":
+        return max(n, 1)
+    if batch_size == "auto":
+        batch_size = 64
+        if not images:
+            batch_size = next((bs for rows, bs in AUTO_BATCH if n > rows), 64)
+    return max(1, min(int(batch_size), n))
+
+
 def autocast_for(device: torch.device, spec: TrainSpec):
     """(context factory, GradScaler or None) for the job's mixed-precision setting."""
     enabled = device.type == "cuda" if spec.mixed_precision == "auto" else spec.mixed_precision
@@ -195,6 +210,8 @@ class Trainer:
         self.has_batchnorm = _has_batchnorm(self.model)
         self.result = TrainResult()
         self.start_epoch = 1
+        self.batch_size = resolve_batch_size(self.spec.batch_size, len(self.data.x["train"]),
+                                             images=len(prepared.input_shape) == 3)
 
     def _make_scheduler(self):
         if self.spec.schedule == "cosine":
@@ -229,7 +246,7 @@ class Trainer:
     def run_epoch(self) -> dict[str, float]:
         x, y = self.data.x["train"], self.data.y["train"]
         n = len(x)
-        bs = n if self.spec.batch_size == "full" else min(self.spec.batch_size, n)
+        bs = self.batch_size
         order = torch.randperm(n, generator=self.generator).to(self.device)
         self.model.train()
         # float64 where the device has it: the same sum as adding Python floats, without a sync

@@ -151,3 +151,23 @@ def test_epoch_line_round_trips_through_the_parser():
     assert parse_epoch_line("2> " + line) == {"epoch": "3/20", "train_loss": "0.41234",
                                                   "val_accuracy": "0.875", "elapsed": "1.235s"}
     assert parse_epoch_line("[qtrain] done: test accuracy=0.9") is None
+
+
+def test_auto_batch_size_grows_with_a_large_table(tmp_path):
+    from runner.train import resolve_batch_size
+
+    assert resolve_batch_size("auto", 344) == 64 and resolve_batch_size("auto", 10_240) == 64
+    assert resolve_batch_size("auto", 10_241) == 128 and resolve_batch_size("auto", 40_000) == 256
+    assert resolve_batch_size("auto", 60_000, images=True) == 64
+    assert resolve_batch_size("full", 500) == 500 and resolve_batch_size(1024, 300) == 300
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(26_000, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["y"] = x.sum(axis=1)
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    (tmp_path / "job.yaml").write_text("name: big\ntask: regression\ndata: {path: big.csv, target: y}\n"
+                                       "train: {epochs: 1}\n")
+    m = run_job(load_job(tmp_path / "job.yaml"), tmp_path / "out")
+    assert m["batch_size"] == 256  # 20,800 training rows
+    m = run_job(load_job(tmp_path / "job.yaml", ["train.batch_size=64"]), tmp_path / "out64")
+    assert m["batch_size"] == 64
