@@ -75,7 +75,7 @@ def upload_twice(tmp: Path, size_mb: int) -> dict:
                                   "data: {path: images.npy, labels: labels.npy}\nmodel: {kind: cnn}\n")
     backend = get_backend("local")
     rounds = []
-    from runner.data import _sha256
+    from jobs.files import _sha256
 
     for _ in range(2):
         _sha256.cache_clear()  # each `qtrain run` is a new process: it hashes the files again
