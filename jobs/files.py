@@ -57,7 +57,7 @@ def get_dotted(node: Any, key: str) -> Any:
     return node
 
 
-def local_value(field: str, value: Any) -> bool:
+def local_value(value: Any) -> bool:
     """Does this field's value name a local path (not empty, not a built-in source)?"""
     return isinstance(value, str) and bool(value) and not is_builtin_source(value)
 
@@ -72,14 +72,14 @@ def resolve(value: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else base_dir / p
 
 
-def job_files(job: Job, base_dir: Path, fields: tuple[str, ...] = PATH_FIELDS) -> list[JobFile]:
+def job_files(job: Job, base_dir: Path) -> list[JobFile]:
     """The local files the job's path fields name, folders expanded, in a stable order.  A path
     that does not exist here is left out (the check reports it; a backbone may be a built-in)."""
     dumped = job.model_dump(mode="json")
     out: list[JobFile] = []
-    for field in fields:
+    for field in PATH_FIELDS:
         value = get_dotted(dumped, field)
-        if not local_value(field, value):
+        if not local_value(value):
             continue
         local = resolve(value, base_dir)
         remote = portable_path(field, value)

@@ -230,7 +230,7 @@ def job_hash(job: Job) -> str:
     dumped = job.model_dump(mode="json")
     for field in PATH_FIELDS:
         value = get_dotted(dumped, field)
-        if local_value(field, value):
+        if local_value(value):
             section, _, key = field.partition(".")
             dumped[section][key] = portable_path(field, value)
     return hashlib.sha256(_canonical(dumped)).hexdigest()
@@ -307,13 +307,6 @@ class RunResults:
             return None
         best = summarize(tasks.pop(), metrics).best
         return best.trial if best else None
-
-    def best_folder(self) -> Path:
-        """Where the model to use is: the run's folder, or the best trial's."""
-        trial = self.best_trial()
-        if self.is_sweep and trial is None:
-            return self.root  # nothing to choose from: the caller reports what is missing
-        return self.folder(trial)
 
 
 # ---------------------------------------------------------------------------- runner's lines

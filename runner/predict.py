@@ -62,9 +62,10 @@ def load_model(path: str | Path) -> Predictor:
     p = Path(path)
     if p.is_dir():
         results = RunResults(p)
-        if results.is_sweep and results.best_trial() is None:
+        trial = results.best_trial()
+        if trial is None and results.is_sweep:
             raise QtrainError(f"{p}: a sweep with no finished trial", hint="no model to predict with")
-        p = results.best_folder() / MODEL
+        p = results.folder(trial) / MODEL
     if not p.is_file():
         raise QtrainError(f"{p}: no {MODEL} here", hint=f"give a run directory or its {MODEL}")
     try:

@@ -51,14 +51,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(spec: TrainSpec) -> int:
+def set_threads(spec: TrainSpec) -> None:
     """torch's threads: `train.threads`, else the CPU share the platform gives this process
     (OMP_NUM_THREADS, which the emulator sets per instance so that a sweep's concurrent trials
-    never oversubscribe the cores), else every core this process may use.  Returns the count."""
+    never oversubscribe the cores), else every core this process may use."""
     n = spec.threads or _env_threads() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                            else os.cpu_count() or 1)
     torch.set_num_threads(n)
-    return n
 
 
 def _env_threads() -> int | None:

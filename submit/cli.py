@@ -234,7 +234,8 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
     data = summary(run, store)
     trial, metrics = run.chosen()
     if show_results and metrics:
-        title = "metrics" if trial is None else f"metrics of the best trial ({trial}, chosen on {data['selection']})"
+        title = ("metrics" if trial is None
+                 else f"metrics of the best trial ({trial}, chosen on {data['selection']})")
         for table in (metrics_table(metrics, title),
                       confusion_table(store.artifacts_dir(run.run_id, trial))):
             if table is not None:
@@ -250,9 +251,10 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
 
 
 def _trials_table(run):
+    from jobs.results import headline
     from submit.ui import trials_table
 
-    return trials_table(run.sweep(), run.headline()[0])
+    return trials_table(run.sweep(), headline(run.task).metric)
 
 
 def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:

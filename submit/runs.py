@@ -21,8 +21,8 @@ from typing import Any, Callable, TypeVar
 
 from jobs.errors import QtrainError
 from jobs.load import LoadedJob
-from jobs.results import (METRICS, OUT, PREFIX, SWEEP, RunResults, atomic_write, parse_epoch_line,
-                          parse_metrics, read_json, write_record)
+from jobs.results import (METRICS, OUT, PREFIX, SWEEP, atomic_write, parse_epoch_line, parse_metrics,
+                          read_json, write_record)
 from submit import config
 from submit.backends import Backend, get_backend
 from submit.backends.base import BackendUnreachable, TaskRequest, TaskStatus
@@ -239,9 +239,8 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
     if got.files:
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
     _save_logs(backend, uuid, dest)
-    results = RunResults(dest)
     for trial in range(run.trials) if run.trials else [None]:
-        raw = read_json(results.folder(trial) / METRICS)
+        raw = read_json(store.artifacts_dir(run.run_id, trial) / METRICS)
         if parse_metrics(raw) is not None:
             store.set_metrics(run.run_id, raw, trial=trial)
     if run.trials:
