@@ -24,21 +24,30 @@ import threading
 PRELOAD = ("numpy", "pandas", "sklearn", "torch", "torch._dynamo", "matplotlib.pyplot", "runner.run")
 
 
-def child(request: dict) -> None:
-    """In the forked child: become `python -m argv` in the instance's folder."""
+def become(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str, threads: int,
+           replace_env: bool = False) -> int:
+    """In a freshly forked child of an interpreter that has imported torch: run `python -m argv`
+    in `cwd` with its output appended to `out`/`err`, in a session of its own (so that a kill
+    reaches all it starts), with `threads` torch threads; `env` is laid over this process's
+    environment, or replaces it.  Returns the exit status.  The emulator's process executor uses
+    it too."""
     os.setsid()
-    for fd, path in ((1, request["out"]), (2, request["err"])):
+    for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(target, fd)
         os.close(target)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    os.chdir(request["cwd"])
-    os.environ.update(request["env"])  # over the image's own environment (PATH, PYTHONPATH, ...)
-    sys.modules["torch"].set_num_threads(int(request.get("threads") or 1))
-    sys.argv = list(request["argv"])
+    os.chdir(cwd)
+    if replace_env:
+        os.environ.clear()
+    os.environ.update(env)
+    if "torch" in sys.modules:  # OpenMP read OMP_NUM_THREADS when torch was imported
+        sys.modules["torch"].set_num_threads(threads)
+    sys.path.insert(0, cwd)
+    sys.argv = list(argv)
     try:
-        runpy.run_module(request["argv"][0], run_name="__main__", alter_sys=True)
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -49,7 +58,7 @@ def child(request: dict) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    return code
 
 
 def serve(conn: socket.socket) -> None:
@@ -63,8 +72,9 @@ def serve(conn: socket.socket) -> None:
             stream.write(b'{"ok": true}\n')
             return
         pid = os.fork()
-        if pid == 0:
-            child(request)
+        if pid == 0:  # the image's environment (PATH, PYTHONPATH, ...) under the instance's
+            os._exit(become(request["argv"], request["cwd"], request["env"], request["out"],
+                            request["err"], int(request.get("threads") or 1)))
         stream.write(json.dumps({"pid": pid}).encode() + b"\n")
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)

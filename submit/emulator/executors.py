@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+# the modules a warm interpreter imports once (seconds an instance does not pay): the same for the
+# process executor's fork server as for the warm containers' one
+from runner.warm import PRELOAD
+
 # Where `python -m runner` finds the runner when the process executor stands in for the image.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,10 +117,6 @@ def _tail(path: Path, alive) -> Iterator[bytes]:
                 time.sleep(0.05)
 
 
-# Modules the warm interpreter imports once, so an instance does not pay for them (seconds).
-PRELOAD = ["numpy", "pandas", "sklearn", "torch", "torch._dynamo", "matplotlib.pyplot", "runner.run"]
-
-
 def python_module_argv(command: str) -> list[str] | None:
     """`python -m pkg [args]` (no shell syntax) -> ["pkg", args...]; anything else -> None."""
     if any(c in command for c in "|&;<>()$`\\\"'*?~\n"):
@@ -129,41 +129,16 @@ def python_module_argv(command: str) -> list[str] | None:
 
 def _warm_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
                 threads: int, status: str) -> None:
-    """`_run_module` in the forked process, its exit status also written to `status`."""
-    code = 1
+    """In a process forked from the warm interpreter: `runner.warm.become` with the instance's
+    environment only (never the daemon's), its exit status also written to `status`."""
+    from runner.warm import become
+
+    code = become(argv, cwd, env, out, err, threads, replace_env=True)
     try:
-        _run_module(argv, cwd, env, out, err, threads)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        raise
-    finally:
-        try:
-            Path(status).write_text(str(code))
-        except OSError:
-            pass
-
-
-def _run_module(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
-                threads: int) -> None:
-    """Runs in a process forked from the warm interpreter: become `python -m argv` in `cwd`."""
-    import runpy
-
-    os.setsid()
-    for fd, path in ((1, out), (2, err)):
-        target = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.dup2(target, fd)
-        os.close(target)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    if "torch" in sys.modules:  # OpenMP read OMP_NUM_THREADS when torch was imported
-        sys.modules["torch"].set_num_threads(threads)
-    sys.path.insert(0, cwd)
-    sys.argv = [argv[0], *argv[1:]]
-    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        Path(status).write_text(str(code))
+    except OSError:
+        pass
+    sys.exit(code)
 
 
 class ProcessExecutor:
@@ -180,7 +155,7 @@ class ProcessExecutor:
             import multiprocessing
 
             self._ctx = multiprocessing.get_context("forkserver")
-            self._ctx.set_forkserver_preload(PRELOAD)
+            self._ctx.set_forkserver_preload(list(PRELOAD))
             threading.Thread(target=self._warm_up, daemon=True).start()
 
     def _warm_up(self) -> None:
@@ -284,16 +259,16 @@ class DockerExecutor:
     def set_root(self, root: Path) -> None:
         """The folder every instance folder lives under; a default image is warmed from now."""
         self.root = root
-        if self.warm and self.preload and self._digest(self.preload):
-            threading.Thread(target=self._warm_container, args=(self.preload, False), daemon=True).start()
+        image_id = self._digest(self.preload) if self.warm and self.preload else None
+        if image_id:
+            threading.Thread(target=self._warm_container, args=(self.preload, image_id, False),
+                             daemon=True).start()
 
-    def _warm_container(self, image: str, gpu: bool) -> "WarmContainer | None":
-        """The ready warm container of the image as it is now; one is started (and None returned:
-        this instance runs in a fresh container) when there is none, or the image was rebuilt."""
-        if not self.warm or self.root is None:
-            return None
-        image_id = self._digest(image)
-        if image_id is None:
+    def _warm_container(self, image: str, image_id: str | None, gpu: bool) -> "WarmContainer | None":
+        """The ready warm container of the image as it is now (`image_id`); one is started (and
+        None returned: this instance runs in a fresh container) when there is none, or the image
+        was rebuilt."""
+        if not self.warm or self.root is None or image_id is None:
             return None
         with self._lock:
             for key, old in list(self._warm.items()):
@@ -333,9 +308,25 @@ class DockerExecutor:
                               capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def memory_mb(self, threads: int) -> int:
+    def run_command(self, name: str, cpus: int, writable: Path, gpu: bool,
+                    labels: dict[str, str] | None = None) -> list[str]:
+        """`docker run` options every container of this emulator gets: its label (for clean-up),
+        no network (as docker-batch), `cpus` and their share of the memory, never a pull, the
+        GPUs when asked, and a user that can write to `writable` (the image's non-root user, or
+        this user's uid so that the files stay theirs)."""
         total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
-        return max(512, int(total_mb * 0.9 * threads / (os.cpu_count() or 1)))
+        memory_mb = max(512, int(total_mb * 0.9 * cpus / (os.cpu_count() or 1)))
+        cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{self.LABEL}={self.owner}"]
+        for key, value in (labels or {}).items():
+            cmd += ["--label", f"{key}={value}"]
+        cmd += ["--network", "none", "--cpus", str(cpus), "--memory", f"{memory_mb}m", "--pull", "never"]
+        if os.geteuid() == 0:
+            writable.chmod(0o777)
+        else:
+            cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+        if gpu:
+            cmd += ["--gpus", "all"]
+        return cmd
 
     def start(self, spec: InstanceSpec) -> Running:
         if not spec.image:
@@ -343,8 +334,9 @@ class DockerExecutor:
         if spec.gpu and not self.nvidia:
             spec.notes.append("[emulator] Docker has no NVIDIA runtime here: the instance runs on the CPU")
         gpu = spec.gpu and self.nvidia
+        image_id = self._digest(spec.image)
         argv = python_module_argv(spec.command)
-        warm = self._warm_container(spec.image, gpu) if argv else None
+        warm = self._warm_container(spec.image, image_id, gpu) if argv else None
         if warm is not None:
             try:
                 return warm.run(spec, argv)
@@ -355,18 +347,10 @@ class DockerExecutor:
         env.update({"QARNOT_RESOURCES_DIRECTORY": "/job", "QARNOT_RESULTS_DIRECTORY": "/job",
                     "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads),
                     "QTRAIN_EXECUTION": "docker"})
-        digest = self._digest(spec.image)
-        if digest:
-            env["QTRAIN_IMAGE_DIGEST"] = digest
-        cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{self.LABEL}={self.owner}",
-               "--network", "none", "--cpus", str(spec.threads), "--memory", f"{self.memory_mb(spec.threads)}m",
-               "--pull", "never", "-v", f"{spec.workdir}:/job", "-w", "/job"]
-        if os.geteuid() == 0:
-            spec.workdir.chmod(0o777)  # the image's own non-root user writes there
-        else:
-            cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]  # files stay the user's
-        if gpu:
-            cmd += ["--gpus", "all"]
+        if image_id:
+            env["QTRAIN_IMAGE_DIGEST"] = image_id
+        cmd = self.run_command(name, spec.threads, spec.workdir, gpu)
+        cmd += ["-v", f"{spec.workdir}:/job", "-w", "/job"]
         for key in env:
             cmd += ["-e", key]  # values through the environment, never on a command line
         cmd.append(spec.image)
@@ -399,18 +383,9 @@ class WarmContainer:
         name = f"qtrain-warm-{executor.owner}-{key}"
         socket_path = root / f".warm-{key}.sock"
         socket_path.unlink(missing_ok=True)
-        cores = os.cpu_count() or 1
-        cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{executor.LABEL}={executor.owner}",
-               "--label", f"{executor.WARM_LABEL}={image_id}", "--network", "none", "--cpus", str(cores),
-               "--memory", f"{executor.memory_mb(cores)}m", "--pull", "never", "-v", f"{root}:{root}",
-               "-e", "MPLBACKEND=Agg", "-e", "PYTHONUNBUFFERED=1"]
-        if os.geteuid() == 0:
-            root.chmod(0o777)  # the image's non-root user makes the socket and the instances write here
-        else:
-            cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
-        if gpu:
-            cmd += ["--gpus", "all"]
-        cmd += [image, "python", "-m", "runner.warm", str(socket_path)]
+        cmd = executor.run_command(name, os.cpu_count() or 1, root, gpu, {executor.WARM_LABEL: image_id})
+        cmd += ["-v", f"{root}:{root}", "-e", "MPLBACKEND=Agg", "-e", "PYTHONUNBUFFERED=1",
+                image, "python", "-m", "runner.warm", str(socket_path)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         return cls(executor, image, image_id, gpu, name, socket_path, proc)
