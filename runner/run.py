@@ -270,7 +270,7 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         n = min(len(p.y["train"]), 32)
         xb = trainer.data.x["train"][:n]
         yb = trainer.data.y["train"][:n]
-        loss = float(trainer.train_step(xb, yb)[0])
+        loss = trainer.check_step(xb, yb)
         if not np.isfinite(loss):
             raise QtrainError(f"check: the first training step gave loss {loss}",
                               hint="lower train.lr or check the data for extreme values")

@@ -116,6 +116,21 @@ def make_loss(job: Job, prepared: Prepared, device: torch.device) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weights)
 
 
+def _without_dynamo() -> None:
+    """torch wraps a few `Optimizer` methods (`add_param_group`, `zero_grad`, `state_dict`,
+    `load_state_dict`) in `torch._disable_dynamo`, whose first call imports `torch._dynamo` (0.7 s,
+    a third of a check) only to mark them as not to be compiled.  qtrain never compiles, so each
+    wrapper is given its own function as the "disabled" one it caches, and calls it directly."""
+    for method in vars(torch.optim.Optimizer).values():
+        wrapped = getattr(method, "__wrapped__", None)
+        code = getattr(method, "__code__", None)
+        if wrapped is not None and code is not None and code.co_filename.endswith("_compile.py"):
+            setattr(wrapped, "__dynamo_disable", wrapped)
+
+
+_without_dynamo()
+
+
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -241,6 +256,17 @@ class Trainer:
             self.optimizer.step()
         correct = (out.detach().argmax(1) == yb).sum() if self.prepared.classes is not None else None
         return loss.detach(), correct
+
+    def check_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """The loss and its gradients on one batch, without the optimiser's update: what a check
+        needs to prove that the model, the loss and the data fit together.  (An update would import
+        `torch._dynamo`, 0.7 s, for nothing: `Optimizer.step` marks a graph break on every call.)"""
+        with self.autocast():
+            loss = self.loss_fn(self.model(xb).float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def run_epoch(self) -> dict[str, float]:
         x, y = self.data.x["train"], self.data.y["train"]

@@ -82,3 +82,13 @@ def test_a_remembered_check_imports_no_torch(state, table_job):
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "QTRAIN_STATE_DIR": str(state)})
     assert proc.stdout.split() == ["True", "False", "False"], proc.stderr
+
+
+def test_a_full_check_does_not_import_dynamo(state, table_job):
+    """torch._dynamo (0.7 s) is not needed for a verdict: no job compiles."""
+    probe = ("import sys; from jobs.load import load_job; from submit.checks import check; "
+             f"print(check(load_job({str(table_job)!r}), recheck=True)[1], "
+             "'torch' in sys.modules, 'torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QTRAIN_STATE_DIR": str(state)})
+    assert proc.stdout.split() == ["False", "True", "False"], proc.stderr
