@@ -45,8 +45,13 @@ CHECKPOINT = "checkpoint.pt"
 CONFUSION = "confusion_matrix.csv"
 CONFUSION_PCT = "confusion_matrix_pct.csv"
 CONFUSION_PNG = "confusion_matrix.png"
+REGRESSION_PNG = "regression.png"  # predicted vs actual, and residuals (test split)
+SWEEP_CSV = "sweep.csv"  # one row per trial: its overrides and metrics
+SWEEP_PNG = "sweep.png"  # the headline metric per trial, the best marked
 RESULT_FILES = (METRICS, HISTORY, LOSS_CURVE, PREDICTIONS, MODEL, CHECKPOINT, RUN_INFO)
 CLASSIFICATION_FILES = (CONFUSION, CONFUSION_PCT, CONFUSION_PNG)
+REGRESSION_FILES = (REGRESSION_PNG,)
+SWEEP_FILES = (SWEEP, SWEEP_CSV, SWEEP_PNG)
 TRIAL_PREFIX = "trial-"
 
 

@@ -29,7 +29,8 @@ from runner.data import Dataset, describe, load_dataset
 from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
 from runner.models import MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, storable_arch
 from runner.prepare import Prepared, prepare
-from runner.report import write_confusion, write_csv, write_history, write_json
+from runner.report import (write_confusion, write_csv, write_history, write_json, write_regression,
+                           write_sweep_report)
 from runner.train import Trainer, TrainResult, predict_raw, seed_everything, select_device, set_threads
 
 
@@ -169,11 +170,15 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "parameters": {"total": total, "trainable": trainable},
         "timings": timings,
     })
+    title = plot_title(job.name, out_dir, trial, overrides)
     if p.classes is not None and "test" in p.splits:
-        write_confusion(out_dir, confusion(p.y["test"], test_out["pred"], len(p.classes)), p.classes)
+        write_confusion(out_dir, confusion(p.y["test"], test_out["pred"], len(p.classes)), p.classes,
+                        title)
     if "test" in p.splits:
         write_csv(out_dir / PREDICTIONS, predictions_frame(p, test_out["pred"], test_out["proba"]))
-    write_history(out_dir, result.history)
+        if p.classes is None and len(p.y["test"]):
+            write_regression(out_dir, p.y["test"], test_out["pred"], title)
+    write_history(out_dir, result.history, title, head)
     save_model(out_dir / MODEL, b, loaded)
     timings["total_seconds"] = time.perf_counter() - t_start
     Metrics.model_validate(metrics)  # the contract, checked where it is written
@@ -196,6 +201,17 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     return metrics
 
 
+def plot_title(job_name: str, out_dir: Path, trial: int | None = None,
+               overrides: dict[str, Any] | None = None) -> str:
+    """What every plot is titled with: the job, the run (the store's id on a backend, else the
+    results folder) and the trial."""
+    run = os.environ.get("QTRAIN_RUN_ID") or (out_dir.parent.name if trial is not None else out_dir.name)
+    text = f"{job_name} · run {run}"
+    if trial is not None:
+        text += f" · trial {trial}" + (f" ({format_trial(overrides)})" if overrides else "")
+    return text
+
+
 def kept_train_loss(result: TrainResult, job) -> float | None:
     """The training loss of the weights the run keeps: the best epoch's when early stopping
     restored them, else the last epoch's."""
@@ -213,6 +229,7 @@ def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[st
     summary = select_best(loaded.job.task, rows, loaded.job.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SWEEP, summary.model_dump())
+    write_sweep_report(out_dir, summary, plot_title(loaded.job.name, out_dir))
     best = summary.best
     if best is not None:
         log.info(f"sweep done: best trial {best.trial} ({format_trial(best.overrides)}) "

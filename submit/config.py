@@ -53,3 +53,8 @@ FOLLOW_RETRY_SECONDS = float(os.environ.get("QTRAIN_FOLLOW_RETRY_SECONDS", "120"
 # The emulator's executor when none is asked for: docker | process (default: docker where an
 # engine answers and the runner image exists, else process).
 EMULATOR_EXECUTOR = os.environ.get("QTRAIN_EMULATOR_EXECUTOR") or None
+
+
+def mlflow_export_enabled() -> bool:
+    """QTRAIN_MLFLOW_EXPORT=1: every retrieved run is exported to MLflow (MLFLOW_TRACKING_URI)."""
+    return os.environ.get("QTRAIN_MLFLOW_EXPORT", "").strip().lower() in ("1", "true", "yes", "on")

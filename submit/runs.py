@@ -3,7 +3,9 @@
 Read top to bottom:
     submit_run   preflight (nothing leaves the machine when it fails), upload, record, submit
     follow       poll the task: state changes and the runner's lines, live
-    retrieve     results into the store (idempotent), metrics indexed, final state recorded
+    retrieve     final state recorded, results into the store (idempotent), metrics indexed
+    refresh      what `status` and `results list` do for runs still pending: ask the task,
+                 retrieve the ended ones (so a detached run lands without `fetch`)
     cancel       abort the task, then retrieve what it left
     summary      the JSON object `run`, `status` and `fetch` print
 
@@ -20,9 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from jobs.errors import QtrainError
+from jobs.files import PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
-from jobs.results import (METRICS, OUT, PREFIX, SWEEP, atomic_write, parse_epoch_line, parse_metrics,
-                          read_json, write_record)
+from jobs.results import (METRICS, OUT, PREFIX, RUN_INFO, SWEEP, atomic_write, parse_epoch_line,
+                          parse_metrics, read_json, write_record)
 from submit import config
 from submit.backends import Backend, get_backend
 from submit.backends.base import BackendUnreachable, TaskRequest, TaskStatus
@@ -38,7 +41,8 @@ LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
 
 # ------------------------------------------------------------------------------------ submit
 def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
-               profile: str | None = None, recheck: bool = False) -> RunRecord:
+               profile: str | None = None, recheck: bool = False,
+               tags: dict[str, str] | None = None, note: str | None = None) -> RunRecord:
     from submit.checks import check
 
     job = loaded.job
@@ -62,13 +66,18 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
             else "dataset already uploaded"
         ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
                f"dataset {package.dataset_hash[:12]})", style="dim")
+    constants = image_constants(job.resources.image)
+    info = {"data": user_paths(loaded), "image": job.resources.image,
+            "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),
+            "executor": backend.executor_name()}
     run = store.create_run(job_name=job.name, job_hash=package.job_hash,
                            dataset_hash=package.dataset_hash, backend=backend.name,
-                           profile=profile_name, job=package.job, trials=package.trials)
+                           profile=profile_name, job=package.job, trials=package.trials,
+                           tags=tags, note=note, info=info)
     request = TaskRequest(
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
         instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
-        constants={"QTRAIN_RUN_ID": run.run_id, **image_constants(job.resources.image)},
+        constants={"QTRAIN_RUN_ID": run.run_id, **constants},
         tags=["qtrain", run.run_id], results_whitelist=f"(^|/){RESULTS_PREFIX}")
     try:
         uuid = backend.submit(package, request)
@@ -79,6 +88,17 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
            f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
     return store.get(run.run_id)
+
+
+def user_paths(loaded: LoadedJob) -> dict[str, str]:
+    """The job's path fields as the user's machine has them (the task sees `data/<name>`)."""
+    dumped = loaded.job.model_dump(mode="json")
+    out = {}
+    for key in PATH_FIELDS:
+        value = get_dotted(dumped, key)
+        if value:
+            out[key] = str(resolve(value, loaded.base_dir)) if local_value(value) else str(value)
+    return out
 
 
 def image_constants(image: str) -> dict[str, str]:
@@ -226,10 +246,15 @@ def trial_counts(status: TaskStatus, trials: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------- retrieve
 def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
              status: TaskStatus | None = None) -> RunRecord:
-    """Download the results into the store (files already there are skipped), index the metrics,
-    record the final state.  Safe to repeat."""
+    """Record the task's state (final as soon as it has ended), download the results into the
+    store (files already there are skipped), index the metrics and what ran (run.json), and mark
+    the run retrieved once its task has ended.  Safe to repeat."""
     uuid = _uuid(run)
     status = status or backend.status(uuid)
+    error = None
+    if status.state == "Failure":
+        error = "; ".join(status.errors) or "the task failed"
+    store.set_state(run.run_id, status.run_state, detail=status.state, error=error)
     dest = store.artifacts_dir(run.run_id)
     dest.mkdir(parents=True, exist_ok=True)
     incoming = dest / ".incoming"  # the bucket's layout; results are moved out of out/ below
@@ -240,18 +265,99 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
     _save_logs(backend, uuid, dest)
     for trial in range(run.trials) if run.trials else [None]:
-        raw = read_json(store.artifacts_dir(run.run_id, trial) / METRICS)
+        folder = store.artifacts_dir(run.run_id, trial)
+        raw = read_json(folder / METRICS)
         if parse_metrics(raw) is not None:
             store.set_metrics(run.run_id, raw, trial=trial)
+    info = read_json(dest / RUN_INFO) or read_json(store.artifacts_dir(run.run_id, 0) / RUN_INFO) or {}
+    store.update(run.run_id, retrieved=status.done or None,
+                 info={k: info.get(k) for k in ("execution", "image_digest", "host", "device", "threads",
+                                                "cuda") if info.get(k)})
     if run.trials:
         sweep = store.get(run.run_id).sweep()
         if any(r.metrics for r in sweep.trials):
             write_record(dest / SWEEP, sweep)
-    error = None
-    if status.state == "Failure":
-        error = "; ".join(status.errors) or "the task failed"
-    store.set_state(run.run_id, status.run_state, detail=status.state, error=error)
-    return store.get(run.run_id)
+            _sweep_report(dest, sweep, run)
+    record = store.get(run.run_id)
+    if status.done and config.mlflow_export_enabled():
+        _auto_export(record, store, ui)
+    return record
+
+
+def _sweep_report(dest: Path, sweep, run: RunRecord) -> None:
+    """sweep.csv and sweep.png, as `qtrain train` of a sweep writes them."""
+    from runner.report import write_sweep_report
+
+    write_sweep_report(dest, sweep, title=f"{run.job_name} · {run.run_id}")
+
+
+def _auto_export(record: RunRecord, store: Store, ui: Ui) -> None:
+    """QTRAIN_MLFLOW_EXPORT=1: the run goes to MLflow once retrieved; a failure is a warning,
+    never a failed run."""
+    from submit.mlflow_export import export_run
+
+    try:
+        exported = export_run(record, store)
+        ui.say(f"exported to MLflow: experiment {exported.experiment}, run {exported.mlflow_run_id}",
+               style="dim")
+    except QtrainError as exc:
+        ui.warn(f"MLflow export: {exc.one_line()}")
+
+
+# ----------------------------------------------------------------------------------- refresh
+def refresh(run: RunRecord, backend: Backend, store: Store, ui: Ui) -> RunRecord:
+    """A pending run brought up to date: its task's state recorded, and, once the task has
+    ended, its results retrieved.  A task the backend no longer has ends the run as failed."""
+    from submit.backends.base import TaskNotFound
+
+    if not run.pending:
+        return run
+    try:
+        status = backend.status(run.task_uuid or "")
+    except TaskNotFound as exc:
+        store.set_state(run.run_id, "failed", error=f"the task is gone: {exc.message}")
+        store.update(run.run_id, retrieved=True)  # nothing more will ever come
+        return store.get(run.run_id)
+    if not status.done:
+        store.set_state(run.run_id, status.run_state, detail=status.state)
+        return store.get(run.run_id)
+    return retrieve(run, backend, store, ui, status)
+
+
+def refresh_all(runs: list[RunRecord], store: Store, ui: Ui) -> tuple[list[RunRecord], list[str]]:
+    """`refresh` for every pending run in `runs`, one backend connection each, with a progress
+    bar on a terminal.  A backend that cannot be reached leaves its runs as they were (and says
+    why, once); the local emulator is not started for this.  Returns (the runs, notes)."""
+    pending = [r for r in runs if r.pending]
+    if not pending:
+        return runs, []
+    notes: list[str] = []
+    backends: dict[str, Backend | None] = {}
+    fresh: dict[str, RunRecord] = {}
+    with ui.steps(f"updating {len(pending)} run(s)", len(pending)) as step:
+        for run in pending:
+            if run.backend not in backends:
+                backends[run.backend] = _reachable(run.backend, notes)
+            be = backends[run.backend]
+            if be is not None:
+                try:
+                    fresh[run.run_id] = refresh(run, be, store, ui)
+                except QtrainError as exc:
+                    notes.append(f"{run.run_id}: not updated ({exc.one_line()})")
+                    if isinstance(exc, BackendUnreachable):
+                        backends[run.backend] = None
+            step()
+    return [fresh.get(r.run_id, r) for r in runs], notes
+
+
+def _reachable(name: str, notes: list[str]) -> Backend | None:
+    try:
+        be = get_backend(name, start=False)
+        be.conn  # noqa: B018 - connect now, so that a failure is one note, not one per run
+        return be
+    except QtrainError as exc:
+        notes.append(f"runs on {name} not updated: {exc.one_line()}")
+        return None
 
 
 def _promote(src: Path, dest: Path) -> None:
@@ -288,8 +394,8 @@ def _uuid(run: RunRecord) -> str:
     return run.task_uuid
 
 
-def backend_for(run: RunRecord) -> Backend:
-    return get_backend(run.backend)
+def backend_for(run: RunRecord, start: bool = True) -> Backend:
+    return get_backend(run.backend, start=start)
 
 
 # ------------------------------------------------------------------------------------ cancel
@@ -324,7 +430,8 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
         "run_id": run.run_id, "state": run.state, "backend": run.backend, "profile": run.profile,
         "task_uuid": run.task_uuid, "uploaded_bytes": run.uploaded_bytes,
         "job_name": run.job_name, "created": run.created, "job_hash": run.job_hash,
-        "dataset_hash": run.dataset_hash, "error": run.error,
+        "dataset_hash": run.dataset_hash, "error": run.error, "retrieved": run.retrieved,
+        "tags": run.tags, "note": run.note, "info": run.info,
         "metrics": run.metrics.get(-1), "artifacts_dir": str(store.artifacts_dir(run.run_id)),
         "history": run.history,
     }

@@ -41,6 +41,18 @@ class Ui:
             yield Transfer(progress, progress.add_task(description, total=total or None))
 
 
+    @contextmanager
+    def steps(self, description: str, total: int) -> Iterator[Any]:
+        """A progress bar over `total` steps on stderr (only on a terminal, and only when it
+        takes long enough to be worth drawing); yields a callable that advances it by one."""
+        progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), console=self.err,
+                            transient=True, disable=not self.err.is_terminal or total < 2)
+        with progress:
+            task = progress.add_task(description, total=total)
+            yield lambda: progress.advance(task, 1)
+
+
 class Transfer:
     """A running progress bar: `advance(n)` bytes, `set_total(n)` once it is known."""
 

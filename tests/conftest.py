@@ -18,6 +18,9 @@ def private_state(tmp_path_factory):
 
     saved = os.environ.get("QTRAIN_STATE_DIR")
     os.environ["QTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("qtrain-state"))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests send nothing anywhere
+    os.environ.pop("QTRAIN_MLFLOW_EXPORT", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     if saved is None:
         os.environ.pop("QTRAIN_STATE_DIR", None)

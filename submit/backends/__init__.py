@@ -18,13 +18,15 @@ def default_backend() -> str:
     return "qarnot" if QarnotBackend.configured() else "local"
 
 
-def get_backend(name: str | None = None) -> Backend:
+def get_backend(name: str | None = None, start: bool = True) -> Backend:
+    """The backend `name`; with start=False the local one uses a running emulator only."""
     name = name or default_backend()
     try:
-        return BACKENDS[name]()
+        cls = BACKENDS[name]
     except KeyError:
         raise BackendError(f"unknown backend {name!r}",
                            hint=f"choose one of: {', '.join(BACKENDS)}") from None
+    return cls(start=start) if cls is LocalBackend else cls()
 
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "default_backend", "get_backend"]

@@ -89,6 +89,10 @@ class Backend(abc.ABC):
         """Do tasks run in the job's image here (so that a stale local image matters)?"""
         return True
 
+    def executor_name(self) -> str:
+        """How tasks run here, for the store: the backend's name, or the emulator's executor."""
+        return self.name
+
     def check_image(self, image: str) -> None:
         """Refuse, before anything is uploaded, an image this backend cannot run."""
 

@@ -17,9 +17,10 @@ class LocalBackend(QarnotBackend):
     token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
     unreachable_hint = "qtrain emulator status; qtrain emulator start"
 
-    def __init__(self, executor: str | None = None) -> None:
+    def __init__(self, executor: str | None = None, start: bool = True) -> None:
         super().__init__(connect=self._connect_emulator)
         self.executor = executor
+        self.start = start  # False: only a daemon already running (reading, not submitting)
         self.endpoint = None
 
     def describe(self) -> str:
@@ -32,12 +33,24 @@ class LocalBackend(QarnotBackend):
         self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor
         return self.endpoint is not None and self.endpoint.executor == "docker"
 
+    def executor_name(self) -> str:
+        self.conn  # noqa: B018
+        return f"emulator/{self.endpoint.executor}" if self.endpoint else "emulator"
+
     def _connect_emulator(self):
         import qarnot
 
         from submit.emulator import daemon
 
-        self.endpoint, _ = daemon.start(self.executor)
+        if not self.start:
+            from submit.backends.base import BackendUnreachable
+
+            self.endpoint = daemon.running()
+            if self.endpoint is None:
+                raise BackendUnreachable("the local emulator is not running",
+                                         hint="qtrain emulator start, then qtrain fetch RUN")
+        else:
+            self.endpoint, _ = daemon.start(self.executor)
         self.cluster_url = self.endpoint.url
         return qarnot.connection.Connection(client_token=self.endpoint.token,
                                             cluster_url=self.endpoint.url,

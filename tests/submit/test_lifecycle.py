@@ -83,16 +83,19 @@ def test_every_reader_of_a_sweep_uses_the_validation_best_trial(qtrain, fake, st
 
     listed = qtrain("results", "list", "--json", "--store", store).json()
     assert listed[0]["headline"] == {"metric": "accuracy", "value": 0.80}
-    assert "accuracy 0.8000" in qtrain("results", "list", "--store", store).out
+    assert listed[0]["test"]["accuracy"] == 0.80
+    assert "0.8000" in qtrain("results", "list", "--store", store).out
 
     shown = qtrain("results", "show", data["run_id"], "--json", "--store", store).json()
     assert shown["best"]["trial"] == 0 and shown["metrics"]["test"]["accuracy"] == 0.80
     human = qtrain("results", "show", data["run_id"], "--store", store).out
     assert "best: 0" in human and "metrics of trial 0" in human
 
+    # a sweep alone: its trials side by side, each with its own settings and metrics
     compared = qtrain("results", "compare", data["run_id"], "--json", "--store", store).json()
-    assert compared["metrics"]["test accuracy"] == [0.80]
-    assert compared["metrics"]["trial"] == [0] and compared["metrics"]["chosen on"] == ["val_accuracy"]
+    assert compared["runs"] == ["trial 0", "trial 1"]
+    assert compared["metrics"]["val accuracy"] == [0.90, 0.85] and compared["best"]["val accuracy"] == [0]
+    assert compared["metrics"]["test accuracy"] == [0.80, 0.95]
 
     # predict RUN uses trial 0's model, not trial 1's
     frame = pd.read_csv(trained[0] / "predictions.csv")

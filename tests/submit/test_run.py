@@ -416,7 +416,12 @@ def test_run_list_show_compare_and_predict_agree_on_the_validation_best_trial(
     shown = qtrain("results", "show", data["run_id"], "--json", "--store", store_dir).json()
     assert shown["best"]["trial"] == val_best and shown["metrics"]["test"]["accuracy"] == expected
     compared = qtrain("results", "compare", data["run_id"], "--json", "--store", store_dir).json()
-    assert compared["metrics"]["test accuracy"] == [expected] and compared["metrics"]["trial"] == [val_best]
+    assert compared["metrics"]["test accuracy"] == [test[i] for i in range(len(test))]
+    assert compared["best"]["val accuracy"] == [val_best]  # the trials, the chosen one marked
+    # beside another run, a sweep is its chosen trial
+    other = qtrain("run", job, "--set", "sweep={}", "--json", "--store", store_dir).json()
+    compared = qtrain("results", "compare", data["run_id"], other["run_id"], "--json", "--store", store_dir).json()
+    assert compared["metrics"]["test accuracy"][0] == expected and compared["metrics"]["trial"][0] == val_best
 
     from sklearn.datasets import make_circles
 

@@ -1,0 +1,3 @@
+from submit.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,137 @@
+"""What every command group of the `qtrain` command line shares: the app, the `command`
+decorator, common options, the store, and `main`.
+
+Every user mistake is a `QtrainError`: one line on stderr, exit status 2, no traceback.  Anything
+else is an internal error and keeps its traceback.  Output into a closed pipe (`| head`) ends
+quietly with the status a shell gives a program killed by SIGPIPE (141).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from jobs.errors import QtrainError
+
+app = typer.Typer(
+    name="qtrain",
+    help="Check, train and run PyTorch training jobs locally or on Qarnot, and keep their results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from jobs import __version__
+
+        print(f"qtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """Check, train and run PyTorch training jobs locally or on Qarnot, and keep their results."""
+
+def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
+    """`app.command` (or `group.command`) whose function reports a QtrainError as one line and exit status 2, and any
+    other exception as an internal error with its traceback (exit status 1)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def guarded(*a: Any, **kw: Any):
+            try:
+                return fn(*a, **kw)
+            except QtrainError as exc:
+                err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False,
+                                  soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort, BrokenPipeError):
+                raise
+            except Exception:  # noqa: BLE001
+                err_console.print("[bold red]internal error[/] (please report it with this traceback):")
+                traceback.print_exc()
+                raise typer.Exit(1) from None
+
+        return (group or app).command(*args, **kwargs)(guarded)
+
+    return decorate
+
+
+SetOption = typer.Option(None, "--set", "-s", metavar="KEY.PATH=VALUE",
+                         help="Override a job field, e.g. --set train.epochs=5 (repeatable).")
+
+
+RecheckOption = typer.Option(False, "--recheck", help="Check again even if this job, its data "
+                                                      "and the code passed before.")
+
+
+def _load(job: str, overrides: Optional[list[str]]):
+    from jobs.load import load_job
+
+    return load_job(job, overrides or [])
+
+
+# ------------------------------------------------------------------------------- the store
+StoreOption = typer.Option(None, "--store", metavar="DIR",
+                           help="Results store folder (default: $QTRAIN_STORE, else "
+                                "~/.local/share/qtrain/store).")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+RUN_HELP = ("A run: its id or a unique prefix/suffix of it, a job name (its latest run), JOB~N "
+            "(the Nth before that), or @TAG / @KEY=VALUE (the latest run tagged so).")
+RunArgument = typer.Argument(..., help=RUN_HELP, metavar="RUN")
+
+
+def _store(path: Optional[Path]):
+    from submit import config
+    from submit.store import Store
+
+    return Store(config.store_dir(path))
+
+
+def _open_run(run_ref: str, store_dir: Optional[Path]):
+    """(store, the run's record) for the commands that take a RUN."""
+    store = _store(store_dir)
+    return store, store.get(run_ref)
+
+
+# --------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI (click's standalone mode handles usage errors and --help) and return its status."""
+    try:
+        app(args=argv, prog_name="qtrain")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BrokenPipeError:
+        return closed_pipe()
+    return 0
+
+
+def closed_pipe() -> int:
+    """The reader went away (`| head`): nothing more to say, and nothing at exit either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return 141
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+

@@ -1,0 +1,79 @@
+"""`qtrain emulator ...`: the local Qarnot emulator daemon."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from submit.cli.common import JsonOption, app, command, console
+
+
+# ------------------------------------------------------------------------------------ emulator
+emulator_app = typer.Typer(help="The local Qarnot-compatible emulator (API + S3 on 127.0.0.1).",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(emulator_app, name="emulator")
+ExecutorOption = typer.Option(None, "--executor", help="How instances run: docker (the task's "
+                                                       "image) or process (sh -c DOCKER_CMD here). "
+                                                       "Default: docker where an engine answers and "
+                                                       "the runner image exists, else process.")
+
+
+@command("start", group=emulator_app)
+def emulator_start(executor: Optional[str] = ExecutorOption,
+                   port: int = typer.Option(0, help="API port (0: any free port)."),
+                   as_json: bool = JsonOption) -> None:
+    """Start the emulator daemon in the background (a no-op when it already runs)."""
+    from submit.emulator import daemon
+
+    ep, started = daemon.start(executor, port=port)
+    _print_emulator(ep, "started" if started else "already running", as_json)
+
+
+@command("stop", group=emulator_app)
+def emulator_stop() -> None:
+    """Stop the daemon; its running tasks are aborted."""
+    from submit.emulator import daemon
+
+    console.print("emulator stopped" if daemon.stop() else "the emulator was not running")
+
+
+@command("status", group=emulator_app)
+def emulator_status(as_json: bool = JsonOption) -> None:
+    """Is the daemon running, where, with which executor."""
+    from submit.emulator import daemon
+
+    ep = daemon.running()
+    if ep is None:
+        if as_json:
+            print(json.dumps({"running": False, "token_file": str(daemon.token_file())}))
+        else:
+            console.print("the emulator is not running (qtrain emulator start, or just qtrain run)")
+        return
+    _print_emulator(ep, "running", as_json)
+
+
+def _print_emulator(ep, state: str, as_json: bool) -> None:
+    from submit.emulator import daemon
+
+    info = {"running": True, "state": state, "url": ep.url, "s3_url": ep.s3_url, "pid": ep.pid,
+            "executor": ep.executor, "log": str(ep.log), "token_file": str(daemon.token_file())}
+    if as_json:
+        print(json.dumps(info))
+        return
+    console.print(f"emulator {state}: API {ep.url}, S3 {ep.s3_url}, executor {ep.executor}, "
+                  f"pid {ep.pid}\n  token in {info['token_file']} (0600), log {ep.log}", highlight=False)
+
+
+@command("serve", group=emulator_app)
+def emulator_serve(port: int = typer.Option(8642, help="API port."),
+                   token: Optional[str] = typer.Option(None, help="Token clients must send "
+                                                       "(default: the one in the token file)."),
+                   executor: Optional[str] = ExecutorOption,
+                   s3_port: int = typer.Option(0, help="S3 port (0: any free port).")) -> None:
+    """Run the emulator in the foreground until Ctrl-C (for a container or a debugger)."""
+    from submit.emulator import daemon
+
+    daemon.serve(port=port, token=token, executor=executor or daemon.default_executor(), s3_port=s3_port,
+                 announce=lambda m: console.print(m, highlight=False))

@@ -1,0 +1,133 @@
+"""`qtrain check`, `train`, `predict`, `catalog`: a job, here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from jobs.errors import QtrainError
+from submit.cli.common import (SetOption, RecheckOption, _load, _open_run, command, console,
+                               err_console)
+
+
+# -------------------------------------------------------------------------------------- check
+@command()
+def check(
+    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    set_: Optional[list[str]] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    recheck: bool = RecheckOption,
+) -> None:
+    """Preflight a job: validate it, load and preprocess the data, build the model and run one
+    training step on a small batch.  Catches every mistake that can be caught before paying for a
+    cloud task.  A job that passed with the same job, data and code is not checked again."""
+    from submit.checks import check as check_job
+
+    loaded = _load(job, set_)
+    report, remembered = check_job(loaded, recheck=recheck)
+    if as_json:
+        print(json.dumps({**report, "remembered": remembered}))
+        return
+    _print_check(report, loaded.source)
+    if remembered:
+        err_console.print("(passed before with this job, data and code: not checked again; "
+                          "--recheck to check anyway)", style="dim", highlight=False)
+
+
+def _print_check(report: dict[str, Any], source: str) -> None:
+    t = Table(title=f"qtrain check {source}: OK", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    data = report["data"]
+    t.add_row("job", f"{report['job']} ({report['task']})")
+    shape = f", images {tuple(data['shape'])}" if data["kind"] == "images" else ""
+    t.add_row("rows", f"{data['rows']}{shape}" + (f" + {data['test_rows']} test" if data.get("test_rows") else ""))
+    sp = report["splits"]
+    t.add_row("splits", f"train {sp['train']} / val {sp['val']} / test {sp['test']}")
+    t.add_row("features", f"{report['features']} after encoding")
+    if "classes" in report:
+        total = sum(report["classes"].values())
+        t.add_row("classes", ", ".join(f"{c}: {n} ({100 * n / total:.0f}%)"
+                                       for c, n in report["classes"].items()))
+    else:
+        tg = report["target"]
+        t.add_row("target", f"mean {tg['mean']:.4g}, std {tg['std']:.4g}, "
+                            f"range {tg['min']:.4g}..{tg['max']:.4g}")
+    for m in report["models"]:
+        label = "parameters" if m["trial"] is None else f"trial {m['trial']}"
+        extra = "" if m["overrides"] is None else f"  [{', '.join(f'{k}={v}' for k, v in m['overrides'].items())}]"
+        t.add_row(label, f"{m['trainable']:,} trainable of {m['parameters']:,}, first step loss "
+                         f"{m['first_step_loss']:.4f}{extra}")
+    t.add_row("device", report["device"])
+    console.print(t)
+
+
+# -------------------------------------------------------------------------------------- train
+@command()
+def train(
+    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the results."),
+    set_: Optional[list[str]] = SetOption,
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+    trial: Optional[int] = typer.Option(None, help="Run only this sweep trial."),
+) -> None:
+    """Train here, in this process, with no submission: the quickest local dry run.  Writes the
+    results contract (metrics.json, confusion matrix, curves, model.pt, ...) to --out."""
+    from runner.run import run_job
+
+    loaded = _load(job, set_)
+    run_job(loaded, out, resume=resume, trial=trial)
+
+
+# ------------------------------------------------------------------------------------ predict
+@command()
+def predict(
+    run: str = typer.Argument(..., help="A run id from the results store (a sweep: its best "
+                                        "trial), a results directory, or a model.pt."),
+    data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, or .npy/.npz images."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write CSV here (default: stdout)."),
+    store_dir: Optional[Path] = typer.Option(None, "--store", metavar="DIR",
+                                             help="Results store to look the run id up in."),
+) -> None:
+    """Predict with a trained model."""
+    from runner.predict import load_model, read_input
+
+    is_path = Path(run).exists() or "/" in run or run.endswith(".pt")
+    predictor = load_model(run if is_path else _run_model_dir(run, store_dir))
+    frame = predictor.predict(read_input(data), where=str(data))
+    if out is None:
+        sys.stdout.write(frame.to_csv(index=False))
+    else:
+        frame.to_csv(out, index=False)
+        err_console.print(f"{len(frame)} predictions -> {out}")
+
+
+def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:
+    """The folder of the model a stored run stands for (a sweep: the trial chosen on validation)."""
+    store, record = _open_run(ref, store_dir)
+    trial, metrics = record.chosen()
+    if metrics is None:
+        raise QtrainError(f"run {record.run_id}: no trained model in the store ({record.state})",
+                          hint=f"qtrain fetch {record.run_id} retrieves it once its task has ended")
+    return store.artifacts_dir(record.run_id, trial)
+
+
+# ------------------------------------------------------------------------------------ catalog
+@command()
+def catalog() -> None:
+    """List the ready job files for the seed workloads."""
+    import yaml
+
+    from jobs.load import CATALOG_DIR
+
+    t = Table("job", "task", "data", "description")
+    for f in sorted(CATALOG_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(f.read_text())
+        t.add_row(f.stem, raw.get("task", ""), str(raw.get("data", {}).get("path", "")),
+                  raw.get("description", ""))
+    console.print(t)

@@ -1,0 +1,366 @@
+"""`qtrain results ...`: the results store as a workbench (list, show, compare, organise, export)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Column, Table
+
+from jobs.errors import QtrainError
+from submit.cli.common import (RUN_HELP, JsonOption, RunArgument, StoreOption, _open_run, _store, app,
+                               command, console, err_console)
+
+results_app = typer.Typer(help="List, show, compare, tag and export the runs in the results store. "
+                               "RUN is " + RUN_HELP[len("A run: "):],
+                          no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(results_app, name="results")
+RunsArgument = typer.Argument(..., help=RUN_HELP, metavar="RUN...")
+YesOption = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+
+
+def _refreshed(store, records):
+    """The records, with pending runs brought up to date (their ended tasks retrieved)."""
+    from submit.runs import refresh_all
+    from submit.ui import Ui
+
+    records, notes = refresh_all(records, store, Ui(json_mode=True))
+    for note in notes:
+        err_console.print(note, style="dim", highlight=False, markup=False)
+    return records
+
+
+def _state(record) -> str:
+    if record.done and not record.retrieved and record.task_uuid:
+        return f"{record.state} (not retrieved)"
+    return record.state
+
+
+# ------------------------------------------------------------------------------------- list
+@command("list", group=results_app)
+def results_list(
+    limit: int = typer.Option(20, help="How many runs (0: all)."),
+    job: Optional[str] = typer.Option(None, "--job", help="Only the runs of this job."),
+    tag: Optional[list[str]] = typer.Option(None, "--tag", metavar="KEY[=VALUE]",
+                                            help="Only runs with this tag (repeatable: all must match)."),
+    where: Optional[list[str]] = typer.Option(
+        None, "--where", metavar="FIELD OP VALUE",
+        help="Only runs where this holds, e.g. 'test.r2>0.9', state=succeeded, train.lr<=0.01, "
+             "tag.owner=ana (OP: = != > >= < <= ~; repeatable: all must hold). FIELD: state, job, "
+             "backend, profile, executor, tag.KEY, SPLIT.METRIC (train|val|test|baseline of the "
+             "run's model; a sweep: its best trial), epochs_run, train_seconds, or a job setting."),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="[-]FIELD",
+                                       help="Sort by FIELD (-FIELD: descending; runs without it last). "
+                                            "Default: newest first."),
+    refresh: bool = typer.Option(True, help="Bring pending runs up to date first (their ended "
+                                            "tasks are retrieved); --no-refresh reads the store only."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of runs."),
+    store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """The runs in the store, newest first, with the test metrics that fit each run's task
+    (classification: accuracy, f1_macro; regression: r2, rmse) of its model (a sweep: the trial
+    chosen on validation).  Runs whose task has ended are retrieved on the way."""
+    from submit.query import TASK_COLUMNS, select
+    from submit.store import parse_tag
+
+    store = _store(store_dir)
+    tags = [parse_tag(t, "--tag") for t in tag or []]
+    runs = store.list()
+    if refresh:
+        runs = _refreshed(store, runs)
+    runs = select(runs, job=job, tags=[(k, v if "=" in t else None) for (k, v), t in zip(tags, tag or [])],
+                  where=where or [], sort=sort, limit=limit or None)
+    metrics = [m for task in ("classification", "regression") if any(r.task == task for r in runs)
+               for m in TASK_COLUMNS[task]]
+    rows = []
+    for r in runs:
+        name, value = r.headline()
+        test = (r.chosen()[1] or {}).get("test") or {}
+        rows.append({"run_id": r.run_id, "created": r.created, "state": r.state, "retrieved": r.retrieved,
+                     "job_name": r.job_name, "task": r.task, "backend": r.backend, "profile": r.profile,
+                     "trials": r.trials, "tags": r.tags, "note": r.note,
+                     "headline": {"metric": name, "value": value},
+                     "test": {m: test.get(m) for m in TASK_COLUMNS.get(r.task, ())}})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("no runs match" if (job or tag or where) else
+                      f"no runs yet in {store.root}  (qtrain run JOB)", highlight=False)
+        return
+    from submit.ui import fmt
+
+    wide = console.width >= 120  # the backend and tags columns only where they fit
+    t = Table(Column("run", no_wrap=True), Column("created", no_wrap=True), Column("state", no_wrap=True),
+              *([Column("backend", no_wrap=True), "tags"] if wide else []),
+              *(Column(m, justify="right", no_wrap=True) for m in metrics),
+              caption="metrics: test split of each run's model (a sweep: its best trial)")
+    for row, r in zip(rows, runs):
+        t.add_row(row["run_id"], row["created"][5:16].replace("T", " "), _state(r),
+                  *([f"{r.backend}/{r.profile}", _tags(r.tags)] if wide else []),
+                  *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics))
+    console.print(t)
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return " ".join(k if not v else f"{k}={v}" for k, v in tags.items())
+
+
+# ------------------------------------------------------------------------------------- show
+@command("show", group=results_app)
+def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
+                 store_dir: Optional[Path] = StoreOption) -> None:
+    """Everything about one run: states with times, where and how it ran (executor, image digest,
+    your data path), its hyperparameters, metrics, confusion matrix, timings, files; a sweep's
+    trials with their parameters and metrics."""
+    from jobs.results import headline
+    from submit.query import flatten, user_job
+    from submit.runs import backend_for, refresh, summary
+    from submit.ui import Ui, confusion_table, fmt, metrics_table, trials_table
+
+    store, record = _open_run(run_ref, store_dir)
+    if record.pending:
+        try:
+            record = refresh(record, backend_for(record, start=False), store, Ui(json_mode=True))
+        except QtrainError as exc:
+            err_console.print(f"(not updated: {exc.one_line()})", style="dim", highlight=False)
+    trial, metrics = record.chosen()
+    job = user_job(record, trial)
+    data = summary(record, store)
+    data["hyperparameters"] = job
+    if as_json:
+        print(json.dumps(data))
+        return
+    t = Table(title=f"run {record.run_id}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("state", _state(record) + (f"  ({record.error})" if record.error else ""))
+    t.add_row("job", f"{record.job_name} ({record.task})")
+    info = record.info
+    t.add_row("ran on", f"{record.backend}/{record.profile}"
+              + (f", {info['execution']}" if info.get("execution") else
+                 f", {info['executor']}" if info.get("executor") else "")
+              + (f", host {info['host']}" if info.get("host") else "")
+              + (f", {info['device']}" if info.get("device") else "")
+              + (f", {info['threads']} thread(s)" if info.get("threads") else ""))
+    if record.task_uuid:
+        t.add_row("task", record.task_uuid)
+    if info.get("image"):
+        t.add_row("image", info["image"] + (f" ({info['image_digest']})" if info.get("image_digest") else ""))
+    for field, path in (info.get("data") or {}).items():
+        t.add_row(field, path)
+    if record.tags:
+        t.add_row("tags", _tags(record.tags))
+    if record.note:
+        t.add_row("note", record.note)
+    t.add_row("job / dataset hash", f"{record.job_hash[:12]} / {record.dataset_hash[:12]}")
+    t.add_row("uploaded", f"{record.uploaded_bytes:,} bytes")
+    t.add_row("states", "  ".join(f"{h['state']} {h['at'][11:19]}" for h in record.history))
+    timings = (metrics or {}).get("timings") or {}
+    if timings:
+        t.add_row("timings", ", ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in timings.items()
+                                       if k.endswith("_seconds") and isinstance(v, (int, float))))
+    t.add_row("files", data["artifacts_dir"])
+    console.print(t)
+    params = flatten({k: v for k, v in job.items() if k not in ("name", "description", "task")})
+    hp = Table(title="hyperparameters" + ("" if trial is None else f" (trial {trial})"),
+               show_header=False, title_justify="left")
+    hp.add_column(style="bold")
+    hp.add_column()
+    for key, value in params.items():
+        hp.add_row(key, "none" if value is None else fmt(value) if not isinstance(value, (list, dict))
+                   else json.dumps(value))
+    console.print(hp)
+    if record.trials:
+        console.print(trials_table(record.sweep(), headline(record.task).metric))
+    if metrics:
+        console.print(metrics_table(metrics, "metrics" if trial is None else f"metrics of trial {trial}"))
+        table = confusion_table(store.artifacts_dir(record.run_id, trial))
+        if table is not None:
+            console.print(table)
+
+
+# ---------------------------------------------------------------------------------- compare
+@command("compare", group=results_app)
+def results_compare(
+    run_refs: list[str] = RunsArgument,
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE.png",
+                                        help="Also draw the runs' validation curves on one figure."),
+    as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """Runs side by side (a sweep: its best trial, with that trial's settings), or one sweep's
+    trials side by side: metrics with the best value of each marked, and the settings that
+    differ marked with *.  `none`: an empty setting; `n/a`: a setting that model does not have."""
+    from jobs.results import headline
+    from submit.compare import compare_runs, curves, short
+    from submit.ui import fmt
+
+    store = _store(store_dir)
+    records = [store.get(r) for r in run_refs]
+    if len(records) == 1 and not records[0].trials:
+        raise QtrainError(f"results compare {run_refs[0]}: one run that is not a sweep has nothing "
+                          "to be compared with", hint="give two or more runs, or a sweep run")
+    table = compare_runs(records, store)
+    if plot is not None:
+        from runner.report import plot_curves
+
+        metric = headline(records[0].task).metric
+        drawn = plot_curves(plot, curves(records, store), metric,
+                            title=" vs ".join(r.run_id for r in records)[:120])
+        err_console.print(f"curves of {drawn} run(s) -> {plot}", highlight=False)
+    if as_json:
+        print(json.dumps(table))
+        return
+    t = Table("", *(Column(short(label), justify="right") for label in table["runs"]),
+              title="compare (best value in green; * setting differs)", title_justify="left")
+    for name, values in table["metrics"].items():
+        best = set(table["best"].get(name, []))
+        t.add_row(name, *(f"[bold green]{fmt(v)}[/]" if i in best else fmt(v)
+                          for i, v in enumerate(values)))
+    t.add_section()
+    for key, values in table["settings"].items():
+        differs = key in table["differs"]
+        t.add_row(f"* {key}" if differs else f"  {key}",
+                  *(f"[yellow]{_setting(v)}[/]" if differs else _setting(v) for v in values))
+    console.print(t, highlight=False)
+
+
+def _setting(value: Any) -> str:
+    from rich.markup import escape
+
+    from submit.ui import fmt
+
+    if value is None:
+        return "none"
+    return escape(json.dumps(value) if isinstance(value, (list, dict)) else fmt(value))
+
+
+# -------------------------------------------------------------------------------- organise
+@command("tag", group=results_app)
+def results_tag(run_ref: str = RunArgument,
+                tags: list[str] = typer.Argument(..., metavar="KEY[=VALUE]...", help="Tags to set."),
+                store_dir: Optional[Path] = StoreOption) -> None:
+    """Tag a run (KEY=VALUE, or a bare KEY).  A tag names a run too: `qtrain results show @KEY`."""
+    from submit.store import parse_tag
+
+    parsed = dict(parse_tag(t) for t in tags)
+    store, record = _open_run(run_ref, store_dir)
+    store.tag(record.run_id, parsed)
+    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags)}", highlight=False)
+
+
+@command("untag", group=results_app)
+def results_untag(run_ref: str = RunArgument,
+                  keys: list[str] = typer.Argument(..., metavar="KEY...", help="Tag keys to remove."),
+                  store_dir: Optional[Path] = StoreOption) -> None:
+    """Remove tags from a run."""
+    store, record = _open_run(run_ref, store_dir)
+    missing = store.untag(record.run_id, [k.partition("=")[0] for k in keys])
+    if missing:
+        err_console.print(f"{record.run_id} had no tag {', '.join(missing)}", style="yellow", highlight=False)
+    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags) or '(no tags)'}", highlight=False)
+
+
+@command("note", group=results_app)
+def results_note(run_ref: str = RunArgument,
+                 note: str = typer.Argument(..., help="The note (\"\" removes it)."),
+                 store_dir: Optional[Path] = StoreOption) -> None:
+    """Attach a note to a run (replacing the one it had)."""
+    store, record = _open_run(run_ref, store_dir)
+    store.set_note(record.run_id, note.strip() or None)
+    console.print(f"{record.run_id}: note {'set' if note.strip() else 'removed'}", highlight=False)
+
+
+@command("rm", group=results_app)
+def results_rm(run_refs: list[str] = RunsArgument, yes: bool = YesOption,
+               store_dir: Optional[Path] = StoreOption) -> None:
+    """Remove runs from the store: their index rows and folders, together.  Refuses runs whose
+    task has not ended (cancel them first)."""
+    store = _store(store_dir)
+    records = [store.get(r) for r in run_refs]
+    records = list({r.run_id: r for r in records}.values())
+    running = [r.run_id for r in records if not r.done]
+    if running:
+        raise QtrainError(f"results rm: {', '.join(running)} not ended yet; nothing removed",
+                          hint="qtrain cancel RUN first, or wait for it")
+    if not yes:
+        _confirm(f"remove {len(records)} run(s) and their files: {', '.join(r.run_id for r in records)}?")
+    for r in records:
+        store.remove(r.run_id)
+        console.print(f"removed {r.run_id}", highlight=False)
+
+
+def _confirm(question: str) -> None:
+    import sys
+
+    if not sys.stdin.isatty():
+        raise QtrainError(f"{question} (no terminal to ask on)", hint="add --yes")
+    if not typer.confirm(question, default=False):
+        raise typer.Exit(1)
+
+
+@command("gc", group=results_app)
+def results_gc(yes: bool = YesOption,
+               dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would go."),
+               older_than: float = typer.Option(3600.0, metavar="SECONDS",
+                                                 help="Leave temporary files and unsubmitted runs "
+                                                      "younger than this (work going on now)."),
+               as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
+    """Clean the store: folders no run owns (left by a crash or by hand), temporary files of
+    retrievals that died, and half-written runs (never given a task)."""
+    store = _store(store_dir)
+    garbage = store.garbage(older_than)
+    found = {k: [str(p) for p in v] for k, v in garbage.items()}
+    total = sum(len(v) for v in found.values())
+    if as_json and (dry_run or not total):
+        print(json.dumps({"removed": False, **found}))
+        return
+    for kind, items in found.items():
+        for item in items:
+            err_console.print(f"{kind.replace('_', ' ')[:-1]}: {item}", highlight=False, markup=False)
+    if not total:
+        console.print("nothing to clean", highlight=False)
+        return
+    if dry_run:
+        return
+    if not yes:
+        _confirm(f"remove these {total} item(s)?")
+    store.collect(garbage)
+    if as_json:
+        print(json.dumps({"removed": True, **found}))
+    else:
+        console.print(f"removed {total} item(s)", highlight=False)
+
+
+# ----------------------------------------------------------------------------------- export
+@command("export", group=results_app)
+def results_export(
+    run_refs: list[str] = RunsArgument,
+    mlflow_uri: Optional[str] = typer.Option(
+        None, "--mlflow", metavar="URI",
+        help="MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, databricks, ...). "
+             "Default: $MLFLOW_TRACKING_URI."),
+    as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """Export runs to MLflow (`pip install 'qtrain[mlflow]'`): one MLflow run per run (a sweep: a
+    parent run with one nested run per trial) in the experiment named after the job, with the
+    resolved job as params, metrics per epoch, final metrics, tags, the results files and the
+    model (mlflow.pytorch.load_model loads it).  Exporting again updates the same MLflow run.
+    QTRAIN_MLFLOW_EXPORT=1 exports every run as it is retrieved."""
+    from submit.mlflow_export import export_run
+
+    store = _store(store_dir)
+    records = [store.get(r) for r in run_refs]
+    done = []
+    for record in records:
+        exported = export_run(record, store, mlflow_uri)
+        done.append(exported.as_dict())
+        if not as_json:
+            console.print(f"{record.run_id} -> MLflow experiment {exported.experiment!r}, run "
+                          f"{exported.mlflow_run_id}"
+                          + (f" (+{len(exported.trial_runs)} trial runs)" if exported.trial_runs else "")
+                          + (" (updated)" if exported.updated else ""), highlight=False)
+    if as_json:
+        print(json.dumps(done))

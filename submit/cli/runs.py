@@ -1,0 +1,213 @@
+"""`qtrain run`, `status`, `fetch`, `logs`, `cancel`, `profiles`: a run on a backend."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jobs.errors import QtrainError
+from submit.cli.common import (JsonOption, RecheckOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
+                               command, console)
+
+
+def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
+    """Print a finished run (metrics, confusion matrix, where its files are) and set the exit
+    status: 0 succeeded, 1 failed or cancelled."""
+    from submit.runs import summary
+    from submit.ui import confusion_table, metrics_table
+
+    data = summary(run, store)
+    trial, metrics = run.chosen()
+    if show_results and metrics:
+        title = ("metrics" if trial is None
+                 else f"metrics of the best trial ({trial}, chosen on {data['selection']})")
+        for table in (metrics_table(metrics, title),
+                      confusion_table(store.artifacts_dir(run.run_id, trial))):
+            if table is not None:
+                ui.out.print(table)
+    if run.trials:
+        ui.out.print(_trials_table(run))
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(run.state)
+    ui.say(f"run {run.run_id}: {run.state}  ->  {data['artifacts_dir']}", style=style)
+    if as_json:
+        print(json.dumps(data), flush=True)
+    if run.state in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+def _trials_table(run):
+    from jobs.results import headline
+    from submit.ui import trials_table
+
+    return trials_table(run.sweep(), headline(run.task).metric)
+
+
+def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:
+    from submit.runs import failure_report, follow, retrieve
+
+    try:
+        status = follow(run, backend, store, ui)
+    except KeyboardInterrupt:
+        ui.err.print(f"stopped following; the task keeps running. Later: qtrain fetch {run.run_id}"
+                     f"  (or qtrain cancel {run.run_id})", style="yellow")
+        raise typer.Exit(130) from None
+    if status.state == "Failure":
+        for line in failure_report(run, backend, status):
+            ui.err.print(line, style="red", markup=False, highlight=False)
+    run = retrieve(run, backend, store, ui, status)
+    _finish(run, store, ui, as_json)
+
+
+@command()
+def run(
+    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    backend: Optional[str] = typer.Option(
+        None, help="local (the emulator on this machine) or qarnot. Default: qarnot when a Qarnot "
+                   "account is configured (QARNOT_CLIENT_TOKEN or its config file), else local."),
+    profile: Optional[str] = typer.Option(None, help="cpu, gpu, or a profile name (qtrain profiles). "
+                                                     "Default: the job's resources.profile."),
+    set_: Optional[list[str]] = SetOption,
+    detach: bool = typer.Option(False, "--detach", help="Return once submitted, with the run id."),
+    tag: Optional[list[str]] = typer.Option(None, "--tag", metavar="KEY[=VALUE]",
+                                            help="Tag the run (repeatable); `@KEY` then names it."),
+    note: Optional[str] = typer.Option(None, "--note", help="A note kept with the run."),
+    recheck: bool = RecheckOption,
+    as_json: bool = JsonOption,
+    store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """Check the job, package it, submit it, follow it live and retrieve its results into the
+    results store.  Nothing is uploaded when the check fails.  Interrupting only stops following:
+    the task goes on, and `qtrain fetch RUN` retrieves it later."""
+    from submit.backends import get_backend
+    from submit.runs import submit_run, summary
+    from submit.ui import Ui
+
+    from submit.store import parse_tag
+
+    ui = Ui(json_mode=as_json)
+    tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
+    loaded = _load(job, set_)
+    store = _store(store_dir)
+    be = get_backend(backend)
+    record = submit_run(loaded, be, store, ui, profile=profile, recheck=recheck, tags=tags,
+                        note=(note or "").strip() or None)
+    if detach:
+        ui.say(f"detached: qtrain status {record.run_id}  |  qtrain fetch {record.run_id}")
+        if as_json:
+            print(json.dumps(summary(record, store)), flush=True)
+        return
+    _follow_and_retrieve(record, be, store, ui, as_json)
+
+
+@command()
+def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
+           store_dir: Optional[Path] = StoreOption) -> None:
+    """Show a run's state, asking the backend while its task runs.  A run whose task has ended
+    is retrieved into the store on the way (as `fetch` would), so its state is final:
+    succeeded, failed or cancelled."""
+    from submit.runs import backend_for, refresh, summary
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store, record = _open_run(run_ref, store_dir)
+    if record.pending:
+        record = refresh(record, backend_for(record), store, Ui(json_mode=True))
+    task_state = record.history[-1]["detail"] if record.history else None
+    data = summary(record, store)
+    data["task_state"] = task_state
+    retrieved = "" if record.retrieved or not record.task_uuid else ", not retrieved"
+    ui.say(f"{record.run_id}  {record.state}" + (f" (task {task_state}{retrieved})" if task_state else "")
+           + f"  {record.backend}/{record.profile}  task {record.task_uuid}")
+    if record.error:
+        ui.say(f"error: {record.error}", style="red")
+    if as_json:
+        print(json.dumps(data), flush=True)
+
+
+@command()
+def fetch(run_ref: str = RunArgument,
+          wait: bool = typer.Option(True, help="Follow the task until it ends (--no-wait: take "
+                                               "what it has uploaded so far)."),
+          as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
+    """Retrieve a run's results into the store (waiting for its task to end).  Safe to repeat:
+    files already retrieved and unchanged are not downloaded again."""
+    from submit.runs import backend_for, retrieve
+    from submit.ui import Ui
+
+    from submit.backends.base import TaskNotFound
+
+    ui = Ui(json_mode=as_json)
+    store, record = _open_run(run_ref, store_dir)
+    be = backend_for(record)
+    try:
+        if wait:
+            _follow_and_retrieve(record, be, store, ui, as_json)
+            return
+        st = be.status(record.task_uuid or "")
+        record = retrieve(record, be, store, ui, st)
+    except TaskNotFound as exc:
+        if not record.done:  # it can never be retrieved now: say so in the store
+            store.set_state(record.run_id, "failed", error=f"the task is gone: {exc.message}")
+            store.update(record.run_id, retrieved=True)  # nothing more can ever come
+            raise
+        ui.say(f"the task is no longer on {be.describe()}; what was retrieved is in the store")
+        record = store.get(record.run_id)
+    _finish(record, store, ui, as_json)
+
+
+@command()
+def logs(run_ref: str = RunArgument,
+         stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
+         instance: Optional[int] = typer.Option(None, help="Only this instance (sweep trial)."),
+         store_dir: Optional[Path] = StoreOption) -> None:
+    """Print a task's output (from the backend, else the copy saved when it was fetched)."""
+    from submit.runs import LOG_FILES, backend_for
+
+    store, record = _open_run(run_ref, store_dir)
+    try:
+        text = backend_for(record).output(record.task_uuid or "", instance, stderr)
+    except QtrainError:
+        saved = store.artifacts_dir(record.run_id) / LOG_FILES["stderr" if stderr else "stdout"]
+        if instance is not None or not saved.is_file():
+            raise
+        text = saved.read_text()
+    sys.stdout.write(text)
+
+
+@command()
+def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
+           store_dir: Optional[Path] = StoreOption) -> None:
+    """Abort a run's task, then retrieve whatever results it had uploaded."""
+    from submit.runs import backend_for, cancel as cancel_run
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store, record = _open_run(run_ref, store_dir)
+    if record.done:
+        ui.say(f"run {record.run_id} already ended: {record.state}")
+    else:
+        record = cancel_run(record, backend_for(record), store, ui)
+    _finish(record, store, ui, as_json, show_results=False)
+
+
+# ------------------------------------------------------------------------------------ profiles
+@command()
+def profiles(backend: Optional[str] = typer.Option(None, help="local or qarnot (default as for run)."),
+             as_json: bool = JsonOption) -> None:
+    """List the profiles the account (or the emulator) offers, and what cpu/gpu map to."""
+    from submit import config
+    from submit.backends import get_backend
+
+    be = get_backend(backend)
+    names = be.profiles()
+    if as_json:
+        print(json.dumps({"backend": be.name, "profiles": names,
+                          "cpu": config.PROFILE_CPU, "gpu": config.PROFILE_GPU}))
+        return
+    for name in names:
+        alias = [a for a, p in (("cpu", config.PROFILE_CPU), ("gpu", config.PROFILE_GPU)) if p == name]
+        console.print(name + (f"   (= {alias[0]})" if alias else ""), highlight=False)
