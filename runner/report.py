@@ -231,8 +231,34 @@ def plot_curves(path: Path, runs: list[tuple[str, Path]], metric: str, title: st
     return drawn
 
 
+def figure_texts(fig) -> dict[str, Any]:
+    """Every text a reader sees on the figure: its title, and per panel the title, axis labels,
+    tick labels and legend entries.  Saved in the PNG (its Description) for screen readers,
+    search, and tests that read what a plot says rather than its pixels."""
+    fig.canvas.draw()
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else ""
+    panels = []
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        legend = ax.get_legend()
+        lo, hi = sorted(ax.get_xlim())
+        ticks = [label.get_text() for pos, label in zip(ax.get_xticks(), ax.get_xticklabels())
+                 if lo <= pos <= hi and label.get_text()]
+        panels.append({
+            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xticks": ticks,
+            "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+            "texts": [t.get_text() for t in ax.texts],
+        })
+    return {"title": title, "axes": panels}
+
+
 def _save_fig(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    texts = figure_texts(fig)
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight",
+                metadata={"Title": texts["title"] or (texts["axes"][0]["title"] if texts["axes"] else ""),
+                          "Description": json.dumps(texts), "Software": "qtrain"})
     os.replace(tmp, path)

@@ -74,9 +74,17 @@ def tracking_uri(uri: str | None) -> str:
     return uri
 
 
+# MLflow retries a request 7 times with a doubling backoff by default: minutes before an
+# unreachable server is reported.  An export says so in seconds unless the user chose otherwise.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def export_run(record: RunRecord, store: Store, uri: str | None = None) -> Exported:
     """Export one run (a sweep: its parent and trial runs); returns where it went."""
     uri = tracking_uri(uri)
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     mlflow = _mlflow()
     if record.pending:
         raise QtrainError(f"run {record.run_id}: its results are not in the store yet ({record.state})",

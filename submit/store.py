@@ -431,7 +431,10 @@ class Store:
             half = [r["run_id"] for r in db.execute(
                 "SELECT run_id FROM runs WHERE task_uuid IS NULL AND state='submitted' AND created < ?",
                 (stale_cut.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))]
-        orphans = [p for p in sorted(runs_dir.iterdir()) if p.is_dir() and p.name not in known]
+        trash = runs_dir / TRASH
+        orphans = [p for p in sorted(runs_dir.iterdir()) if p.is_dir() and p.name not in known
+                   and p != trash]
+        orphans += sorted(trash.iterdir()) if trash.is_dir() else []  # removals that died midway
         cutoff = time.time() - older_than
         temps = [p for d in sorted(runs_dir.iterdir()) if d.name in known
                  for p in d.rglob(".*") if p.is_file() and p.name.endswith((".tmp", ".part"))
@@ -440,7 +443,10 @@ class Store:
 
     def collect(self, garbage: dict[str, list[Path | str]]) -> None:
         for path in garbage["orphan_folders"]:
-            shutil.rmtree(path, ignore_errors=True)
+            if Path(path).is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                Path(path).unlink(missing_ok=True)
         for path in garbage["temporary_files"]:
             Path(path).unlink(missing_ok=True)
         for run_id in garbage["half_written_runs"]:

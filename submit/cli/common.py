@@ -61,7 +61,9 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
             except KeyboardInterrupt:
                 err_console.print("interrupted")
                 raise typer.Exit(130) from None
-            except (typer.Exit, typer.Abort, BrokenPipeError):
+            except BrokenPipeError:  # the reader went away (`| head`): stop, quietly
+                raise typer.Exit(closed_pipe()) from None
+            except (typer.Exit, typer.Abort):
                 raise
             except Exception:  # noqa: BLE001
                 err_console.print("[bold red]internal error[/] (please report it with this traceback):")

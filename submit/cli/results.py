@@ -93,12 +93,17 @@ def results_list(
     from submit.ui import fmt
 
     wide = console.width >= 120  # the backend and tags columns only where they fit
-    t = Table(Column("run", no_wrap=True), Column("created", no_wrap=True), Column("state", no_wrap=True),
+    from rich import box
+
+    # the run id starts with its creation time (UTC): no column of its own
+    longest = max(len(r.run_id) for r in runs)
+    t = Table(Column("run", no_wrap=True, min_width=longest), Column("state", no_wrap=True, min_width=9),
               *([Column("backend", no_wrap=True), "tags"] if wide else []),
-              *(Column(m, justify="right", no_wrap=True) for m in metrics),
+              *(Column(m, justify="right", no_wrap=True, min_width=max(len(m), 6)) for m in metrics),
+              box=box.SIMPLE_HEAD, pad_edge=False,
               caption="metrics: test split of each run's model (a sweep: its best trial)")
     for row, r in zip(rows, runs):
-        t.add_row(row["run_id"], row["created"][5:16].replace("T", " "), _state(r),
+        t.add_row(row["run_id"], _state(r),
                   *([f"{r.backend}/{r.profile}", _tags(r.tags)] if wide else []),
                   *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics))
     console.print(t)

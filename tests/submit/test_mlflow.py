@@ -1,0 +1,115 @@
+"""`qtrain results export --mlflow`: real runs on the real emulator, exported into a real
+sqlite-backed MLflow tracking store, read back through MLflow's own client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from submit.store import Store
+from tests.submit.test_run import csv_job  # noqa: F401 - a fixture
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install '.[mlflow]')")
+pytestmark = pytest.mark.usefixtures("emulator")
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _runs(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=100)
+
+
+def test_a_run_exported_twice_is_one_mlflow_run_with_everything(qtrain, store_dir, tracking, tmp_path):
+    run = qtrain("run", "penguins", "--set", "train.epochs=4", "--set", "split.val_size=0.2",
+                 "--tag", "owner=ana", "--json", "--store", store_dir).json()
+    first = qtrain("results", "export", "penguins", "--mlflow", tracking, "--json", "--store", store_dir)
+    assert first.code == 0, first.err
+    assert first.json()[0]["updated"] is False
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    [exported] = _runs(client, "penguins")
+    assert exported.info.status == "FINISHED"
+    params, metrics, tags = exported.data.params, exported.data.metrics, exported.data.tags
+    assert params["train.epochs"] == "4" and params["split.val_size"] == "0.2"
+    assert params["data.path"] == "palmerpenguins" and params["model.hidden"] == "[32, 32]"
+    assert metrics["test/accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+    assert metrics["baseline/accuracy"] == pytest.approx(run["metrics"]["baseline"]["accuracy"])
+    history = client.get_metric_history(exported.info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert tags["qtrain.run_id"] == run["run_id"] and tags["qtrain.task_uuid"] == run["task_uuid"]
+    assert tags["qtrain.dataset_hash"] == run["dataset_hash"] and tags["tag.owner"] == "ana"
+    assert tags["qtrain.backend"] == "local" and tags["qtrain.executor"]
+    artifacts = {a.path for a in client.list_artifacts(exported.info.run_id)}
+    assert {"metrics.json", "history.csv", "loss_curve.png", "confusion_matrix.png", "model.pt", "run.json"} <= artifacts
+    assert not any(a.startswith(".") for a in artifacts)
+
+    # the logged model predicts what `qtrain predict` predicts
+    from runner.predict import load_model
+    from runner.prepare import transform_table
+
+    rows = pd.DataFrame({"bill_length_mm": [39.1, 46.5, 50.0], "bill_depth_mm": [18.7, 17.9, 15.2],
+                         "flipper_length_mm": [181, 192, 218], "body_mass_g": [3750, 3500, 5700]})
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    predicted = qtrain("predict", run["run_id"], tmp_path / "new.csv", "--store", store_dir)
+    assert predicted.code == 0, predicted.err
+    expected = pd.read_csv(pd.io.common.StringIO(predicted.out))["predicted"].tolist()
+    mlflow.set_tracking_uri(tracking)
+    model = mlflow.pytorch.load_model(f"runs:/{exported.info.run_id}/model")
+    predictor = load_model(Store(store_dir).artifacts_dir(run["run_id"]))
+    x = torch.from_numpy(transform_table(rows, predictor.preprocess, "new.csv"))
+    with torch.no_grad():
+        out = model(x)
+    assert [predictor.classes[i] for i in out.argmax(1).tolist()] == expected
+
+    again = qtrain("results", "export", run["run_id"], "--mlflow", tracking, "--json", "--store", store_dir)
+    assert again.code == 0 and again.json()[0]["updated"] is True
+    [same] = _runs(client, "penguins")
+    assert same.info.run_id == exported.info.run_id
+    assert len(client.get_metric_history(same.info.run_id, "val_loss")) == 4
+
+
+def test_a_sweep_is_a_parent_with_one_nested_run_per_trial(qtrain, store_dir, csv_job, tracking):
+    run = qtrain("run", csv_job, "--set", "split.val_size=0.2", "--set", "sweep={train.lr: [0.003, 0.03]}",
+                 "--json", "--store", store_dir).json()
+    for _ in range(2):
+        result = qtrain("results", "export", run["run_id"], "--mlflow", tracking, "--json", "--store", store_dir)
+        assert result.code == 0, result.err
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    runs = _runs(client, "table")
+    assert len(runs) == 3  # exported twice, still one parent and two trials
+    [parent] = [r for r in runs if r.data.tags["qtrain.trial"] == "run"]
+    trials = {r.data.tags["qtrain.trial"]: r for r in runs if r.data.tags["qtrain.trial"] != "run"}
+    assert set(trials) == {"0", "1"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials.values())
+    assert trials["0"].data.params["train.lr"] == "0.003" and trials["1"].data.params["train.lr"] == "0.03"
+    best = str(run["best"]["trial"])
+    assert parent.data.tags["qtrain.best_trial"] == best and trials[best].data.tags["qtrain.best"] == "true"
+    assert parent.data.metrics["test/accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+    assert {"sweep.json", "sweep.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for r in trials.values():
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2, 3]
+        assert np.isfinite(r.data.metrics["val/accuracy"])
+
+
+def test_runs_are_exported_as_they_are_retrieved_when_asked(qtrain, store_dir, tracking, monkeypatch):
+    monkeypatch.setenv("QTRAIN_MLFLOW_EXPORT", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    run = qtrain("run", "penguins", "--set", "train.epochs=2", "--json", "--store", store_dir)
+    assert run.code == 0 and "exported to MLflow" in run.err
+    [exported] = _runs(mlflow.MlflowClient(tracking_uri=tracking), "penguins")
+    assert exported.data.tags["qtrain.run_id"] == run.json()["run_id"]
+
+
+def test_export_errors_are_one_line(qtrain, store_dir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    qtrain("run", "penguins", "--set", "train.epochs=1", "--store", store_dir)
+    missing = qtrain("results", "export", "penguins", "--store", store_dir)
+    assert missing.code == 2 and "no tracking URI" in missing.err and "MLFLOW_TRACKING_URI" in missing.err
+    down = qtrain("results", "export", "penguins", "--mlflow", "http://127.0.0.1:9", "--store", store_dir)
+    assert down.code == 2 and "Traceback" not in down.err and "MLflow export" in down.err
