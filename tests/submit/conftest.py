@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -60,3 +62,16 @@ def wait_task():
 @pytest.fixture
 def store_dir(tmp_path):
     return tmp_path / "store"
+
+
+@pytest.fixture
+def csv_job(tmp_path, write_job):
+    """A small classification table on disk (so that it is uploaded), and its job file."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    frame.to_csv(tmp_path / "table.csv", index=False)
+    return write_job({"name": "table", "task": "classification",
+                      "data": {"path": "table.csv", "target": "label"},
+                      "model": {"hidden": [16]}, "train": {"epochs": 3}})

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from submit.store import Store
-from tests.submit.test_run import csv_job  # noqa: F401 - a fixture
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install '.[mlflow]')")
 pytestmark = pytest.mark.usefixtures("emulator")

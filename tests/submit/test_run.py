@@ -22,19 +22,6 @@ from submit.store import Store
 pytestmark = pytest.mark.usefixtures("emulator")
 
 
-@pytest.fixture
-def csv_job(tmp_path, write_job):
-    """A small classification table on disk (so that it is uploaded), and its job file."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 3))
-    frame = pd.DataFrame(x, columns=["a", "b", "c"])
-    frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
-    frame.to_csv(tmp_path / "table.csv", index=False)
-    return write_job({"name": "table", "task": "classification",
-                      "data": {"path": "table.csv", "target": "label"},
-                      "model": {"hidden": [16]}, "train": {"epochs": 3}})
-
-
 def test_run_trains_on_the_emulator_and_fills_the_store(qtrain, store_dir):
     result = qtrain("run", "penguins", "--set", "train.epochs=4", "--json", "--store", store_dir)
     assert result.code == 0, result.err

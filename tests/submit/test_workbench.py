@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from submit.store import Store
-from tests.submit.test_run import _kill_instance, _wait_for, csv_job  # noqa: F401 - a fixture
+from tests.submit.test_run import _kill_instance, _wait_for
 
 
 def make_run(store: Store, name: str = "penguins", state: str = "succeeded", metrics=None, task="classification",
