@@ -125,7 +125,7 @@ def test_detach_then_fetch_from_another_process(qtrain, store_dir, csv_job):
 
 def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
     proc = subprocess.Popen([sys.executable, "-m", "submit", "run", str(csv_job), "--set",
-                             "train.epochs=200", "--store", str(store_dir)],
+                             "train.epochs=4000", "--store", str(store_dir)],  # seconds, not 0.3 s
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # wait for the first epoch line, then kill the client
         if "epoch=" in line:
@@ -136,7 +136,7 @@ def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
     run_id = Store(store_dir).list()[0].run_id
     fetched = qtrain("fetch", run_id, "--json", "--store", store_dir)
     assert fetched.code == 0 and fetched.json()["state"] == "succeeded"
-    assert fetched.json()["metrics"]["epochs_run"] == 200
+    assert fetched.json()["metrics"]["epochs_run"] == 4000
 
 
 def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_job):
