@@ -9,16 +9,18 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jobs.errors import JobError
 from jobs.files import PATH_FIELDS
 from jobs.spec import Job, is_builtin_source
+from jobs.suggest import suggestion
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
@@ -122,13 +124,35 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (remove it or check the spelling)"
+            msg = "unknown field" + (suggestion(str(err["loc"][-1]), _fields_at(err["loc"][:-1]))
+                                     or " (remove it or check the spelling)")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         elif err["type"] == "missing":
             msg = "required field is missing"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _fields_at(loc: tuple) -> set[str]:
+    """The field names the job model allows at `loc` (every member's, for a union)."""
+    models: list[type[BaseModel]] = [Job]
+    for part in loc:
+        if _is_union_tag(part):
+            continue
+        found: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(str(part))
+            if field is not None:
+                found += _models_in(field.annotation)
+        models = found
+    return {name for model in models for name in model.model_fields}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _is_union_tag(part: Any) -> bool:

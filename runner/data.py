@@ -20,6 +20,7 @@ import pandas as pd
 from jobs.errors import DataError
 from jobs.files import resolve
 from jobs.spec import BUILTIN_DATA, DataSpec, Job, is_builtin_source
+from jobs.suggest import suggestion
 from runner import log
 
 BASELINE_COLUMN = "__qtrain_today__"
@@ -80,13 +81,14 @@ def _prepare_frame(df: pd.DataFrame, job: Job, where: str) -> pd.DataFrame:
         df = df.iloc[: spec.max_rows]
     target = spec.target
     if target not in df.columns:
-        raise DataError(f"{where}: data.target column '{target}' is not in the data",
-                        hint=f"columns are: {_columns(df)}")
+        raise DataError(f"{where}: data.target column '{target}' is not in the data"
+                        f"{suggestion(str(target), df.columns)}", hint=f"columns are: {_columns(df)}")
     for name, cols in (("data.drop", spec.drop), ("data.features", spec.features or [])):
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise DataError(f"{where}: {name} names columns that are not in the data: "
-                            f"{', '.join(missing)}", hint=f"columns are: {_columns(df)}")
+                            f"{', '.join(missing)}{suggestion(str(missing[0]), df.columns)}",
+                            hint=f"columns are: {_columns(df)}")
     if spec.features is not None:
         features = [c for c in spec.features if c != target and c not in spec.drop]
     else:

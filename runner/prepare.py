@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from jobs.errors import DataError
 from jobs.spec import Job
 from runner import log
+from runner.audit import numeric_view
 from runner.data import BASELINE_COLUMN, Dataset, Images, Table
 
 
@@ -106,6 +107,9 @@ def fit_table(frame: pd.DataFrame, features: list[str], job: Job) -> dict[str, A
     numeric, categorical = [], []
     for col in features:
         series = frame[col]
+        view = numeric_view(series)  # a few stray strings in a numeric column: numbers, not text
+        if view is not None:
+            series = view[0]
         if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
             if p.categorical == "drop":
                 continue

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from jobs.errors import QtrainError
+from jobs.errors import DataError, QtrainError
 from jobs.files import job_files
 from jobs.load import LoadedJob, format_trial
 from jobs.results import (CHECKPOINT, METRICS, MODEL, PREDICTIONS, RUN_INFO, SWEEP, Metrics, RunInfo,
                           TrialResult, dataset_hash, headline, job_hash, select_best, trial_dir)
 from runner import log
-from runner.data import Dataset, describe, load_dataset
+from runner.audit import Finding, audit_table
+from runner.data import Dataset, Table, describe, load_dataset
 from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
 from runner.models import MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, storable_arch
 from runner.prepare import Prepared, prepare
@@ -54,12 +55,14 @@ class Built:
     model: Net
     device: torch.device
     timings: dict[str, float] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)  # the data's warnings (runner.audit)
 
 
 def build(loaded: LoadedJob) -> Built:
     job = loaded.job
     t0 = time.perf_counter()
     data = load_dataset(job, loaded.base_dir)
+    findings = audit(data, job)
     prepared = prepare(data, job)
     t1 = time.perf_counter()
     device = select_device(job.train.device)
@@ -67,7 +70,21 @@ def build(loaded: LoadedJob) -> Built:
     set_threads(job.train)
     arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir)
     model = build_from_arch(arch)
-    return Built(data, prepared, arch, model, device, {"load_seconds": t1 - t0})
+    return Built(data, prepared, arch, model, device, {"load_seconds": t1 - t0}, findings)
+
+
+def audit(data: Dataset, job) -> list[Finding]:
+    """The table judged against the task (`runner.audit`): the first error stops everything,
+    warnings are printed and returned."""
+    if not isinstance(data, Table):
+        return []
+    findings = audit_table(data.frame, data.features, data.target, job, f"data.path {job.data.path}")
+    for f in findings:
+        if f.level == "error":
+            raise DataError(f.message, hint=f.hint)
+    for f in findings:
+        log.warn(f.line())
+    return findings
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -296,6 +313,7 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         total, trainable = count_parameters(b.model)
         if i == 0:
             report.update(_describe_prepared(b, loaded))
+            report["warnings"] = [f.line() for f in b.findings]
         report.setdefault("models", []).append({
             "trial": i if loaded.trials else None,
             "overrides": loaded.trials[i] if loaded.trials else None,

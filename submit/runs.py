@@ -50,6 +50,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
     report, remembered = check(loaded, recheck)  # every mistake caught here, before any upload
     how = "passed before with this job, data and code" if remembered else "checked"
+    for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them
+        ui.warn(line)
     ui.say(f"{how}: {job.name}, {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)

@@ -33,13 +33,13 @@ def check(
     if as_json:
         print(json.dumps({**report, "remembered": remembered}))
         return
-    _print_check(report, loaded.source)
+    _print_check(report, loaded.source, remembered)
     if remembered:
         err_console.print("(passed before with this job, data and code: not checked again; "
                           "--recheck to check anyway)", style="dim", highlight=False)
 
 
-def _print_check(report: dict[str, Any], source: str) -> None:
+def _print_check(report: dict[str, Any], source: str, remembered: bool = False) -> None:
     t = Table(title=f"qtrain check {source}: OK", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -65,6 +65,8 @@ def _print_check(report: dict[str, Any], source: str) -> None:
                          f"{m['first_step_loss']:.4f}{extra}")
     t.add_row("device", report["device"])
     console.print(t)
+    for line in (report.get("warnings") or []) if remembered else []:  # a fresh check printed them
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
 
 
 # -------------------------------------------------------------------------------------- train

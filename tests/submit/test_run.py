@@ -102,6 +102,17 @@ def test_bad_input_uploads_nothing_and_records_nothing(qtrain, store_dir, csv_jo
     assert Store(store_dir).list() == []
 
 
+def test_a_job_that_fails_the_data_check_uploads_nothing(qtrain, store_dir, csv_job, conn):
+    before = _data_keys(conn)
+    table = csv_job.parent / "table.csv"
+    frame = pd.read_csv(table)
+    frame["name"] = [f"row-{i}" for i in range(len(frame))]  # unique text: 400 one-hot features
+    frame.to_csv(table, index=False)
+    result = qtrain("run", csv_job, "--store", store_dir)
+    assert result.code == 2 and "column 'name' has 400 distinct text values" in result.err
+    assert _data_keys(conn) == before and Store(store_dir).list() == []
+
+
 def _data_keys(conn) -> set[str]:
     from submit import config
 
