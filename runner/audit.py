@@ -71,23 +71,23 @@ def audit_table(frame: pd.DataFrame, features: list[str], target: str, job: Job,
             findings.append(Finding(
                 "warning", f"{where}: column '{col}' is numeric but for {len(bad)} value(s) such as "
                            f"{examples}: they are read as missing values, not as categories",
-                f"add them to data.na_values, or fix the file"))
+                "add them to data.na_values, or fix the file"))
             continue
         distinct = series.nunique(dropna=True)
         if distinct <= 1:
             findings.append(Finding("warning", f"{where}: column '{col}' has a single value: it "
-                                               "carries nothing to learn from", f"add it to data.drop"))
+                                               "carries nothing to learn from", "add it to data.drop"))
         elif _identifier(series, distinct, n):
             findings.append(Finding("warning", f"{where}: column '{col}' looks like an identifier "
                                                f"({distinct} distinct values in {n} rows)",
-                                    f"add it to data.drop unless it means something"))
+                                    "add it to data.drop unless it means something"))
         if _is_text(series) and distinct > MAX_ONEHOT and job.preprocess.categorical == "onehot":
             kept = int((series.value_counts() >= job.preprocess.min_frequency).sum())
             if kept > MAX_ONEHOT:
                 findings.append(Finding(
                     "error", f"{where}: column '{col}' has {distinct} distinct text values: one-hot "
                              f"encoding would make {kept} features of it (more than {MAX_ONEHOT})",
-                    f"add it to data.drop, or keep frequent values only with preprocess.min_frequency"))
+                    "add it to data.drop, or keep frequent values only with preprocess.min_frequency"))
     if classification:
         findings += _small_classes(y, job, where)
     return findings
