@@ -6,13 +6,15 @@ import difflib
 from typing import Iterable
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
-    """The choice that differs from `name` by case only, else the closest one (None if none is
-    close): `Survived` -> `survived`, `epoch` -> `epochs`."""
+def did_you_mean(name: str, choices: Iterable[str], close: bool = True) -> str | None:
+    """The choice that differs from `name` by case only, else (with `close`) the closest one;
+    None if none is: `Survived` -> `survived`, `epoch` -> `epochs`."""
     options = [str(c) for c in choices]
     folded = [c for c in options if c.casefold() == name.casefold()]
     if folded:
         return folded[0]
+    if not close:
+        return None
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     if close:
         return close[0]
@@ -21,7 +23,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     return lower[close[0]] if close else None
 
 
-def suggestion(name: str, choices: Iterable[str]) -> str:
+def suggestion(name: str, choices: Iterable[str], close: bool = True) -> str:
     """"; did you mean 'x'?" or ""."""
-    match = did_you_mean(name, choices)
+    match = did_you_mean(name, choices, close)
     return f"; did you mean '{match}'?" if match else ""

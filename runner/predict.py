@@ -17,6 +17,7 @@ import torch
 
 from jobs.errors import DataError, QtrainError
 from jobs.results import MODEL, RunResults
+from jobs.suggest import suggestion
 from runner.data import to_nchw
 from runner.models import MODEL_FORMAT, Net, build_from_arch
 from runner.prepare import transform_images, transform_table
@@ -32,28 +33,130 @@ class Predictor:
     target: str | None
     job: dict[str, Any]
 
-    def predict(self, data: pd.DataFrame | np.ndarray, where: str = "input") -> pd.DataFrame:
-        """`predicted` (+ `prob_<class>` columns) for a frame of feature columns or an image array."""
-        if self.preprocess["kind"] == "table":
-            if not isinstance(data, pd.DataFrame):
-                raise DataError(f"{where}: this model takes a table (CSV/Parquet) of features")
-            x = transform_table(data, self.preprocess, where)
-        else:
+    def predict(self, data: pd.DataFrame | np.ndarray, where: str = "input",
+                id_column: str | None = None) -> pd.DataFrame:
+        """`row` (the input's row number), `id_column` if asked, `predicted` (+ `prob_<class>`)."""
+        return self.report(data, where, id_column).frame
+
+    def report(self, data: pd.DataFrame | np.ndarray, where: str = "input",
+               id_column: str | None = None) -> "Prediction":
+        """Predictions, treated as training treated its data: the feature columns the model was
+        trained on (a missing one is an error, extra ones are ignored and said so), missing values
+        imputed or, where training dropped such rows, left without a prediction (and counted),
+        unseen categories named; and, when the target column is there, the metrics."""
+        notes: list[str] = []
+        if self.preprocess["kind"] != "table":
             if isinstance(data, pd.DataFrame):
                 raise DataError(f"{where}: this model takes images (.npy/.npz), not a table")
             x = transform_images(to_nchw(np.asarray(data), where), self.preprocess, where)
-        out = predict_raw(self.model, torch.from_numpy(x))
+            frame = pd.DataFrame({"row": np.arange(len(x))})
+            return Prediction(self._outputs(frame, x, np.ones(len(x), dtype=bool)), notes, None)
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"{where}: this model takes a table (CSV/Parquet) of features")
+        inputs = list(self.preprocess["inputs"])
+        missing = [c for c in inputs if c not in data.columns]
+        if missing:
+            raise DataError(f"{where}: the model needs column(s) {', '.join(missing)}, which the "
+                            f"file does not have{suggestion(missing[0], data.columns, close=False)}",
+                            hint=f"it was trained on: {', '.join(inputs)}")
+        if id_column is not None and id_column not in data.columns:
+            raise DataError(f"{where}: --id column '{id_column}' is not in the file"
+                            f"{suggestion(id_column, data.columns)}")
+        extra = [str(c) for c in data.columns if c not in inputs and c not in (self.target, id_column)]
+        if extra:
+            notes.append(f"{where}: ignored {len(extra)} column(s) the model was not trained on: "
+                         + ", ".join(extra[:8]) + (" ..." if len(extra) > 8 else ""))
+        usable = self._missing_rule(data, inputs, where, notes)
+        for c in self.preprocess["categorical"]:
+            seen = set(c["categories"])
+            text = data[c["name"]].dropna().astype(str)
+            unseen = text[~text.isin(seen)]
+            if len(unseen):
+                shown = ", ".join(repr(v) for v in pd.unique(unseen)[:3])
+                notes.append(f"{where}: column '{c['name']}': {len(unseen)} row(s) hold categories "
+                             f"never seen in training ({shown}); the model treats them as none of "
+                             f"the known ones")
+        x = transform_table(data, self.preprocess, where)
+        frame = pd.DataFrame({"row": data.index.to_numpy()})
+        if id_column is not None:
+            frame.insert(1, id_column, data[id_column].to_numpy())
+        frame = self._outputs(frame, x, usable)
+        metrics = self._metrics(data, frame, usable, where, notes)
+        return Prediction(frame, notes, metrics)
+
+    def _missing_rule(self, data: pd.DataFrame, inputs: list[str], where: str, notes: list[str]) -> np.ndarray:
+        """Which rows get a prediction: all (missing values imputed, as in training), or, for a
+        model trained with `preprocess.missing: drop`, those with every feature present."""
+        numeric = [n["name"] for n in self.preprocess["numeric"]]
+        gaps = data[inputs].isna()
+        if numeric:  # text where a number belongs is missing too, as in training
+            gaps[numeric] = gaps[numeric] | data[numeric].apply(pd.to_numeric, errors="coerce").isna()
+        incomplete = gaps.any(axis=1).to_numpy()
+        count = int(incomplete.sum())
+        rule = ((self.job.get("preprocess") or {}).get("missing")) or "impute"
+        if count and rule == "drop":
+            notes.append(f"{where}: {count} of {len(data)} row(s) have missing features and get no "
+                         "prediction (the model was trained with preprocess.missing: drop)")
+            return ~incomplete
+        if count:
+            notes.append(f"{where}: {int(gaps.to_numpy().sum())} missing value(s) in {count} row(s) "
+                         "imputed as in training")
+        return np.ones(len(data), dtype=bool)
+
+    def _outputs(self, frame: pd.DataFrame, x: np.ndarray, usable: np.ndarray) -> pd.DataFrame:
+        out = predict_raw(self.model, torch.from_numpy(x[usable])) if usable.any() else None
         if self.classes is not None:
-            proba = torch.softmax(out, dim=1).numpy()
-            frame = pd.DataFrame({"predicted": np.array(self.classes, dtype=object)[proba.argmax(1)]})
+            proba = np.full((len(frame), len(self.classes)), np.nan)
+            if out is not None:
+                proba[usable] = torch.softmax(out, dim=1).numpy()
+            names = np.array(self.classes, dtype=object)
+            frame["predicted"] = np.where(usable, names[np.nan_to_num(proba).argmax(1)], None)
             for i, c in enumerate(self.classes):
                 frame[f"prob_{c}"] = proba[:, i]
             return frame
-        pred = out[:, 0].numpy().astype(np.float64)
+        pred = np.full(len(frame), np.nan)
+        if out is not None:
+            pred[usable] = out[:, 0].numpy().astype(np.float64)
         scale = self.preprocess.get("target")
         if scale:
             pred = pred * scale["scale"] + scale["center"]
-        return pd.DataFrame({"predicted": pred})
+        frame["predicted"] = pred
+        return frame
+
+    def _metrics(self, data: pd.DataFrame, frame: pd.DataFrame, usable: np.ndarray, where: str,
+                 notes: list[str]) -> dict[str, Any] | None:
+        """The file's own metrics when it holds the target column (rows with a prediction and a
+        known target), as a run reports them."""
+        if not self.target or self.target not in data.columns:
+            return None
+        from runner.evaluate import classification_metrics, regression_metrics
+
+        truth = data[self.target].to_numpy()
+        known = usable & pd.notna(truth)
+        if not known.any():
+            return None
+        if self.classes is not None:
+            lookup = {c: i for i, c in enumerate(self.classes)}
+            y = pd.Series(truth[known]).astype(str).map(lookup)
+            if y.isna().any():
+                notes.append(f"{where}: {int(y.isna().sum())} row(s) have a {self.target} never seen "
+                             "in training; they are left out of the metrics")
+            keep = y.notna().to_numpy()
+            pred = frame["predicted"].to_numpy()[known][keep].astype(str)
+            proba = frame[[f"prob_{c}" for c in self.classes]].to_numpy()[known][keep]
+            return classification_metrics(y[keep].to_numpy(dtype=np.int64),
+                                          pd.Series(pred).map(lookup).to_numpy(dtype=np.int64),
+                                          self.classes, proba)
+        y = pd.to_numeric(pd.Series(truth[known]), errors="coerce").to_numpy(dtype=np.float64)
+        ok = np.isfinite(y)
+        return regression_metrics(y[ok], frame["predicted"].to_numpy()[known][ok])
+
+
+@dataclass
+class Prediction:
+    frame: pd.DataFrame  # row, [id], predicted, prob_<class>...
+    notes: list[str]  # what the user should know: ignored columns, rows left out, unseen categories
+    metrics: dict[str, Any] | None  # when the file holds the target column
 
 
 def load_model(path: str | Path) -> Predictor:
@@ -81,8 +184,9 @@ def load_model(path: str | Path) -> Predictor:
                      json.loads(saved["job"]))
 
 
-def read_input(path: Path) -> pd.DataFrame | np.ndarray:
-    """A file to predict on: CSV/TSV/Parquet table, or .npy/.npz images."""
+def read_input(path: Path, na_values: list[str] | None = None) -> pd.DataFrame | np.ndarray:
+    """A file to predict on: CSV/TSV/Parquet table (`na_values`: the training job's missing-value
+    markers), or .npy/.npz images."""
     if not path.is_file():
         raise QtrainError(f"{path}: file not found")
     name = path.name.lower()
@@ -97,6 +201,7 @@ def read_input(path: Path) -> pd.DataFrame | np.ndarray:
     if name.endswith((".parquet", ".pq")):
         return pd.read_parquet(path)
     try:
-        return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
+        return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", na_values=na_values,
+                           low_memory=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise QtrainError(f"{path}: cannot read it as CSV ({exc})") from exc

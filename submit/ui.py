@@ -67,7 +67,7 @@ class Transfer:
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table | None:
-    splits = [s for s in ("train", "val", "test", "baseline") if isinstance(metrics.get(s), dict)]
+    splits = [s for s in ("train", "val", "test", "baseline", "file") if isinstance(metrics.get(s), dict)]
     if not splits:
         return None
     names: list[str] = []

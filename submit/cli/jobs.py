@@ -89,24 +89,45 @@ def train(
 # ------------------------------------------------------------------------------------ predict
 @command()
 def predict(
-    run: str = typer.Argument(..., help="A run id from the results store (a sweep: its best "
-                                        "trial), a results directory, or a model.pt."),
+    run: str = typer.Argument(..., help="A run from the results store (id, job name, JOB~N, @TAG; "
+                                        "a sweep: its best trial), a results directory, or a model.pt."),
     data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, or .npy/.npz images."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write CSV here (default: stdout)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write CSV here (default: stdout); "
+                                       "with the target column present, its metrics beside it "
+                                       "(OUT.metrics.json)."),
+    id_column: Optional[str] = typer.Option(None, "--id", metavar="COLUMN",
+                                            help="Copy this column of the input into the output."),
     store_dir: Optional[Path] = typer.Option(None, "--store", metavar="DIR",
                                              help="Results store to look the run id up in."),
 ) -> None:
-    """Predict with a trained model."""
+    """Predict with a trained model, treating the data as training did: the model's feature
+    columns (one missing is an error; extra ones are ignored, and said so), missing values imputed
+    or, for a model trained with `missing: drop`, those rows left without a prediction (and
+    counted), unseen categories named.  The output keeps each input row's number (`row`).  When
+    the file holds the target column, its metrics are printed as a run's are."""
+    from jobs.results import atomic_write
     from runner.predict import load_model, read_input
+    from submit.ui import metrics_table
 
     is_path = Path(run).exists() or "/" in run or run.endswith(".pt")
     predictor = load_model(run if is_path else _run_model_dir(run, store_dir))
-    frame = predictor.predict(read_input(data), where=str(data))
+    na_values = (predictor.job.get("data") or {}).get("na_values")
+    result = predictor.report(read_input(data, na_values), where=str(data), id_column=id_column)
+    for note in result.notes:
+        err_console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
     if out is None:
-        sys.stdout.write(frame.to_csv(index=False))
+        sys.stdout.write(result.frame.to_csv(index=False))
     else:
-        frame.to_csv(out, index=False)
-        err_console.print(f"{len(frame)} predictions -> {out}")
+        result.frame.to_csv(out, index=False)
+        made = int(result.frame["predicted"].notna().sum())
+        err_console.print(f"{made} prediction(s) for {len(result.frame)} row(s) -> {out}", highlight=False)
+    if result.metrics:
+        table = metrics_table({"file": result.metrics}, f"metrics on {data.name} (its {predictor.target} column)")
+        (console if out is not None else err_console).print(table)
+        if out is not None:
+            path = out.with_name(out.stem + ".metrics.json")
+            atomic_write(path, json.dumps(result.metrics, indent=2) + "\n")
+            err_console.print(f"metrics -> {path}", highlight=False)
 
 
 def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:

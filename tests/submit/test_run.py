@@ -249,7 +249,7 @@ def test_predict_with_a_run_id(qtrain, store_dir, csv_job):
     data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
     table = csv_job.parent / "table.csv"
     result = qtrain("predict", data["run_id"], table, "--store", store_dir)
-    assert result.code == 0 and result.out.splitlines()[0] == "predicted,prob_no,prob_yes"
+    assert result.code == 0 and result.out.splitlines()[0] == "row,predicted,prob_no,prob_yes"
     assert len(result.out.splitlines()) == 401
 
 
