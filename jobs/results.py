@@ -115,6 +115,7 @@ class Metrics(Record):
     resumed_from_epoch: int | None = None
     parameters: dict[str, int] = {}
     timings: dict[str, float | None] = {}
+    notes: list[str] = []  # what the numbers hide, e.g. accuracy near the majority baseline
 
     def model_post_init(self, _context: Any) -> None:
         if not self.headline:

@@ -64,8 +64,10 @@ class DataSpec(Spec):
 
 
 class PreprocessSpec(Spec):
-    # Rows with a missing feature: `drop` them (the lessons' dropna) or `impute` them.
-    missing: Literal["drop", "impute"] = "drop"
+    # Rows with a missing feature: `impute` them (numeric: `impute` below, text: the most frequent
+    # value, plus a `<column>=<missing>` flag feature for every column that had gaps in training),
+    # or `drop` them (the lessons' dropna; `predict` then leaves such rows without a prediction).
+    missing: Literal["drop", "impute"] = "impute"
     # How numeric gaps are filled when imputing; categoricals always take their most frequent value.
     impute: Literal["median", "mean", "zero"] = "median"
     # Text/categorical feature columns: one-hot encode them or drop them.
@@ -85,8 +87,9 @@ class PreprocessSpec(Spec):
 class SplitSpec(Spec):
     # Fraction of rows held out for the final test.
     test_size: float = Field(default=0.2, gt=0, lt=1)
-    # Fraction of rows (of the whole) held out for validation: early stopping and model choice.
-    val_size: float = Field(default=0.0, ge=0, lt=1)
+    # Fraction of rows (of the whole) held out for validation: early stopping, the curves, and the
+    # choice of a sweep's best trial.  0 trains on everything but the test split.
+    val_size: float = Field(default=0.15, ge=0, lt=1)
     # Keep class proportions in every split (classification only).
     stratify: bool = True
     # Shuffle before splitting.  False keeps time order (last rows are the test set).
@@ -219,6 +222,8 @@ class TrainSpec(Spec):
     loss: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = "auto"
     # Class weights against imbalance: none, `balanced` (n / (k * count)), or {class: weight}.
     class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    # Left out: the defaults above (val_loss, patience 10, best weights restored) whenever the job
+    # has a validation split; `null` trains every epoch.
     early_stopping: EarlyStoppingSpec | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -264,6 +269,8 @@ class Job(Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Job":
+        if "early_stopping" not in self.train.model_fields_set and self.split.val_size > 0:
+            self.train.early_stopping = EarlyStoppingSpec()  # the default: watch the held-out split
         es = self.train.early_stopping
         if es is not None and es.monitor.startswith("val") and self.split.val_size == 0:
             raise ValueError(

@@ -103,7 +103,10 @@ def encode_classes(values: Any, classes: list[str], where: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ table encoding
 def fit_table(frame: pd.DataFrame, features: list[str], job: Job) -> dict[str, Any]:
+    """The table's encoding, fitted on `frame` (the training split).  Imputing, a column with gaps
+    in training also gets a `<column>=<missing>` flag feature: whether the value was missing."""
     p = job.preprocess
+    flag_missing = p.missing == "impute"
     numeric, categorical = [], []
     for col in features:
         series = frame[col]
@@ -118,7 +121,8 @@ def fit_table(frame: pd.DataFrame, features: list[str], job: Job) -> dict[str, A
             fill = str(counts.index[0]) if len(counts) else "missing"
             keep = sorted(str(c) for c, n in counts.items() if n >= p.min_frequency)
             other = len(keep) < len(counts)
-            categorical.append({"name": col, "fill": fill, "categories": keep, "other": other})
+            categorical.append({"name": col, "fill": fill, "categories": keep, "other": other,
+                                "flag": flag_missing and bool(series.isna().any())})
         else:
             values = series.astype("float64")
             if p.impute == "median":
@@ -136,12 +140,14 @@ def fit_table(frame: pd.DataFrame, features: list[str], job: Job) -> dict[str, A
             else:
                 center, scale = 0.0, 1.0
             numeric.append({"name": col, "fill": fill, "center": center,
-                            "scale": scale if scale > 0 else 1.0})
+                            "scale": scale if scale > 0 else 1.0,
+                            "flag": flag_missing and bool(values.isna().any())})
     outputs = [n["name"] for n in numeric]
     for c in categorical:
         outputs += [f"{c['name']}={v}" for v in c["categories"]]
         if c["other"]:
             outputs.append(f"{c['name']}=<other>")
+    outputs += [f"{f['name']}=<missing>" for f in numeric + categorical if f.get("flag")]
     if not outputs:
         raise DataError("preprocess: no feature columns left (every feature is text and "
                         "preprocess.categorical is drop)")
@@ -154,22 +160,29 @@ def transform_table(frame: pd.DataFrame, state: dict[str, Any], where: str = "da
     if missing:
         raise DataError(f"{where}: columns {', '.join(missing)} are missing",
                         hint="the data needs the same feature columns as the training data")
-    blocks = []
+    blocks, flags = [], []
     if state["numeric"]:
         cols = [n["name"] for n in state["numeric"]]
         values = frame[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         fill = np.array([n["fill"] for n in state["numeric"]])
         center = np.array([n["center"] for n in state["numeric"]])
         scale = np.array([n["scale"] for n in state["numeric"]])
-        values = np.where(np.isnan(values), fill, values)
+        gaps = np.isnan(values)
+        flags += [gaps[:, i] for i, n in enumerate(state["numeric"]) if n.get("flag")]
+        values = np.where(gaps, fill, values)
         blocks.append((values - center) / scale)
     for c in state["categorical"]:
-        text = frame[c["name"]].astype("string").fillna(c["fill"]).astype(str).to_numpy()
+        raw = frame[c["name"]].astype("string")
+        if c.get("flag"):
+            flags.append(raw.isna().to_numpy())
+        text = raw.fillna(c["fill"]).astype(str).to_numpy()
         cats = np.array(c["categories"], dtype=object)
         onehot = (text[:, None] == cats[None, :]).astype(np.float64)
         blocks.append(onehot)
         if c["other"]:
             blocks.append((onehot.sum(axis=1, keepdims=True) == 0).astype(np.float64))
+    if flags:
+        blocks.append(np.stack(flags, axis=1).astype(np.float64))
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
@@ -225,6 +238,16 @@ def _prepare_table(data: Table, job: Job) -> Prepared:
     if data.test_frame is not None:
         frames["test"] = data.test_frame
     state = fit_table(frames["train"], data.features, job)
+    if job.preprocess.missing == "impute":
+        gaps = frame[data.features].isna()
+        if data.test_frame is not None:
+            gaps = pd.concat([gaps, data.test_frame[data.features].isna()])
+        if int(gaps.to_numpy().sum()):
+            cols = [c for c in data.features if gaps[c].any()]
+            log.warn(f"imputed {int(gaps.to_numpy().sum())} missing value(s) in {int(gaps.any(axis=1).sum())} "
+                     f"row(s), column(s) {', '.join(map(str, cols[:6]))}{' ...' if len(cols) > 6 else ''} "
+                     f"({job.preprocess.impute} / most frequent, with a <column>=<missing> flag; "
+                     "preprocess.missing: drop to drop those rows instead)")
     x, y, rows = {}, {}, {}
     for split, part in frames.items():
         x[split] = transform_table(part, state, where=f"{split} split")

@@ -188,6 +188,11 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "timings": timings,
     })
     title = plot_title(job.name, out_dir, trial, overrides)
+    notes = [n for n in (imbalance_note(metrics, p, job),) if n]
+    if notes:
+        metrics["notes"] = notes
+        for note in notes:
+            log.warn(note)
     if p.classes is not None and "test" in p.splits:
         write_confusion(out_dir, confusion(p.y["test"], test_out["pred"], len(p.classes)), p.classes,
                         title)
@@ -216,6 +221,25 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         log.info(f"done: test {head}={test[head]:.4f} (baseline {base.get(head, float('nan')):.4f}) "
                  f"in {timings['total_seconds']:.1f}s -> {out_dir}")
     return metrics
+
+
+def imbalance_note(metrics: dict[str, Any], p: Prepared, job) -> str | None:
+    """When a classification run's test accuracy is within 2 points of always answering the
+    majority class while a class is under 10% of the rows, accuracy says little: say so."""
+    if p.classes is None or job.train.class_weights != "none":
+        return None
+    test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
+    if "accuracy" not in test or "accuracy" not in base or test["accuracy"] - base["accuracy"] >= 0.02:
+        return None
+    counts = np.bincount(np.concatenate([p.y[s] for s in p.splits]), minlength=len(p.classes))
+    rare = int(np.argmin(counts))
+    share = counts[rare] / counts.sum()
+    if share >= 0.10:
+        return None
+    return (f"test accuracy {test['accuracy']:.4f} is within 2 points of always answering the majority "
+            f"class ({base['accuracy']:.4f}) while class '{p.classes[rare]}' is {share:.0%} of the rows: "
+            f"look at balanced_accuracy ({test.get('balanced_accuracy', float('nan')):.4f}) and f1_macro "
+            f"({test.get('f1_macro', float('nan')):.4f}), and try train.class_weights: balanced")
 
 
 def plot_title(job_name: str, out_dir: Path, trial: int | None = None,

@@ -29,6 +29,8 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
                       confusion_table(store.artifacts_dir(run.run_id, trial))):
             if table is not None:
                 ui.out.print(table)
+    for note in (metrics or {}).get("notes") or [] if show_results else []:
+        ui.warn(note)
     if run.trials:
         ui.out.print(_trials_table(run))
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(run.state)

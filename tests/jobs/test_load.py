@@ -28,7 +28,7 @@ def test_short_form_gets_sensible_defaults(write_job):
       "train": {"epochs": -1}}, "train.epochs: Input should be greater than 0"),
     ({"name": "x", "task": "clustering", "data": {"path": "a.csv"}}, "task: Input should be"),
     ({"name": "x", "task": "regression", "data": {"path": "a.csv", "target": "y"},
-      "train": {"early_stopping": {"patience": 3}}}, "set split.val_size"),
+      "split": {"val_size": 0}, "train": {"early_stopping": {"patience": 3}}}, "set split.val_size"),
     ({"name": "x", "task": "classification", "data": {"path": "a.csv", "target": "y"},
       "model": {"kind": "cnn", "filterz": 3}}, "model.filterz: unknown field"),
 ], ids=["unknown-key", "negative-epochs", "unknown-task", "early-stop-without-val", "model-typo"])

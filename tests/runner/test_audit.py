@@ -58,7 +58,8 @@ def test_stray_text_in_a_numeric_column_is_a_warning_and_stays_numeric(qtrain, t
     assert "column 'age' is numeric but for 2 value(s) such as 'unknown', 'thirty'" in result.err
     assert "data.na_values" in result.err
     report = result.json()
-    assert report["features"] == 4  # carat, depth, price, age: age is not one-hot encoded
+    # carat, depth, price, age and its missing flag: age is not one-hot encoded
+    assert report["feature_names"] == ["carat", "depth", "price", "age", "age=<missing>"]
     assert any("'age'" in w for w in report["warnings"])
 
 
@@ -105,7 +106,7 @@ def test_a_class_too_small_for_the_splits_is_a_warning(qtrain, table):
     frame.to_csv(job.parent / "t.csv", index=False)
     result = check(qtrain, job, "--set", "data.drop=[size]")
     assert result.code == 0
-    assert "class(es) 'rare' (1 row) have fewer rows than the 2 splits need" in result.err
+    assert "class(es) 'rare' (1 row) have fewer rows than the 3 splits need" in result.err
 
 
 def test_did_you_mean_for_columns_and_job_fields(qtrain, table):

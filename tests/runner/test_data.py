@@ -46,7 +46,8 @@ def test_npz_with_its_own_test_split(tmp_path, write_job):
     data = load_dataset(job.job, job.base_dir)
     assert isinstance(data, Images) and data.x.shape == (40, 1, 8, 8) and len(data.x_test) == 10
     prepared = prepare(data, job.job)
-    assert len(prepared.y["test"]) == 10 and len(prepared.y["train"]) == 40
+    assert len(prepared.y["test"]) == 10  # the file's own test split; validation from the rest
+    assert len(prepared.y["train"]) + len(prepared.y["val"]) == 40 and len(prepared.y["val"]) == 6
     assert prepared.x["train"].max() <= 1.0  # uint8 scaled by 255
 
 

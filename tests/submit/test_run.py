@@ -70,7 +70,7 @@ def test_an_unchanged_dataset_is_uploaded_once(qtrain, store_dir, csv_job):
 
 def test_a_sweep_is_one_task_with_one_instance_per_trial(qtrain, store_dir, csv_job, conn):
     result = qtrain("run", csv_job, "--set", "sweep={model.hidden: [[4], [16]], train.lr: [0.01]}",
-                    "--json", "--store", store_dir)
+                    "--set", "split.val_size=0", "--json", "--store", store_dir)
     assert result.code == 0, result.err
     data = result.json()
     assert conn.retrieve_task(data["task_uuid"]).instancecount == 2
@@ -136,7 +136,8 @@ def test_detach_then_fetch_from_another_process(qtrain, store_dir, csv_job):
 
 def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
     proc = subprocess.Popen([sys.executable, "-m", "submit", "run", str(csv_job), "--set",
-                             "train.epochs=4000", "--store", str(store_dir)],  # seconds, not 0.3 s
+                             "train.epochs=4000", "--set", "train.early_stopping=null",  # seconds, not 0.3 s
+                             "--store", str(store_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # wait for the first epoch line, then kill the client
         if "epoch=" in line:
@@ -151,7 +152,8 @@ def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
 
 
 def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_job):
-    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
+                 "--set", "train.checkpoint_every=1",
                  "--detach", "--json", "--store", store_dir).json()
     _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(1)  # a checkpoint or two
@@ -161,7 +163,8 @@ def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_j
 
 
 def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtrain, store_dir, csv_job):
-    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
+                 "--set", "train.checkpoint_every=1",
                  "--detach", "--json", "--store", store_dir).json()
     _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(1)
@@ -349,7 +352,8 @@ def test_qarnot_refuses_a_local_image_before_anything_is_sent(qtrain, store_dir,
 
 def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
     done = qtrain("run", csv_job, "--json", "--store", store_dir).json()
-    waiting = qtrain("run", csv_job, "--set", "train.epochs=100000", "--detach", "--json",
+    waiting = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
+                     "--detach", "--json",
                      "--store", store_dir).json()
     for run in (done, waiting):
         conn.retrieve_task(run["task_uuid"]).delete()

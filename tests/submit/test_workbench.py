@@ -257,7 +257,8 @@ def test_a_detached_run_that_ended_reads_succeeded_without_fetch(qtrain, store_d
 @pytest.mark.usefixtures("emulator")
 def test_results_list_retrieves_every_ended_run_failed_and_cancelled_too(qtrain, store_dir, csv_job, conn):
     ok = qtrain("run", csv_job, "--detach", "--json", "--store", store_dir).json()
-    long = ["--set", "train.epochs=100000", "--set", "train.checkpoint_every=1", "--detach", "--json",
+    long = ["--set", "train.epochs=100000", "--set", "train.early_stopping=null", "--set",
+            "train.checkpoint_every=1", "--detach", "--json",
             "--store", store_dir]
     doomed = qtrain("run", csv_job, *long).json()
     stopped = qtrain("run", csv_job, *long).json()
