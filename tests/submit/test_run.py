@@ -102,14 +102,25 @@ def test_bad_input_uploads_nothing_and_records_nothing(qtrain, store_dir, csv_jo
     assert Store(store_dir).list() == []
 
 
-def test_a_job_that_fails_the_data_check_uploads_nothing(qtrain, store_dir, csv_job, conn):
+@pytest.mark.parametrize("problem", ["one-hot", "leakage", "continuous-target"])
+def test_a_job_that_fails_the_data_check_uploads_nothing(qtrain, store_dir, csv_job, conn, problem):
     before = _data_keys(conn)
     table = csv_job.parent / "table.csv"
     frame = pd.read_csv(table)
-    frame["name"] = [f"row-{i}" for i in range(len(frame))]  # unique text: 400 one-hot features
+    args = []
+    if problem == "one-hot":
+        frame["name"] = [f"row-{i}" for i in range(len(frame))]  # unique text: 400 one-hot features
+        expected = "column 'name' has 400 distinct text values"
+    elif problem == "leakage":
+        frame["answer"] = frame["label"].map({"yes": "Y", "no": "N"})
+        expected = "column 'answer' is a copy of the target 'label'"
+    else:
+        frame["price"] = frame["a"] * 1000 + 5000
+        args = ["--set", "data.target=price"]
+        expected = "target 'price' is a number with 400 distinct values"
     frame.to_csv(table, index=False)
-    result = qtrain("run", csv_job, "--store", store_dir)
-    assert result.code == 2 and "column 'name' has 400 distinct text values" in result.err
+    result = qtrain("run", csv_job, *args, "--store", store_dir)
+    assert result.code == 2 and expected in result.err and "Traceback" not in result.err
     assert _data_keys(conn) == before and Store(store_dir).list() == []
 
 
