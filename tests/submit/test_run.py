@@ -149,7 +149,10 @@ def test_killing_qtrain_run_does_not_kill_the_task(store_dir, csv_job, qtrain):
     proc = subprocess.Popen([sys.executable, "-m", "submit", "run", str(csv_job), "--set",
                              "train.epochs=4000", "--set", "train.early_stopping=null",  # seconds, not 0.3 s
                              "--store", str(store_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a shell's background job (CI started with &) ignores SIGINT, and a
+                            # child inherits that: give the client a terminal user's Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait for the first epoch line, then kill the client
         if "epoch=" in line:
             break
