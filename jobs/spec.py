@@ -231,6 +231,10 @@ class TrainSpec(Spec):
     mixed_precision: bool | Literal["auto"] = "auto"
     # Write checkpoint.pt every N epochs (0: only at the end).
     checkpoint_every: int = Field(default=0, ge=0)
+    # Also write it when this many minutes have passed since the last one (0: off), but never so
+    # often that saving costs more than 2% of the training time.  A cancelled, killed or preempted
+    # task then still brings home recent weights (Qarnot uploads results on cancellation).
+    checkpoint_minutes: float = Field(default=5.0, ge=0)
     # CPU threads for torch; None = all cores.
     threads: int | None = Field(default=None, gt=0)
 

@@ -155,9 +155,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         loaded = loaded.trial(trial)
     out_dir.mkdir(parents=True, exist_ok=True)
     job = loaded.job
-    # a checkpoint may be resumed with more epochs or another checkpoint interval
+    # a checkpoint may be resumed with more epochs or another checkpoint cadence
     resume_hash = job_hash(job.model_copy(update={"train": job.train.model_copy(
-        update={"epochs": 1, "checkpoint_every": 0})}))
+        update={"epochs": 1, "checkpoint_every": 0, "checkpoint_minutes": 0})}))
     t_start = time.perf_counter()
     b = build(loaded)
     p = b.prepared

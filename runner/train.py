@@ -210,6 +210,7 @@ class Trainer:
         self.device = device
         self.job_hash = job_hash
         self.checkpoint_path = checkpoint_path
+        self._saved_at, self._save_seconds = time.monotonic(), 0.0  # the timed checkpoints' clock
         self.data = Tensors.from_prepared(prepared, device)
         self.loss_fn = make_loss(job, prepared, device)
         self.eval_loss_fn = make_loss(job, prepared, torch.device("cpu"))  # outputs come back on CPU
@@ -313,9 +314,22 @@ class Trainer:
         return fields
 
     # ------------------------------------------------------------------------ checkpointing
+    # saving may cost at most this share of the training time (train.checkpoint_minutes)
+    CHECKPOINT_BUDGET = 0.02
+
+    def checkpoint_due(self) -> bool:
+        """Time for a timed checkpoint: `train.checkpoint_minutes` since the last one, and at
+        least 50 times as long as the last save took (so saving stays under 2% of the time)."""
+        minutes = self.spec.checkpoint_minutes
+        if not minutes or self.checkpoint_path is None:
+            return False
+        interval = max(minutes * 60.0, self._save_seconds / self.CHECKPOINT_BUDGET)
+        return time.monotonic() - self._saved_at >= interval
+
     def save_checkpoint(self, epoch: int, patience_left: int) -> None:
         if self.checkpoint_path is None:
             return
+        started = time.monotonic()
         state = {
             "format": "qtrain-checkpoint/1", "job_hash": self.job_hash, "epoch": epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -330,6 +344,8 @@ class Trainer:
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
+        self._saved_at = time.monotonic()
+        self._save_seconds = self._saved_at - started
 
     def load_checkpoint(self, path: Path) -> int:
         """Restore from `path`; returns the patience left.  Refuses another job's checkpoint."""
@@ -399,7 +415,8 @@ class Trainer:
             r.history.append(row)
             log.info(log.epoch_line(fields)[len(log.PREFIX) + 1:])
             stop = bool(es) and patience_left <= 0
-            if stop or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0):
+            if stop or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0) \
+                    or self.checkpoint_due():
                 self.save_checkpoint(epoch, patience_left)
             if stop:
                 r.early_stop_epoch = epoch

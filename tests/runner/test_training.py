@@ -172,3 +172,28 @@ def test_auto_batch_size_grows_with_a_large_table(tmp_path):
     assert m["batch_size"] == 256  # 20,800 training rows (65% of 32,000: the default 15% validation)
     m = run_job(load_job(tmp_path / "job.yaml", ["train.batch_size=64"]), tmp_path / "out64")
     assert m["batch_size"] == 64
+
+
+def test_timed_checkpoints_keep_within_two_percent_of_the_training_time(tmp_path):
+    """train.checkpoint_minutes: a checkpoint when the minutes have passed, but never more often
+    than 50 times the last save's duration."""
+    from runner.run import build
+    from runner.train import Trainer
+
+    loaded = load_job("penguins", ["train.checkpoint_minutes=0.001"])  # 0.06 s
+    b = build(loaded)
+    trainer = Trainer(b.model, b.prepared, loaded.job, b.device, "h", tmp_path / "checkpoint.pt")
+    assert not trainer.checkpoint_due()  # the clock starts with the trainer
+    trainer._saved_at -= 1.0
+    assert trainer.checkpoint_due()
+    trainer.save_checkpoint(1, 0)
+    assert (tmp_path / "checkpoint.pt").is_file() and not trainer.checkpoint_due()
+    trainer._save_seconds = 1.0  # a slow save: next one 50 s later, whatever the minutes say
+    trainer._saved_at -= 10.0
+    assert not trainer.checkpoint_due()
+    trainer._saved_at -= 41.0
+    assert trainer.checkpoint_due()
+    off = load_job("penguins", ["train.checkpoint_minutes=0"])
+    quiet = Trainer(b.model, b.prepared, off.job, b.device, "h", tmp_path / "c2.pt")
+    quiet._saved_at -= 3600
+    assert not quiet.checkpoint_due()

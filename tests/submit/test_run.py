@@ -176,6 +176,21 @@ def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_j
     assert (Path(run["artifacts_dir"]) / "checkpoint.pt").is_file()
 
 
+def test_cancel_brings_home_the_last_timed_checkpoint(qtrain, store_dir, csv_job):
+    """No checkpoint_every: the time-based checkpoint (train.checkpoint_minutes, 5 by default;
+    a fraction of a second here) is what a cancelled task uploads."""
+    import torch
+
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
+                 "--set", "train.checkpoint_minutes=0.005", "--detach", "--json", "--store", store_dir).json()
+    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    time.sleep(1.5)  # a few timed checkpoints
+    result = qtrain("cancel", run["run_id"], "--json", "--store", store_dir)
+    assert result.code == 1 and result.json()["state"] == "cancelled"
+    saved = torch.load(Path(run["artifacts_dir"]) / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] > 1 and saved["format"] == "qtrain-checkpoint/1"
+
+
 def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtrain, store_dir, csv_job):
     run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
                  "--set", "train.checkpoint_every=1",
