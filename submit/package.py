@@ -44,6 +44,9 @@ class Package:
     dataset_hash: str
     files: list[PackageFile] = field(default_factory=list)
     trials: int = 0
+    # shipped beside job.json, at their place in the task: a resumed run's checkpoints
+    # (out/checkpoint.pt, out/trial-<i>/checkpoint.pt), from which the runner continues
+    extras: list[PackageFile] = field(default_factory=list)
 
     @property
     def dataset_prefix(self) -> str:
@@ -55,7 +58,10 @@ class Package:
 
     @property
     def job_prefix(self) -> str:
-        return f"jobs/{hashlib.sha256(self.job_json).hexdigest()}/"
+        digest = hashlib.sha256(self.job_json)
+        for f in self.extras:
+            digest.update(f"\0{f.remote}\0{f.sha256}".encode())
+        return f"jobs/{digest.hexdigest()}/"
 
     @property
     def job_key(self) -> str:
@@ -63,7 +69,7 @@ class Package:
 
     @property
     def dataset_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + sum(f.size for f in self.extras)
 
 
 def build_package(loaded: LoadedJob) -> Package:
@@ -79,6 +85,12 @@ def build_package(loaded: LoadedJob) -> Package:
     return Package(job_name=loaded.job.name, job=raw, job_hash=job_hash(loaded.job),
                    dataset_hash=dataset_hash(loaded.job, found), files=files,
                    trials=len(loaded.trials))
+
+
+def extra_file(remote: str, local: Path) -> PackageFile:
+    from jobs.files import file_sha256
+
+    return PackageFile(remote, local, local.stat().st_size, file_sha256(local))
 
 
 def _file(f: JobFile) -> PackageFile:

@@ -42,7 +42,8 @@ LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
 # ------------------------------------------------------------------------------------ submit
 def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                profile: str | None = None, recheck: bool = False,
-               tags: dict[str, str] | None = None, note: str | None = None) -> RunRecord:
+               tags: dict[str, str] | None = None, note: str | None = None,
+               resume: RunRecord | None = None) -> RunRecord:
     from submit.checks import check
 
     job = loaded.job
@@ -55,6 +56,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"{how}: {job.name}, {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)
+    if resume is not None:
+        package.extras = resume_checkpoints(resume, store)
     if backend.runs_images() and stale_image(job.resources.image):
         ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
                 f"qtrain image build (and push) to run your changes")
@@ -71,7 +74,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     constants = image_constants(job.resources.image)
     info = {"data": user_paths(loaded), "image": job.resources.image,
             "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),
-            "executor": backend.executor_name()}
+            "executor": backend.executor_name(),
+            "resumed_from": resume.run_id if resume is not None else None}
     run = store.create_run(job_name=job.name, job_hash=package.job_hash,
                            dataset_hash=package.dataset_hash, backend=backend.name,
                            profile=profile_name, job=package.job, trials=package.trials,
@@ -90,6 +94,52 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
            f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
     return store.get(run.run_id)
+
+
+# ------------------------------------------------------------------------------------ resume
+def resume_job(run: RunRecord, epochs: int | None = None) -> LoadedJob:
+    """The job a run ran, read again from the user's own files (the store keeps where they were);
+    refused when those files changed since (the checkpoint was trained on the old data)."""
+    import copy
+
+    from jobs.files import job_files
+    from jobs.load import load_job_dict, set_dotted
+    from jobs.results import dataset_hash
+
+    if not run.done:
+        raise QtrainError(f"run {run.run_id}: it is {run.state}; a run can be resumed once it has "
+                          "ended", hint=f"qtrain cancel {run.run_id} first, or wait for it")
+    raw = copy.deepcopy(run.job)
+    for key, path in (run.info.get("data") or {}).items():
+        set_dotted(raw, key, path)
+    if epochs is not None:
+        set_dotted(raw, "train.epochs", epochs)
+    loaded = load_job_dict(raw, Path.cwd(), source=f"run {run.run_id}")
+    now = dataset_hash(loaded.job, job_files(loaded.job, loaded.base_dir))
+    if now != run.dataset_hash:
+        raise QtrainError(f"run {run.run_id}: its data changed since it ran (dataset {now[:12]}, "
+                          f"was {run.dataset_hash[:12]}); its checkpoint belongs to the old data",
+                          hint="qtrain run JOB trains afresh on the new data")
+    return loaded
+
+
+def resume_checkpoints(run: RunRecord, store: Store):
+    """The run's retrieved checkpoints, as files the new task finds where the runner resumes
+    from (out/checkpoint.pt, out/trial-<i>/checkpoint.pt)."""
+    from jobs.results import CHECKPOINT, trial_dir
+    from submit.package import extra_file
+
+    found = []
+    for trial in range(run.trials) if run.trials else [None]:
+        local = store.artifacts_dir(run.run_id, trial) / CHECKPOINT
+        if local.is_file():
+            where = OUT if trial is None else f"{OUT}/{trial_dir(trial)}"
+            found.append(extra_file(f"{where}/{CHECKPOINT}", local))
+    if not found:
+        raise QtrainError(f"run {run.run_id}: no checkpoint in the store to resume from",
+                          hint=f"qtrain fetch {run.run_id} retrieves what its task uploaded; "
+                               "train.checkpoint_minutes / checkpoint_every make them")
+    return found
 
 
 def user_paths(loaded: LoadedJob) -> dict[str, str]:
@@ -433,7 +483,7 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
         "task_uuid": run.task_uuid, "uploaded_bytes": run.uploaded_bytes,
         "job_name": run.job_name, "created": run.created, "job_hash": run.job_hash,
         "dataset_hash": run.dataset_hash, "error": run.error, "retrieved": run.retrieved,
-        "tags": run.tags, "note": run.note, "info": run.info,
+        "tags": run.tags, "note": run.note, "info": run.info, "resumed_from": run.info.get("resumed_from"),
         "metrics": run.metrics.get(-1), "artifacts_dir": str(store.artifacts_dir(run.run_id)),
         "history": run.history,
     }

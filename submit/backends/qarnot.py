@@ -150,6 +150,13 @@ class QarnotBackend(Backend):
             data = package.job_json
             bucket.add_file(io.BytesIO(data), job_key)
             sent += len(data)
+        for f in package.extras:  # a resumed run's checkpoints, beside job.json
+            key = package.job_prefix + f.remote
+            if any(o.key == key and o.size == f.size for o in bucket.directory(key)):
+                continue
+            with ProgressReader(f.local, progress or (lambda n: None)) as fh:
+                bucket.add_file(fh, key)
+            sent += f.size
         return sent
 
     # -------------------------------------------------------------------------------- submit

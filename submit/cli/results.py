@@ -156,6 +156,8 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
         t.add_row("image", info["image"] + (f" ({info['image_digest']})" if info.get("image_digest") else ""))
     for field, path in (info.get("data") or {}).items():
         t.add_row(field, path)
+    if info.get("resumed_from"):
+        t.add_row("resumes", info["resumed_from"])
     if record.tags:
         t.add_row("tags", _tags(record.tags))
     if record.note:

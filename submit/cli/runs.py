@@ -106,6 +106,39 @@ def run(
 
 
 @command()
+def resume(
+    run_ref: str = RunArgument,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Train up to this many epochs in all "
+                                                                 "(default: the run's own)."),
+    detach: bool = typer.Option(False, "--detach", help="Return once submitted, with the run id."),
+    as_json: bool = JsonOption,
+    store_dir: Optional[Path] = StoreOption,
+) -> None:
+    """Continue a failed, cancelled or killed run from its latest checkpoint, in a new task on the
+    same backend and profile: weights, optimiser, schedule, random state and epoch carry on, so
+    the result is the one an uninterrupted run would have given.  The new run records the one it
+    resumes (`resumed_from`); it reads the data from where the first run did, unchanged."""
+    from submit.backends import get_backend
+    from submit.runs import refresh, resume_job, submit_run, summary
+    from submit.ui import Ui
+
+    ui = Ui(json_mode=as_json)
+    store, record = _open_run(run_ref, store_dir)
+    be = get_backend(record.backend)
+    if record.pending:
+        record = refresh(record, be, store, Ui(json_mode=True))
+    loaded = resume_job(record, epochs)
+    new = submit_run(loaded, be, store, ui, profile=record.profile, resume=record,
+                     tags=record.tags, note=f"resumes {record.run_id}")
+    ui.say(f"resuming {record.run_id} from its checkpoint as run {new.run_id}")
+    if detach:
+        if as_json:
+            print(json.dumps(summary(new, store)), flush=True)
+        return
+    _follow_and_retrieve(new, be, store, ui, as_json)
+
+
+@command()
 def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
            store_dir: Optional[Path] = StoreOption) -> None:
     """Show a run's state, asking the backend while its task runs.  A run whose task has ended
