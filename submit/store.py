@@ -31,7 +31,8 @@ from typing import Any, Iterator
 
 from jobs.errors import QtrainError
 from jobs.load import sweep_trials
-from jobs.results import Metrics, SweepSummary, headline, parse_metrics, summarize, trial_dir
+from jobs.results import (Metrics, SweepSummary, atomic_write, headline, parse_metrics, read_json, summarize,
+                          trial_dir)
 
 STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -81,6 +82,8 @@ MIGRATIONS = (
     ("note", "ALTER TABLE runs ADD COLUMN note TEXT", None),
     ("info_json", "ALTER TABLE runs ADD COLUMN info_json TEXT NOT NULL DEFAULT '{}'", None),
 )
+RECORD = ".run-record.json"  # each run folder's copy of its index entry (`Store.reindex`)
+RECORD_FORMAT = "qtrain-run-record/1"
 TAG_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}")
 TRASH = ".trash"
 
@@ -159,7 +162,7 @@ class RunRecord:
 
 
 class Store:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, open_index: bool = True):
         self.root = Path(root).expanduser()
         try:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
@@ -167,7 +170,8 @@ class Store:
             raise QtrainError(f"results store {self.root}: cannot create it ({exc.strerror})",
                               hint="choose another folder with --store or QTRAIN_STORE") from exc
         self.db_path = self.root / "index.sqlite"
-        self._init_db()
+        if open_index:  # (reindex rebuilds an index that cannot be opened)
+            self._init_db()
 
     def _init_db(self) -> None:
         """WAL mode (kept in the file, so set once) and the schema.  Several processes opening a
@@ -181,9 +185,16 @@ class Store:
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
+                    raise self._damaged(exc) from exc
                 time.sleep(0.02 * (attempt + 1))
-        raise QtrainError(f"results store {self.db_path}: locked by another process")
+            except sqlite3.DatabaseError as exc:  # not a database, malformed image, ...
+                raise self._damaged(exc) from exc
+        raise QtrainError(f"results store {self.db_path}: locked by another process",
+                          hint="wait for the other qtrain to finish, or stop it")
+
+    def _damaged(self, exc: Exception) -> QtrainError:
+        return QtrainError(f"results store {self.db_path}: the index cannot be read ({exc})",
+                           hint="qtrain results reindex rebuilds it from the run folders")
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -253,7 +264,8 @@ class Store:
             db.execute("INSERT INTO states VALUES (?,?,?,?)", (run_id, "submitted", created, None))
             db.executemany("INSERT INTO tags VALUES (?,?,?)",
                            [(run_id, k, v) for k, v in (tags or {}).items()])
-        self.artifacts_dir(run_id).mkdir(parents=True, exist_ok=True)
+            self.artifacts_dir(run_id).mkdir(parents=True, exist_ok=True)
+            self._mirror(db, run_id)
         return self.get(run_id)
 
     def set_state(self, run_id: str, state: str, *, detail: str | None = None,
@@ -268,6 +280,7 @@ class Store:
                 db.execute("INSERT INTO states VALUES (?,?,?,?)", (run_id, state, now(), detail))
             db.execute("UPDATE runs SET state=?, error=COALESCE(?, error) WHERE run_id=?",
                        (state, error, run_id))
+            self._mirror(db, run_id)
 
     def update(self, run_id: str, *, task_uuid: str | None = None,
                uploaded_bytes: int | None = None, retrieved: bool | None = None,
@@ -285,18 +298,21 @@ class Store:
                 merged = {**json.loads(row["info_json"] or "{}"), **info}
                 merged = {k: v for k, v in merged.items() if v is not None}
                 db.execute("UPDATE runs SET info_json=? WHERE run_id=?", (json.dumps(merged), run_id))
+            self._mirror(db, run_id)
 
     def set_metrics(self, run_id: str, metrics: dict[str, Any], trial: int | None = None) -> None:
         with self._write() as db:
             self._row(db, run_id)
             db.execute("INSERT OR REPLACE INTO metrics VALUES (?,?,?)",
                        (run_id, -1 if trial is None else trial, json.dumps(metrics)))
+            self._mirror(db, run_id)
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         with self._write() as db:
             self._row(db, run_id)
             db.executemany("INSERT OR REPLACE INTO tags VALUES (?,?,?)",
                            [(run_id, k, v) for k, v in tags.items()])
+            self._mirror(db, run_id)
 
     def untag(self, run_id: str, keys: list[str]) -> list[str]:
         """Remove these tag keys; returns the ones the run did not have."""
@@ -306,12 +322,14 @@ class Store:
             for key in keys:
                 if db.execute("DELETE FROM tags WHERE run_id=? AND key=?", (run_id, key)).rowcount == 0:
                     missing.append(key)
+            self._mirror(db, run_id)
             return missing
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._write() as db:
             self._row(db, run_id)
             db.execute("UPDATE runs SET note=? WHERE run_id=?", (note or None, run_id))
+            self._mirror(db, run_id)
 
     def remove(self, run_id: str) -> None:
         """The run's index rows and its folder, together: the folder is first moved aside (one
@@ -337,6 +355,73 @@ class Store:
                 os.rename(trash, folder)
             raise
         shutil.rmtree(trash, ignore_errors=True)
+
+    def _mirror(self, db: sqlite3.Connection, run_id: str) -> None:
+        """The run's index entry, also in its own folder (RECORD), written inside the transaction
+        that changed it (so in the same order as the index): `reindex` rebuilds the index from
+        these when index.sqlite is lost or damaged."""
+        row = self._row(db, run_id)
+        record = {
+            "format": RECORD_FORMAT, "run": {k: row[k] for k in row.keys()},
+            "states": [dict(r) for r in db.execute(
+                "SELECT state, at, detail FROM states WHERE run_id=? ORDER BY rowid", (run_id,))],
+            "metrics": {str(r["trial"]): json.loads(r["metrics"]) for r in db.execute(
+                "SELECT trial, metrics FROM metrics WHERE run_id=?", (run_id,))},
+            "tags": {r["key"]: r["value"] for r in db.execute(
+                "SELECT key, value FROM tags WHERE run_id=?", (run_id,))},
+        }
+        folder = self.artifacts_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / RECORD, json.dumps(record, indent=1, sort_keys=True))
+
+    def reindex(self) -> dict[str, Any]:
+        """A new index.sqlite from the run folders' records (the old one, if any, kept beside it
+        as index.sqlite.damaged-<time>).  Returns what was found."""
+        records, skipped = [], []
+        for folder in sorted((self.root / "runs").iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            data = read_json(folder / RECORD)
+            if not data or data.get("format") != RECORD_FORMAT or data.get("run", {}).get("run_id") != folder.name:
+                skipped.append(folder.name)
+                continue
+            records.append(data)
+        fresh = self.root / f".index.sqlite.{secrets.token_hex(3)}"
+        db = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            for name, alter, _ in MIGRATIONS:
+                if name not in have:
+                    db.execute(alter)
+            db.execute("BEGIN")
+            for data in records:
+                run = data["run"]
+                cols = list(run)
+                db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                           [run[c] for c in cols])
+                db.executemany("INSERT INTO states VALUES (?,?,?,?)",
+                               [(run["run_id"], h["state"], h["at"], h.get("detail")) for h in data["states"]])
+                db.executemany("INSERT INTO metrics VALUES (?,?,?)",
+                               [(run["run_id"], int(t), json.dumps(m)) for t, m in data["metrics"].items()])
+                db.executemany("INSERT INTO tags VALUES (?,?,?)",
+                               [(run["run_id"], k, v) for k, v in data["tags"].items()])
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        kept = None
+        for suffix in ("", "-wal", "-shm"):
+            old = self.root / f"index.sqlite{suffix}"
+            if old.exists():
+                if suffix == "":
+                    kept = self.root / f"index.sqlite.damaged-{stamp}"
+                    os.replace(old, kept)
+                else:
+                    old.unlink()
+        os.replace(fresh, self.db_path)
+        self._init_db()
+        return {"runs": len(records), "skipped": skipped, "old_index": str(kept) if kept else None}
 
     @staticmethod
     def _row(db: sqlite3.Connection, run_id: str) -> sqlite3.Row:

@@ -341,6 +341,30 @@ def results_gc(yes: bool = YesOption,
         console.print(f"removed {total} item(s)", highlight=False)
 
 
+@command("reindex", group=results_app)
+def results_reindex(yes: bool = YesOption, as_json: bool = JsonOption,
+                    store_dir: Optional[Path] = StoreOption) -> None:
+    """Rebuild the store's index (index.sqlite) from the run folders, each of which keeps a copy
+    of its own entry: for an index that was lost, truncated or damaged.  The old index is kept
+    beside it as index.sqlite.damaged-<time>."""
+    from submit import config
+    from submit.store import Store
+
+    store = Store(config.store_dir(store_dir), open_index=False)
+    if not yes:
+        _confirm(f"rebuild {store.db_path} from the run folders in {store.root / 'runs'}?")
+    found = store.reindex()
+    if as_json:
+        print(json.dumps(found))
+        return
+    console.print(f"indexed {found['runs']} run(s) from their folders"
+                  + (f"; the old index is {found['old_index']}" if found["old_index"] else ""), highlight=False)
+    if found["skipped"]:
+        err_console.print(f"{len(found['skipped'])} folder(s) without a run record (made by an older "
+                          f"qtrain, or not runs): {', '.join(found['skipped'][:5])}", style="yellow",
+                          highlight=False, markup=False)
+
+
 # ----------------------------------------------------------------------------------- export
 @command("export", group=results_app)
 def results_export(

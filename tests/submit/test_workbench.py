@@ -283,3 +283,36 @@ def test_results_list_retrieves_every_ended_run_failed_and_cancelled_too(qtrain,
     # fetch stays, and changes nothing
     again = qtrain("fetch", ok["run_id"], "--json", "--store", store_dir)
     assert again.code == 0 and again.json()["state"] == "succeeded"
+
+
+# ------------------------------------------------------------------------------ reindex
+def test_a_damaged_index_is_one_line_and_reindex_rebuilds_it_from_the_run_folders(tmp_path, qtrain):
+    store = Store(tmp_path)
+    a = make_run(store, "cls", metrics=classification(0.91, 0.80), tags={"owner": "ana"})
+    store.set_note(a.run_id, "the good one")
+    b = make_run(store, "reg", metrics=regression(0.95, 1.2), task="regression", state="failed")
+    store.update(b.run_id, info={"executor": "emulator/process"})
+    removed = make_run(store, "gone")
+    store.remove(removed.run_id)
+    before = {r.run_id: r for r in Store(tmp_path).list()}
+    histories = {run_id: Store(tmp_path).get(run_id).history for run_id in before}
+
+    (tmp_path / "index.sqlite").write_bytes(b"this is not a database" * 100)  # truncated, overwritten
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    broken = qtrain("results", "list", "--store", tmp_path)
+    assert broken.code == 2 and "Traceback" not in broken.err
+    assert "the index cannot be read" in broken.err and "qtrain results reindex" in broken.err
+
+    rebuilt = qtrain("results", "reindex", "--yes", "--json", "--store", tmp_path)
+    assert rebuilt.code == 0, rebuilt.err
+    assert rebuilt.json()["runs"] == 2 and Path(rebuilt.json()["old_index"]).is_file()
+    after = {r.run_id: r for r in Store(tmp_path).list()}
+    assert set(after) == set(before)
+    for run_id, old in before.items():
+        new = Store(tmp_path).get(run_id)
+        for name in ("state", "job_name", "task_uuid", "retrieved", "note", "tags", "info", "metrics", "trials"):
+            assert getattr(new, name) == getattr(old, name), name
+        assert new.history == histories[run_id]
+    assert Store(tmp_path).resolve("@owner=ana") == a.run_id
+    _agree(Store(tmp_path))
