@@ -372,7 +372,13 @@ class Store:
         }
         folder = self.artifacts_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / RECORD, json.dumps(record, indent=1, sort_keys=True))
+        text = json.dumps(record, indent=1, sort_keys=True)
+        try:
+            if (folder / RECORD).read_text() == text:
+                return  # unchanged: a repeated fetch touches nothing
+        except OSError:
+            pass
+        atomic_write(folder / RECORD, text)
 
     def reindex(self) -> dict[str, Any]:
         """A new index.sqlite from the run folders' records (the old one, if any, kept beside it
