@@ -20,8 +20,10 @@ def private_state(tmp_path_factory):
     os.environ["QTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("qtrain-state"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests send nothing anywhere
     os.environ.pop("QTRAIN_MLFLOW_EXPORT", None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow's own default is ./mlflow.db in the current folder: never the checkout
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/default.db"
     yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     if saved is None:
         os.environ.pop("QTRAIN_STATE_DIR", None)
     else:
