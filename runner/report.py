@@ -235,7 +235,7 @@ def figure_texts(fig) -> dict[str, Any]:
     """Every text a reader sees on the figure: its title, and per panel the title, axis labels,
     tick labels and legend entries.  Saved in the PNG (its Description) for screen readers,
     search, and tests that read what a plot says rather than its pixels."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays out ticks and legends without rasterising
     title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else ""
     panels = []
     for ax in fig.axes:

@@ -107,25 +107,28 @@ def _export(mlflow, record: RunRecord, store: Store, uri: str) -> Exported:
     if record.trials:
         sweep = record.sweep()
         best = sweep.best.trial if sweep.best else None
-        params = flatten({k: v for k, v in resolved(record.job).items() if k != "description"})
-        _fill(mlflow, client, uri, parent, record, params, record.metrics.get(best) if best is not None else None,
-              history=None, folder=base, files_only=True, model_folder=None,
+        best_metrics = record.metrics.get(best) if best is not None else None
+        _fill(mlflow, client, uri, parent, record, _params(resolved(record.job)), best_metrics, history=None, folder=base, files_only=True, model_folder=None,
               extra_tags={"qtrain.best_trial": "" if best is None else str(best),
                           "qtrain.selection": sweep.selection})
         trials = {}
         for trial in range(record.trials):
             child, _ = _run(client, experiment_id, record, str(trial), parent=parent)
             folder = store.artifacts_dir(record.run_id, trial)
-            params = flatten({k: v for k, v in trial_job(record, trial).items() if k != "description"})
-            _fill(mlflow, client, uri, child, record, params, record.metrics.get(trial),
-                  history=folder / HISTORY, folder=folder, files_only=False, model_folder=folder,
+            _fill(mlflow, client, uri, child, record, _params(trial_job(record, trial)),
+                  record.metrics.get(trial), history=folder / HISTORY, folder=folder, files_only=False, model_folder=folder,
                   extra_tags={"qtrain.best": str(trial == best).lower()}, trial=trial)
             trials[trial] = child
         return Exported(record.run_id, record.job_name, parent, uri, updated, trials)
-    params = flatten({k: v for k, v in resolved(record.job).items() if k != "description"})
-    _fill(mlflow, client, uri, parent, record, params, record.metrics.get(-1), history=base / HISTORY,
+    _fill(mlflow, client, uri, parent, record, _params(resolved(record.job)), record.metrics.get(-1),
+          history=base / HISTORY,
           folder=base, files_only=False, model_folder=base)
     return Exported(record.run_id, record.job_name, parent, uri, updated)
+
+
+def _params(job: dict[str, Any]) -> dict[str, Any]:
+    """A resolved job as MLflow params: its settings flattened (train.lr, model.hidden, ...)."""
+    return flatten({k: v for k, v in job.items() if k != "description"})
 
 
 def _experiment(client, name: str, uri: str) -> str:

@@ -367,13 +367,20 @@ def refresh(run: RunRecord, backend: Backend, store: Store, ui: Ui) -> RunRecord
     try:
         status = backend.status(run.task_uuid or "")
     except TaskNotFound as exc:
-        store.set_state(run.run_id, "failed", error=f"the task is gone: {exc.message}")
-        store.update(run.run_id, retrieved=True)  # nothing more will ever come
-        return store.get(run.run_id)
+        return task_gone(run, store, exc)
     if not status.done:
         store.set_state(run.run_id, status.run_state, detail=status.state)
         return store.get(run.run_id)
     return retrieve(run, backend, store, ui, status)
+
+
+def task_gone(run: RunRecord, store: Store, exc: QtrainError) -> RunRecord:
+    """The backend no longer has the run's task: nothing more can ever be retrieved.  A run that
+    had not ended fails with that reason; one that had keeps its state (its task did end so)."""
+    if not run.done:
+        store.set_state(run.run_id, "failed", error=f"the task is gone: {exc.message}")
+    store.update(run.run_id, retrieved=True)
+    return store.get(run.run_id)
 
 
 def refresh_all(runs: list[RunRecord], store: Store, ui: Ui) -> tuple[list[RunRecord], list[str]]:

@@ -63,15 +63,13 @@ def results_list(
     (classification: accuracy, f1_macro; regression: r2, rmse) of its model (a sweep: the trial
     chosen on validation).  Runs whose task has ended are retrieved on the way."""
     from submit.query import TASK_COLUMNS, select
-    from submit.store import parse_tag
 
     store = _store(store_dir)
-    tags = [parse_tag(t, "--tag") for t in tag or []]
+    wanted = [_tag_filter(t) for t in tag or []]  # refused before anything is asked of a backend
     runs = store.list()
     if refresh:
         runs = _refreshed(store, runs)
-    runs = select(runs, job=job, tags=[(k, v if "=" in t else None) for (k, v), t in zip(tags, tag or [])],
-                  where=where or [], sort=sort, limit=limit or None)
+    runs = select(runs, job=job, tags=wanted, where=where or [], sort=sort, limit=limit or None)
     metrics = [m for task in ("classification", "regression") if any(r.task == task for r in runs)
                for m in TASK_COLUMNS[task]]
     rows = []
@@ -107,6 +105,14 @@ def results_list(
                   *([f"{r.backend}/{r.profile}", _tags(r.tags)] if wide else []),
                   *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics))
     console.print(t)
+
+
+def _tag_filter(item: str) -> tuple[str, str | None]:
+    """--tag KEY=VALUE: that value; --tag KEY: any value."""
+    from submit.store import parse_tag
+
+    key, value = parse_tag(item, "--tag")
+    return key, (value if "=" in item else None)
 
 
 def _tags(tags: dict[str, str]) -> str:

@@ -170,7 +170,7 @@ def fetch(run_ref: str = RunArgument,
           as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Retrieve a run's results into the store (waiting for its task to end).  Safe to repeat:
     files already retrieved and unchanged are not downloaded again."""
-    from submit.runs import backend_for, retrieve
+    from submit.runs import backend_for, retrieve, task_gone
     from submit.ui import Ui
 
     from submit.backends.base import TaskNotFound
@@ -185,12 +185,11 @@ def fetch(run_ref: str = RunArgument,
         st = be.status(record.task_uuid or "")
         record = retrieve(record, be, store, ui, st)
     except TaskNotFound as exc:
-        if not record.done:  # it can never be retrieved now: say so in the store
-            store.set_state(record.run_id, "failed", error=f"the task is gone: {exc.message}")
-            store.update(record.run_id, retrieved=True)  # nothing more can ever come
+        ended = record.done
+        record = task_gone(record, store, exc)
+        if not ended:
             raise
         ui.say(f"the task is no longer on {be.describe()}; what was retrieved is in the store")
-        record = store.get(record.run_id)
     _finish(record, store, ui, as_json)
 
 

@@ -76,19 +76,22 @@ def test_the_check_key_includes_the_code_version(state, table_job, monkeypatch):
 
 def test_a_remembered_check_imports_no_torch(state, table_job):
     checks.check(load_job(table_job))
-    probe = ("import sys; from jobs.load import load_job; from submit.checks import check; "
-             f"print(check(load_job({str(table_job)!r}))[1], 'torch' in sys.modules, "
-             "'pandas' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "QTRAIN_STATE_DIR": str(state)})
-    assert proc.stdout.split() == ["True", "False", "False"], proc.stderr
+    out, err = _check_in_a_new_process(state, table_job, "", "'torch' in sys.modules, 'pandas' in sys.modules")
+    assert out == ["True", "False", "False"], err
 
 
 def test_a_full_check_does_not_import_dynamo(state, table_job):
     """torch._dynamo (0.7 s) is not needed for a verdict: no job compiles."""
-    probe = ("import sys; from jobs.load import load_job; from submit.checks import check; "
-             f"print(check(load_job({str(table_job)!r}), recheck=True)[1], "
-             "'torch' in sys.modules, 'torch._dynamo' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+    out, err = _check_in_a_new_process(state, table_job, ", recheck=True",
+                                       "'torch' in sys.modules, 'torch._dynamo' in sys.modules")
+    assert out == ["False", "True", "False"], err
+
+
+def _check_in_a_new_process(state, job, args: str, probes: str) -> tuple[list[str], str]:
+    """Run `check(load_job(job){args})` in a fresh interpreter; print whether it was remembered,
+    then `probes` (expressions over sys.modules)."""
+    code = ("import sys; from jobs.load import load_job; from submit.checks import check; "
+            f"print(check(load_job({str(job)!r}){args})[1], {probes})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "QTRAIN_STATE_DIR": str(state)})
-    assert proc.stdout.split() == ["False", "True", "False"], proc.stderr
+    return proc.stdout.split(), proc.stderr

@@ -316,3 +316,15 @@ def test_a_damaged_index_is_one_line_and_reindex_rebuilds_it_from_the_run_folder
         assert new.history == histories[run_id]
     assert Store(tmp_path).resolve("@owner=ana") == a.run_id
     _agree(Store(tmp_path))
+
+
+@pytest.mark.usefixtures("emulator")
+def test_a_task_gone_before_retrieval_fails_a_running_run_but_not_an_ended_one(tmp_path, qtrain):
+    store = Store(tmp_path)
+    running = make_run(store, "lost", state="running")  # a task uuid the emulator never had
+    ended = make_run(store, "done", state="succeeded")
+    store.update(ended.run_id, retrieved=False)
+    listed = {r["run_id"]: (r["state"], r["retrieved"])
+              for r in qtrain("results", "list", "--json", "--store", tmp_path).json()}
+    assert listed == {running.run_id: ("failed", True), ended.run_id: ("succeeded", True)}
+    assert "the task is gone" in Store(tmp_path).get(running.run_id).error
