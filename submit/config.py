@@ -53,6 +53,9 @@ FOLLOW_RETRY_SECONDS = float(os.environ.get("QTRAIN_FOLLOW_RETRY_SECONDS", "120"
 # The emulator's executor when none is asked for: docker | process (default: docker where an
 # engine answers and the runner image exists, else process).
 EMULATOR_EXECUTOR = os.environ.get("QTRAIN_EMULATOR_EXECUTOR") or None
+# The emulator's S3 storage: seaweedfs (on disk, checks the Qarnot identity) or moto (in memory,
+# any credentials, nothing kept).  Default: seaweedfs where its `weed` is installed, else moto.
+EMULATOR_STORAGE = os.environ.get("QTRAIN_EMULATOR_STORAGE") or None
 
 
 def mlflow_export_enabled() -> bool:

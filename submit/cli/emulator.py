@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from submit.cli.common import JsonOption, app, command, console
+from submit.cli.common import JsonOption, YesOption, app, command, confirm, console
 
 
 # ------------------------------------------------------------------------------------ emulator
@@ -18,25 +18,47 @@ ExecutorOption = typer.Option(None, "--executor", help="How instances run: docke
                                                        "image) or process (sh -c DOCKER_CMD here). "
                                                        "Default: docker where an engine answers and "
                                                        "the runner image exists, else process.")
+StateOption = typer.Option(None, "--state", metavar="DIR",
+                           help="Where the emulator keeps its tasks (SQLite) and buckets (on disk); "
+                                "they survive a stop, a crash or a reboot. Default: "
+                                "~/.local/state/qtrain/emulator.")
 
 
 @command("start", group=emulator_app)
 def emulator_start(executor: Optional[str] = ExecutorOption,
                    port: int = typer.Option(0, help="API port (0: any free port)."),
+                   state: Optional[str] = StateOption,
                    as_json: bool = JsonOption) -> None:
-    """Start the emulator daemon in the background (a no-op when it already runs)."""
+    """Start the emulator daemon in the background (a no-op when it already runs).  Tasks and
+    buckets of earlier runs of the emulator are still there; tasks it was running when it died
+    are Failure."""
     from submit.emulator import daemon
 
-    ep, started = daemon.start(executor, port=port)
+    ep, started = daemon.start(executor, port=port, state=state)
     _print_emulator(ep, "started" if started else "already running", as_json)
 
 
 @command("stop", group=emulator_app)
 def emulator_stop() -> None:
-    """Stop the daemon; its running tasks are aborted."""
+    """Stop the daemon; its running tasks are cancelled (their results uploaded). Ended tasks and
+    buckets are kept for the next start."""
     from submit.emulator import daemon
 
     console.print("emulator stopped" if daemon.stop() else "the emulator was not running")
+
+
+@command("reset", group=emulator_app)
+def emulator_reset(state: Optional[str] = StateOption, yes: bool = YesOption) -> None:
+    """Stop the emulator and delete everything it keeps: tasks, buckets, cached resources. Runs
+    already fetched into the results store are not touched; the token stays."""
+    from submit.emulator import daemon
+
+    data = daemon.data_dir(state)
+    if not yes:
+        confirm(f"stop the emulator and delete its tasks and buckets in {data}?")
+    gone = daemon.reset(state)
+    console.print(f"emulator reset: {gone['tasks']} task(s) and {gone['bytes'] / 1e6:.1f} MB deleted "
+                  f"from {data}", highlight=False)
 
 
 @command("status", group=emulator_app)
@@ -58,12 +80,15 @@ def _print_emulator(ep, state: str, as_json: bool) -> None:
     from submit.emulator import daemon
 
     info = {"running": True, "state": state, "url": ep.url, "s3_url": ep.s3_url, "pid": ep.pid,
-            "executor": ep.executor, "log": str(ep.log), "token_file": str(daemon.token_file())}
+            "executor": ep.executor, "log": str(ep.log), "token_file": str(daemon.token_file()),
+            "data": str(ep.data) if ep.data else None, "storage": ep.storage}
     if as_json:
         print(json.dumps(info))
         return
-    console.print(f"emulator {state}: API {ep.url}, S3 {ep.s3_url}, executor {ep.executor}, "
-                  f"pid {ep.pid}\n  token in {info['token_file']} (0600), log {ep.log}", highlight=False)
+    kept = f"data in {ep.data}" if ep.storage != "moto" else "storage moto: nothing is kept"
+    console.print(f"emulator {state}: API {ep.url}, S3 {ep.s3_url} ({ep.storage}), executor {ep.executor}, "
+                  f"pid {ep.pid}\n  {kept}\n  token in {info['token_file']} (0600), log {ep.log}",
+                  highlight=False)
 
 
 @command("serve", group=emulator_app)
@@ -71,9 +96,10 @@ def emulator_serve(port: int = typer.Option(8642, help="API port."),
                    token: Optional[str] = typer.Option(None, help="Token clients must send "
                                                        "(default: the one in the token file)."),
                    executor: Optional[str] = ExecutorOption,
-                   s3_port: int = typer.Option(0, help="S3 port (0: any free port).")) -> None:
+                   s3_port: int = typer.Option(0, help="S3 port (0: any free port)."),
+                   state: Optional[str] = StateOption) -> None:
     """Run the emulator in the foreground until Ctrl-C (for a container or a debugger)."""
     from submit.emulator import daemon
 
     daemon.serve(port=port, token=token, executor=executor or daemon.default_executor(), s3_port=s3_port,
-                 announce=lambda m: console.print(m, highlight=False))
+                 announce=lambda m: console.print(m, highlight=False), state=state)

@@ -10,15 +10,14 @@ import typer
 from rich.table import Column, Table
 
 from jobs.errors import QtrainError
-from submit.cli.common import (RUN_HELP, JsonOption, RunArgument, StoreOption, _open_run, _store, app,
-                               command, console, err_console)
+from submit.cli.common import (RUN_HELP, JsonOption, RunArgument, StoreOption, YesOption, _open_run, _store,
+                               app, command, confirm, console, err_console)
 
 results_app = typer.Typer(help="List, show, compare, tag and export the runs in the results store. "
                                "RUN is " + RUN_HELP[len("A run: "):],
                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(results_app, name="results")
 RunsArgument = typer.Argument(..., help=RUN_HELP, metavar="RUN...")
-YesOption = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 
 def _refreshed(store, records):
@@ -299,19 +298,10 @@ def results_rm(run_refs: list[str] = RunsArgument, yes: bool = YesOption,
         raise QtrainError(f"results rm: {', '.join(running)} not ended yet; nothing removed",
                           hint="qtrain cancel RUN first, or wait for it")
     if not yes:
-        _confirm(f"remove {len(records)} run(s) and their files: {', '.join(r.run_id for r in records)}?")
+        confirm(f"remove {len(records)} run(s) and their files: {', '.join(r.run_id for r in records)}?")
     for r in records:
         store.remove(r.run_id)
         console.print(f"removed {r.run_id}", highlight=False)
-
-
-def _confirm(question: str) -> None:
-    import sys
-
-    if not sys.stdin.isatty():
-        raise QtrainError(f"{question} (no terminal to ask on)", hint="add --yes")
-    if not typer.confirm(question, default=False):
-        raise typer.Exit(1)
 
 
 @command("gc", group=results_app)
@@ -339,7 +329,7 @@ def results_gc(yes: bool = YesOption,
     if dry_run:
         return
     if not yes:
-        _confirm(f"remove these {total} item(s)?")
+        confirm(f"remove these {total} item(s)?")
     store.collect(garbage)
     if as_json:
         print(json.dumps({"removed": True, **found}))
@@ -358,7 +348,7 @@ def results_reindex(yes: bool = YesOption, as_json: bool = JsonOption,
 
     store = Store(config.store_dir(store_dir), open_index=False)
     if not yes:
-        _confirm(f"rebuild {store.db_path} from the run folders in {store.root / 'runs'}?")
+        confirm(f"rebuild {store.db_path} from the run folders in {store.root / 'runs'}?")
     found = store.reindex()
     if as_json:
         print(json.dumps(found))

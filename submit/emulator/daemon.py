@@ -1,5 +1,11 @@
 """The emulator as a process: `serve` in the foreground, or a detached daemon found through its
-state file (`<state dir>/emulator/daemon.json`: pid, API and S3 URLs, executor, log).
+state file (`<state dir>/emulator/daemon.json`: pid, API and S3 URLs, executor, log, data folder).
+
+What it keeps lives in its data folder (`<state dir>/emulator/`, or `--state DIR`), and outlives it:
+    tasks.sqlite   every task, its states, errors and outputs (state.py)
+    s3/            the buckets, on disk (SeaweedFS, s3server.py)
+    cache/         resources downloaded for instances (by ETag)
+    tasks/<pid>/   the instance folders of the running daemon (removed when it is gone)
 
 The token is generated at first start and kept in `<config dir>/emulator-token` with 0600
 permissions; the daemon reads it from there (never from its command line, which `ps` shows).
@@ -37,6 +43,8 @@ class Endpoint:
     pid: int
     executor: str
     log: Path
+    data: Path | None = None
+    storage: str = "seaweedfs"
 
 
 def home() -> Path:
@@ -49,6 +57,15 @@ def state_file() -> Path:
 
 def log_file() -> Path:
     return home() / "daemon.log"
+
+
+def data_dir(state: str | Path | None = None) -> Path:
+    """Where the emulator keeps its tasks and buckets: --state DIR, else its home."""
+    return Path(state).expanduser().absolute() if state else home()
+
+
+# what `emulator reset` wipes (daemon.json, the log and the start lock stay)
+DATA_ENTRIES = ("tasks.sqlite", "tasks.sqlite-wal", "tasks.sqlite-shm", "s3", "cache", "tasks")
 
 
 def token_file() -> Path:
@@ -74,21 +91,39 @@ def ensure_token() -> str:
 
 # ------------------------------------------------------------------------------- foreground
 def serve(port: int = 0, token: str | None = None, executor: str = "process", host: str = "127.0.0.1",
-          s3_port: int = 0, write_state: bool = False, announce=print) -> None:
-    """Run the API and S3 servers until SIGTERM/SIGINT; abort every task on the way out."""
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-
-    from submit.emulator.api import Api, make_server
+          s3_port: int = 0, write_state: bool = False, announce=print, state: str | Path | None = None) -> None:
+    """Run the API and S3 servers until SIGTERM/SIGINT; abort every task on the way out.  Tasks and
+    buckets are kept in the data folder: a restart finds them (those that were running end as
+    Failure)."""
+    from submit.emulator.api import EMAIL, Api, make_server
     from submit.emulator.executors import make_executor
+    from submit.emulator.s3server import make_s3
+    from submit.emulator.state import StateError, TaskStore
     from submit.emulator.storage import Storage
     from submit.emulator.tasks import TaskManager
 
     token = token or ensure_token()
-    s3 = ThreadedMotoServer(ip_address=host, port=s3_port, verbose=False)
-    s3.start()
-    _, s3_bound = s3.get_host_and_port()
-    s3_url = f"http://{host}:{s3_bound}"
-    manager = TaskManager(_work_dir(), Storage(s3_url, home() / "cache"), make_executor(executor))
+    data = data_dir(state)
+    data.mkdir(parents=True, exist_ok=True)
+    s3 = make_s3(config.EMULATOR_STORAGE, data / "s3", EMAIL, token, host, s3_port)
+    s3_url = s3.start()
+    try:
+        store = None
+        if s3.persistent:  # tasks kept over buckets that were not would point at nothing
+            try:
+                store = TaskStore(data / "tasks.sqlite")
+            except StateError as exc:
+                raise QtrainError(f"the emulator's task state cannot be read: {exc}",
+                                  hint="qtrain emulator reset wipes it (tasks and buckets)") from None
+        else:
+            announce(f"qtrain emulator: storage {s3.kind} keeps nothing: tasks and buckets end with the daemon")
+        manager = TaskManager(data / "tasks" / str(os.getpid()),
+                              Storage(s3.direct_url, data / "cache", EMAIL, token),
+                              make_executor(executor), store=store)
+    except BaseException:
+        s3.stop()
+        raise
+    _remove_old_work_dirs(data / "tasks")  # after the restore, which uploads what they held
     server = make_server(Api(manager, token, s3_url), host, port)
     url = f"http://{host}:{server.server_address[1]}"
 
@@ -103,8 +138,10 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     signal.signal(signal.SIGINT, stop)
     if write_state:
         _write_state({"pid": os.getpid(), "url": url, "s3_url": s3_url, "executor": executor,
-                      "started": time.time(), "log": str(log_file())})
-    announce(f"qtrain emulator: API {url}  S3 {s3_url}  executor {executor}  (pid {os.getpid()})")
+                      "started": time.time(), "log": str(log_file()), "data": str(data), "storage": s3.kind})
+    restored = len(manager.tasks)
+    announce(f"qtrain emulator: API {url}  S3 {s3_url} ({s3.kind})  executor {executor}  data {data}"
+             f"{f'  ({restored} tasks kept)' if restored else ''}  (pid {os.getpid()})")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -118,15 +155,14 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
         announce("qtrain emulator: stopped")
 
 
-def _work_dir() -> Path:
-    """This process's task folders.  Those of emulators that are gone are removed: their tasks
-    lived in memory and went with them, and the folders hold copies of every dataset."""
-    root = home() / "tasks"
+def _remove_old_work_dirs(root: Path) -> None:
+    """The instance folders of emulators that are gone (copies of datasets; what they held that
+    mattered was uploaded when their tasks were read back)."""
     if root.is_dir():
         for old in root.iterdir():
-            if old.is_dir() and not (old.name.isdigit() and pid_alive(int(old.name))):
+            if old.is_dir() and old.name != str(os.getpid()) and not (
+                    old.name.isdigit() and pid_alive(int(old.name))):
                 shutil.rmtree(old, ignore_errors=True)
-    return root / str(os.getpid())
 
 
 def _write_state(data: dict[str, Any]) -> None:
@@ -160,7 +196,8 @@ def running() -> Endpoint | None:
         state_file().unlink(missing_ok=True)
         return None
     return Endpoint(data["url"], data["s3_url"], ensure_token(), int(data["pid"]),
-                    data.get("executor", "process"), Path(data.get("log") or log_file()))
+                    data.get("executor", "process"), Path(data.get("log") or log_file()),
+                    Path(data["data"]) if data.get("data") else None, data.get("storage", "moto"))
 
 
 def default_executor() -> str:
@@ -173,21 +210,26 @@ def default_executor() -> str:
     return "docker" if docker_problem() is None and image_id(CPU_TAG) else "process"
 
 
-def start(executor: str | None = None, port: int = 0, timeout: float = 60) -> tuple[Endpoint, bool]:
+def start(executor: str | None = None, port: int = 0, timeout: float = 90,
+          state: str | Path | None = None) -> tuple[Endpoint, bool]:
     """The running daemon, started (detached) if needed.  Returns (endpoint, started_now).
     Several `qtrain run` starting at once share one daemon: the first starts it under a lock."""
     home().mkdir(parents=True, exist_ok=True)
     with open(home() / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _start_locked(executor, port, timeout)
+        return _start_locked(executor, port, timeout, state)
 
 
-def _start_locked(executor: str | None, port: int, timeout: float) -> tuple[Endpoint, bool]:
+def _start_locked(executor: str | None, port: int, timeout: float,
+                  state: str | Path | None) -> tuple[Endpoint, bool]:
     current = running()
     if current is not None:
         if executor and executor != current.executor:
             raise QtrainError(f"the emulator is already running with the {current.executor} executor",
                               hint="qtrain emulator stop first, then start it with --executor")
+        if state and current.data and data_dir(state) != current.data:
+            raise QtrainError(f"the emulator is already running with its data in {current.data}",
+                              hint="qtrain emulator stop first, then start it with --state")
         return current, False
     ensure_token()
     executor = executor or default_executor()
@@ -202,7 +244,8 @@ def _start_locked(executor: str | None, port: int, timeout: float) -> tuple[Endp
         raise QtrainError(f"unknown executor {executor!r}", hint="choose docker or process")
     home().mkdir(parents=True, exist_ok=True)
     log = open(log_file(), "ab")
-    cmd = [sys.executable, "-m", "submit.emulator.daemon", "--port", str(port), "--executor", executor]
+    cmd = [sys.executable, "-m", "submit.emulator.daemon", "--port", str(port), "--executor", executor,
+           "--state", str(data_dir(state))]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             start_new_session=True, close_fds=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -245,16 +288,47 @@ def stop(timeout: float = 30) -> bool:
     return True
 
 
+def reset(state: str | Path | None = None) -> dict[str, int]:
+    """Stop the daemon and wipe its data (tasks, buckets, cache).  The token stays.  Returns what
+    went: {"tasks": n, "bytes": size}."""
+    stop()
+    data = data_dir(state)
+    gone = {"tasks": 0, "bytes": 0}
+    db = data / "tasks.sqlite"
+    if db.is_file():
+        import sqlite3
+
+        try:
+            with sqlite3.connect(db) as conn:
+                gone["tasks"] = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+        except sqlite3.DatabaseError:
+            pass
+    for name in DATA_ENTRIES:
+        path = data / name
+        if path.is_dir():
+            gone["bytes"] += sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(path)
+        elif path.exists():
+            gone["bytes"] += path.stat().st_size
+            path.unlink()
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m submit.emulator.daemon")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--executor", default="process")
+    parser.add_argument("--state", default=None)
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every S3 request
-    serve(port=args.port, executor=args.executor, write_state=True,
-          announce=lambda m: print(time.strftime("%Y-%m-%d %H:%M:%S"), m, flush=True))
+    announce = lambda m: print(time.strftime("%Y-%m-%d %H:%M:%S"), m, flush=True)  # noqa: E731
+    try:
+        serve(port=args.port, executor=args.executor, write_state=True, announce=announce, state=args.state)
+    except QtrainError as exc:
+        announce(f"qtrain emulator: {exc}")
+        return 1
     return 0
 
 

@@ -10,14 +10,10 @@ from typing import Any
 
 
 class Storage:
-    def __init__(self, s3_url: str, cache_dir: Path):
-        import boto3
-        import botocore.config
+    def __init__(self, s3_url: str, cache_dir: Path, access_key: str, secret: str):
+        from submit.emulator.s3server import s3_client
 
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=s3_url, aws_access_key_id="qtrain-emulator",
-            aws_secret_access_key="qtrain-emulator", region_name="us-east-1",
-            config=botocore.config.Config(s3={"addressing_style": "path"}))
+        self.client = s3_client(s3_url, access_key, secret)  # the account's identity, as Qarnot's nodes
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()

