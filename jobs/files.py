@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from jobs.errors import JobError
 from jobs.spec import Job, is_builtin_source
 
 JOB_FILE = "job.json"  # the resolved job, in the task's working directory beside the data
@@ -84,11 +86,35 @@ def job_files(job: Job, base_dir: Path) -> list[JobFile]:
         local = resolve(value, base_dir)
         remote = portable_path(field, value)
         if local.is_dir():
-            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            for path in folder_files(local, field):
                 out.append(JobFile(field, f"{remote}/{path.relative_to(local).as_posix()}", path))
         elif local.exists():
             out.append(JobFile(field, remote, local))
     return out
+
+
+def folder_files(folder: Path, field: str) -> list[Path]:
+    """The files in a data folder, in a stable order.  A symbolic link is followed only where it
+    stays inside the folder: one that leads out of it (to a key, another project, /etc) is an error
+    rather than something sent to the cloud unseen."""
+    root = folder.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        for name in dirnames + filenames:
+            path = here / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise JobError(f"{field}: {path} is a symbolic link to {target}, outside the folder {folder}",
+                               hint="qtrain sends only what lies inside a data folder: copy the file in, "
+                                    "or remove the link")
+        for name in filenames:
+            path = here / name
+            if path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def file_sha256(path: Path) -> str:

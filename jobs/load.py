@@ -91,6 +91,33 @@ def load_job_dict(raw: dict[str, Any], base_dir: Path, source: str = "job.json")
     return LoadedJob(job, base_dir, source, copy.deepcopy(raw))
 
 
+MAX_VALUES = 100_000  # values in a job file once its aliases are expanded
+
+
+def expanded_size(data: Any) -> int:
+    """How many values `data` holds with shared (aliased) parts counted every time they appear,
+    computed without expanding them (each object is sized once)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a self-referencing alias counts once, never loops
+        children = node.values() if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_VALUES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    return size(data)
+
+
 def parse_text(text: str, source: str, json_file: bool = False) -> dict[str, Any]:
     try:
         data = json.loads(text) if json_file else yaml.safe_load(text)
@@ -102,6 +129,10 @@ def parse_text(text: str, source: str, json_file: bool = False) -> dict[str, Any
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise JobError(f"Invalid job file {source}: YAML syntax error{where}: {problem}") from exc
+    if expanded_size(data) > MAX_VALUES:  # YAML aliases can make a small file a huge tree
+        raise JobError(f"Invalid job file {source}: it expands to more than {MAX_VALUES} values "
+                       f"(YAML aliases repeated inside each other?)",
+                       hint="write the values out, without nested aliases")
     if data is None:
         raise JobError(f"Invalid job file {source}: the file is empty",
                        hint="start from a catalog job: qtrain catalog")

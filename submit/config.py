@@ -61,3 +61,9 @@ EMULATOR_STORAGE = os.environ.get("QTRAIN_EMULATOR_STORAGE") or None
 def mlflow_export_enabled() -> bool:
     """QTRAIN_MLFLOW_EXPORT=1: every retrieved run is exported to MLflow (MLFLOW_TRACKING_URI)."""
     return os.environ.get("QTRAIN_MLFLOW_EXPORT", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def store_lock_seconds() -> float:
+    """QTRAIN_STORE_LOCK_SECONDS: how long a command waits for another process's write to the
+    results store's index (default 60)."""
+    return float(os.environ.get("QTRAIN_STORE_LOCK_SECONDS") or 60)

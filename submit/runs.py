@@ -47,6 +47,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     from submit.checks import check
 
     job = loaded.job
+    store.ensure_writable()  # before anything is uploaded
     backend.check_image(job.resources.image)
     backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
     report, remembered = check(loaded, recheck)  # every mistake caught here, before any upload

@@ -31,8 +31,8 @@ from typing import Any, Iterator
 
 from jobs.errors import QtrainError
 from jobs.load import sweep_trials
-from jobs.results import (Metrics, SweepSummary, atomic_write, headline, parse_metrics, read_json, summarize,
-                          trial_dir)
+from jobs.results import Metrics, SweepSummary, atomic_write, headline, parse_metrics, read_json, summarize, trial_dir
+from submit.config import store_lock_seconds
 
 STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -161,6 +161,14 @@ class RunRecord:
         return name, (m.score("test", name) if m else None)
 
 
+def read_only(folder: Path) -> bool:
+    """Is `folder` on a read-only file system, or not writable by this user?"""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
 class Store:
     def __init__(self, root: Path, open_index: bool = True):
         self.root = Path(root).expanduser()
@@ -170,12 +178,23 @@ class Store:
             raise QtrainError(f"results store {self.root}: cannot create it ({exc.strerror})",
                               hint="choose another folder with --store or QTRAIN_STORE") from exc
         self.db_path = self.root / "index.sqlite"
+        self.read_only = read_only(self.root)
         if open_index:  # (reindex rebuilds an index that cannot be opened)
             self._init_db()
 
     def _init_db(self) -> None:
         """WAL mode (kept in the file, so set once) and the schema.  Several processes opening a
         new store at once can get SQLITE_BUSY here without the busy handler being called: retry."""
+        if self.read_only:  # read as it is: listing and showing work, writing says why not
+            if not self.db_path.is_file():
+                raise QtrainError(f"results store {self.root} is read-only and has no index yet",
+                                  hint="make it writable, or choose another with --store")
+            try:
+                with self._connect() as db:
+                    db.execute("SELECT COUNT(*) FROM runs").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from exc
+            return
         for attempt in range(100):
             try:
                 with self._connect() as db:
@@ -218,25 +237,40 @@ class Store:
     # ------------------------------------------------------------------------------ plumbing
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        wait = store_lock_seconds()
+        if self.read_only:  # no -shm/-wal can be made there: open the file as it is, read-only
+            db = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro&immutable=1", uri=True,
+                                 isolation_level=None)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=wait, isolation_level=None)
         try:
-            db.execute("PRAGMA busy_timeout=60000")
+            db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
             db.row_factory = sqlite3.Row
             yield db
         finally:
             db.close()
 
+    def ensure_writable(self) -> None:
+        """A clear error now, rather than after an upload, when nothing can be saved here."""
+        if self.read_only:
+            raise QtrainError(f"results store {self.root} is read-only: nothing can be saved in it",
+                              hint="make it writable, or choose another with --store")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self.ensure_writable()
         with self._connect() as db:
-            for attempt in range(50):
+            for attempt in range(3):
                 try:
-                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for a writer
                     break
-                except sqlite3.OperationalError:  # locked past the busy timeout: back off
+                except sqlite3.OperationalError as exc:  # locked past it (or SQLITE_BUSY at once)
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
                     time.sleep(0.05 * (attempt + 1))
             else:
-                raise QtrainError(f"results store {self.db_path}: locked by another process")
+                raise QtrainError(f"results store {self.db_path}: locked by another process",
+                                  hint="wait for the other qtrain to finish, or stop it, then run this again")
             try:
                 yield db
                 db.execute("COMMIT")
@@ -383,6 +417,7 @@ class Store:
     def reindex(self) -> dict[str, Any]:
         """A new index.sqlite from the run folders' records (the old one, if any, kept beside it
         as index.sqlite.damaged-<time>).  Returns what was found."""
+        self.ensure_writable()
         records, skipped = [], []
         for folder in sorted((self.root / "runs").iterdir()):
             if not folder.is_dir() or folder.name.startswith("."):

@@ -260,8 +260,12 @@ class QarnotBackend(Backend):
         for o, local in todo:
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.part")
-            bucket.get_file(o.key, local=str(tmp))
-            os.replace(tmp, local)
+            try:
+                bucket.get_file(o.key, local=str(tmp))
+                os.replace(tmp, local)
+            except BaseException:  # a full disk, an interruption: no half file stays behind
+                tmp.unlink(missing_ok=True)
+                raise
             total += o.size
             if progress:
                 progress(o.size)

@@ -65,7 +65,11 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
                 raise typer.Exit(closed_pipe()) from None
             except (typer.Exit, typer.Abort):
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
+                problem = environment_problem(exc)
+                if problem is not None:
+                    err_console.print(f"[bold red]error:[/] {problem.one_line()}", highlight=False, soft_wrap=True)
+                    raise typer.Exit(problem.exit_code) from None
                 err_console.print("[bold red]internal error[/] (please report it with this traceback):")
                 traceback.print_exc()
                 raise typer.Exit(1) from None
@@ -73,6 +77,41 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
         return (group or app).command(*args, **kwargs)(guarded)
 
     return decorate
+
+
+def environment_problem(exc: BaseException) -> QtrainError | None:
+    """A full disk, a read-only or forbidden folder, a locked or read-only index: not a bug but
+    this machine's state, said in one line with what to do.  Whatever was written before stays (the
+    store writes files whole, then renames them, and the index in transactions)."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return QtrainError(f"the results store's index is locked by another process ({text})",
+                               hint="wait for the other qtrain to finish, or stop it, then run this again")
+        if "readonly" in text or "read-only" in text:
+            return QtrainError(f"the results store's index cannot be written ({text})",
+                               hint="make the store writable, or choose another with --store")
+        if "disk is full" in text or "disk I/O" in text:
+            return QtrainError(f"the results store's index cannot be written ({text})",
+                               hint="free some space, then run this again: nothing retrieved so far is lost")
+        return None
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return QtrainError(f"no space left to write{where} ({exc.strerror})",
+                           hint="free some space, then run this again: files already written are kept, "
+                                "and a retrieval picks up where it stopped")
+    if exc.errno == errno.EROFS:
+        return QtrainError(f"cannot write{where}: the file system is read-only",
+                           hint="choose a writable folder (--store, QTRAIN_STORE)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return QtrainError(f"permission denied:{where or ' a file qtrain needs'}",
+                           hint="fix the folder's permissions, or choose another with --store")
+    return None
 
 
 SetOption = typer.Option(None, "--set", "-s", metavar="KEY.PATH=VALUE",
