@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jobs.results import CLASSIFICATION_FILES, RESULT_FILES
 from runner.data import read_idx
 from runner.predict import load_model
-from jobs.results import CLASSIFICATION_FILES, RESULT_FILES
 
 pytestmark = pytest.mark.slow
 

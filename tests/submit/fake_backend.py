@@ -9,8 +9,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from submit.backends.base import (Backend, BackendUnreachable, Downloaded, TaskNotFound, TaskRequest,
-                                  TaskStatus)
+from submit.backends.base import Backend, BackendUnreachable, Downloaded, TaskNotFound, TaskRequest, TaskStatus
 
 
 @dataclass

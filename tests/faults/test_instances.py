@@ -1,0 +1,77 @@
+"""The training process killed inside an instance (the machine ran out of memory, a node was lost):
+the task fails with the reason, the checkpoints it wrote come home, and `qtrain resume` continues
+to exactly the uninterrupted run's result.  On the session's emulator, through the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.submit.test_run import _wait_for
+
+pytestmark = pytest.mark.faults
+
+
+def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtrain, store_dir, csv_job):
+    run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
+                 "--set", "train.checkpoint_every=1",
+                 "--detach", "--json", "--store", store_dir).json()
+    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    time.sleep(1)
+    _kill_instance(run["task_uuid"])  # as if the machine ran out of memory
+    result = qtrain("fetch", run["run_id"], "--json", "--store", store_dir)
+    assert result.code == 1
+    data = result.json()
+    assert data["state"] == "failed" and "status 137" in data["error"]
+    assert "task Failure" in result.err and "stderr" in result.err
+    assert (Path(data["artifacts_dir"]) / "checkpoint.pt").is_file()
+
+
+def test_resume_continues_a_killed_run_to_the_uninterrupted_result(qtrain, store_dir, csv_job):
+    import torch
+
+    long = ["--set", "train.epochs=2500", "--set", "train.early_stopping=null", "--set",
+            "train.checkpoint_every=1", "--store", store_dir]
+    reference = qtrain("run", csv_job, *long, "--json").json()
+    assert reference["state"] == "succeeded"
+    run = qtrain("run", csv_job, *long, "--detach", "--json").json()
+    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    _kill_instance(run["task_uuid"])  # the machine died mid-training
+    failed = qtrain("fetch", run["run_id"], "--json", "--store", store_dir)
+    assert failed.code == 1 and failed.json()["state"] == "failed"
+    stopped_at = torch.load(Path(run["artifacts_dir"]) / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 0 < stopped_at < 2500
+
+    resumed = qtrain("resume", run["run_id"], "--json", "--store", store_dir)
+    assert resumed.code == 0, resumed.err
+    data = resumed.json()
+    assert data["state"] == "succeeded" and data["resumed_from"] == run["run_id"]
+    assert f"resumed from checkpoint.pt at epoch {stopped_at}" in resumed.err
+    assert data["metrics"]["epochs_run"] == 2500
+    for split in ("train", "test"):
+        assert data["metrics"][split] == reference["metrics"][split], split
+    assert data["metrics"]["train_loss"] == reference["metrics"]["train_loss"]
+
+    gone = qtrain("resume", reference["run_id"], "--store", store_dir)  # it has its final checkpoint
+    assert gone.code == 0  # nothing left to train: the same model, evaluated again
+    refused = qtrain("resume", run["run_id"], "--epochs", "0", "--store", store_dir)
+    assert refused.code == 2 and "Traceback" not in refused.err
+
+
+def _kill_instance(task_uuid: str) -> None:
+    """SIGKILL the process that runs in the task's instance folder."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if task_uuid in cwd:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return
+    raise AssertionError(f"no process runs task {task_uuid}")
