@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.submit.conftest import wait_task  # noqa: F401 - the same polling helper
-
 
 @pytest.fixture
 def conn_factory():

@@ -4,14 +4,12 @@ to exactly the uninterrupted run's result.  On the session's emulator, through t
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.submit.test_run import _wait_for
+from tests.submit.test_run import _kill_instance, _wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -60,18 +58,3 @@ def test_resume_continues_a_killed_run_to_the_uninterrupted_result(qtrain, store
     assert gone.code == 0  # nothing left to train: the same model, evaluated again
     refused = qtrain("resume", run["run_id"], "--epochs", "0", "--store", store_dir)
     assert refused.code == 2 and "Traceback" not in refused.err
-
-
-def _kill_instance(task_uuid: str) -> None:
-    """SIGKILL the process that runs in the task's instance folder."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if task_uuid in cwd:
-            os.kill(int(proc.name), signal.SIGKILL)
-            return
-    raise AssertionError(f"no process runs task {task_uuid}")

@@ -191,6 +191,21 @@ def test_cancel_brings_home_the_last_timed_checkpoint(qtrain, store_dir, csv_job
     assert saved["epoch"] > 1 and saved["format"] == "qtrain-checkpoint/1"
 
 
+def _kill_instance(task_uuid: str) -> None:
+    """SIGKILL the process that runs in the task's instance folder."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if task_uuid in cwd:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return
+    raise AssertionError(f"no process runs task {task_uuid}")
+
+
 def _wait_for(predicate, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
