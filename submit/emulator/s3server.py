@@ -126,6 +126,7 @@ class SeaweedS3:
         log.close()
         (self.folder / "weed.pid").write_text(str(self.proc.pid))
         self.direct_url = f"http://{self.host}:{s3}"
+        self.master_url = f"http://{self.host}:{master}"
         self._wait_ready(timeout)
         self.front = S3Front(self.direct_url, self.host, self.s3_port)
         self.url = self.front.start()
@@ -133,19 +134,24 @@ class SeaweedS3:
 
     def _wait_ready(self, timeout: float) -> None:
         """Up when a signed request with the identity lists the buckets (the S3 port opens before
-        the filer behind it answers)."""
+        the filer behind it answers) and the master knows every volume on disk (until the volume
+        server's first heartbeat, reading an object kept from before is an InternalError)."""
         client = s3_client(self.direct_url, self.access_key, self.secret, attempts=1, timeout=2)
+        on_disk = len(list((self.folder / "data").glob("*.dat")))
         deadline = time.monotonic() + timeout
-        last: Exception | None = None
+        last: Exception | str | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             try:
                 client.list_buckets()
-                return
+                known = self._volumes_known()
+                if known >= on_disk:
+                    return
+                last = f"{known} of {on_disk} volumes registered"
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
-                time.sleep(0.1)
+            time.sleep(0.1)
         self.stop()
         tail = ""
         try:
@@ -154,6 +160,14 @@ class SeaweedS3:
             pass
         raise QtrainError(f"the emulator's S3 storage (SeaweedFS) did not start: {last or tail}",
                           hint=f"see {self.folder / 'weed.log'}")
+
+    def _volumes_known(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.master_url}/dir/status", timeout=2) as answer:
+            topology = json.load(answer).get("Topology") or {}
+        return sum(int(node.get("Volumes") or 0) for dc in topology.get("DataCenters") or []
+                   for rack in dc.get("Racks") or [] for node in rack.get("DataNodes") or [])
 
     def _kill_leftover(self) -> None:
         """A weed left by a daemon that died without its child (not Linux, or the pid file of a

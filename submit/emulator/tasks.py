@@ -132,6 +132,7 @@ class Task:
         self.thread = threading.Thread(target=self._run, name=f"task-{self.uuid[:8]}", daemon=True)
         self._snapshot_thread: threading.Thread | None = None
         self.saved: tuple[str, dict[tuple[str, int], int]] | None = None  # what the state file holds
+        self.settled = False  # ended and saved after its thread finished: only outputs can change
 
     # ---------------------------------------------------------------------------- durability
     def outputs(self) -> dict[tuple[str, int], Output]:
@@ -478,9 +479,11 @@ class TaskManager:
         if self.store is None or task.uuid not in self.tasks:  # deleted: its row is gone and stays so
             return
         with task.lock:
-            data = json.dumps(task.record(), sort_keys=True)
             versions = {k: o.version for k, o in task.outputs().items()}
             old_data, old_versions = task.saved or (None, {})
+            if task.settled and versions == old_versions:
+                return  # ended, saved since, nothing read or written: the flusher skips it cheaply
+            data = json.dumps(task.record(), sort_keys=True)
             outputs = {k: o.dump() for k, o in task.outputs().items() if old_versions.get(k) != versions[k]}
         if data == old_data and not outputs:
             return
@@ -490,6 +493,7 @@ class TaskManager:
             print(f"[emulator] could not save task {task.uuid} to {self.store.path}: {exc}", file=sys.stderr)
             return
         task.saved = (data, versions)
+        task.settled = task.done and not task.thread.is_alive()
 
     def _flush_loop(self) -> None:
         while not self._stopping.wait(self.FLUSH_SECONDS):
@@ -507,6 +511,7 @@ class TaskManager:
                 print(f"[emulator] task {uuid} in {self.store.path} cannot be read back: {exc}", file=sys.stderr)
                 continue
             task.saved = (json.dumps(task.record(), sort_keys=True), {k: o.version for k, o in task.outputs().items()})
+            task.settled = task.done
             with self.lock:
                 self.tasks[uuid] = task
             if not task.done:
