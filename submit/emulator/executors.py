@@ -321,7 +321,7 @@ class DockerExecutor:
             cmd += ["--label", f"{key}={value}"]
         cmd += ["--network", "none", "--cpus", str(cpus), "--memory", f"{memory_mb}m", "--pull", "never"]
         if os.geteuid() == 0:
-            writable.chmod(0o777)
+            writable_tree(writable)
         else:
             cmd += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
         if gpu:
@@ -415,8 +415,8 @@ class WarmContainer:
             path.write_bytes(b"")
             path.chmod(0o666)
         if os.geteuid() == 0:
-            for folder in (spec.workdir, spec.workdir.parent):
-                folder.chmod(0o777)
+            spec.workdir.parent.chmod(0o777)
+            writable_tree(spec.workdir)
         env = dict(spec.env)
         env.update({"QARNOT_RESOURCES_DIRECTORY": str(spec.workdir),
                     "QARNOT_RESULTS_DIRECTORY": str(spec.workdir),
@@ -473,6 +473,13 @@ class WarmDockerRunning(Running):
             except OSError:
                 return
             self.ended.wait(grace)
+
+
+def writable_tree(folder: Path) -> None:
+    """Let the image's non-root user write in `folder` and every folder staged inside it (a resumed
+    run's `out/` holds the checkpoint it replaces), as root's staging made them 0755."""
+    for dirpath, _, _ in os.walk(folder):
+        os.chmod(dirpath, 0o777)
 
 
 def pid_alive(pid: int) -> bool:

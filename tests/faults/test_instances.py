@@ -11,7 +11,7 @@ import pytest
 
 from tests.submit.test_run import _kill_instance, _wait_for
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("emulator")]
 
 
 def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtrain, store_dir, csv_job):
