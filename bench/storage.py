@@ -36,13 +36,9 @@ def free_port() -> int:
 
 
 def client(url: str, secret: str = SECRET):
-    import boto3
-    import botocore.config
+    from submit.emulator.s3server import s3_client
 
-    return boto3.client("s3", endpoint_url=url, aws_access_key_id=EMAIL, aws_secret_access_key=secret,
-                        region_name="us-east-1",
-                        config=botocore.config.Config(s3={"addressing_style": "path"},
-                                                      retries={"max_attempts": 1}))
+    return s3_client(url, EMAIL, secret, attempts=1)
 
 
 def serve_storage(folder: Path, weed: str | None, urls, done) -> None:

@@ -263,13 +263,18 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o666) -> None:
+    """Write to a temporary name beside `path`, then rename: a reader never sees half a file.  The
+    file is created with `mode` (less the umask), so a secret (0o600) is never readable by others,
+    not even for the moment before a chmod."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
+        if mode & 0o077 == 0:
+            os.chmod(tmp, mode)  # an existing leftover tmp keeps its old mode otherwise
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

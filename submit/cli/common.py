@@ -177,14 +177,11 @@ def entrypoint() -> None:
     sys.exit(main())
 
 
-
 YesOption = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 
 def confirm(question: str) -> None:
     """Ask on the terminal; no terminal is an error that names --yes; "no" exits 1."""
-    import sys
-
     if not sys.stdin.isatty():
         raise QtrainError(f"{question} (no terminal to ask on)", hint="add --yes")
     if not typer.confirm(question, default=False):

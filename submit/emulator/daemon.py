@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import QtrainError
+from jobs.results import atomic_write
 from submit import config
 from submit.emulator.executors import pid_alive
 
@@ -83,9 +84,7 @@ def ensure_token() -> str:
             return token
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    atomic_write(path, token + "\n", mode=0o600)
     return token
 
 

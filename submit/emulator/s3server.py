@@ -33,6 +33,7 @@ import urllib.parse
 from pathlib import Path
 
 from jobs.errors import QtrainError
+from jobs.results import atomic_write
 
 MASTER_TOML = """\
 # written by qtrain: one volume per bucket (SeaweedFS grows 7 by default, each an open file pair)
@@ -104,13 +105,10 @@ class SeaweedS3:
         data.mkdir(parents=True, exist_ok=True)
         self._kill_leftover()
         (self.folder / "master.toml").write_text(MASTER_TOML)
-        ids = self.folder / "identities.json"  # holds the token: 0600, written before it has content
-        fd = os.open(ids, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"identities": [{"name": "qarnot", "credentials": [
-                {"accessKey": self.access_key, "secretKey": self.secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, fh)
-        ids.chmod(0o600)
+        ids = self.folder / "identities.json"  # holds the token: created 0600 before it has content
+        atomic_write(ids, json.dumps({"identities": [{"name": "qarnot", "credentials": [
+            {"accessKey": self.access_key, "secretKey": self.secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}), mode=0o600)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3 = free_ports(8, self.host)
         cmd = [self.weed, "server", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
                f"-master.port={master}", f"-master.port.grpc={master_grpc}",
@@ -273,6 +271,7 @@ class S3Front:
 
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname, parsed.port)
+
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address) -> None:  # a client gone mid-answer: quiet
                 if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
