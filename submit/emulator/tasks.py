@@ -38,29 +38,63 @@ LOG_LIMIT = 4 << 20  # characters of stdout/stderr kept per stream (Qarnot's buf
 
 @dataclass
 class Output:
-    """One instance's stdout or stderr, and the task-wide view of it."""
+    """One instance's stdout or stderr, and the task-wide view of it: a ring of lines (the oldest
+    dropped past LOG_LIMIT characters) and where the state file stands.
+
+    Offsets are absolute (characters since the buffer began), so what the state file lacks is a
+    suffix: the flusher appends it as a chunk instead of rewriting the whole log twice a second.
+    """
 
     text: list[str] = field(default_factory=list)
     size: int = 0
     fresh_at: int = 0  # index into `text` of the first line not yet read by a "fresh" request
     version: int = 0  # bumped by every change (what the state flusher compares)
+    dropped: int = 0  # characters dropped from the front since the buffer began
+    saved: int = 0  # absolute end of what the state file holds
+    base: int = 0  # absolute offset of the state file's first character for this buffer
+    stored: int = 0  # characters the state file holds for this buffer (chunks summed)
 
     def add(self, line: str) -> None:
         self.text.append(line)
         self.size += len(line)
         self.version += 1
         while self.size > LOG_LIMIT and len(self.text) > 1:
-            self.size -= len(self.text.pop(0))
+            gone = self.text.pop(0)
+            self.size -= len(gone)
+            self.dropped += len(gone)
             self.fresh_at = max(0, self.fresh_at - 1)
 
-    def dump(self) -> tuple[str, int]:
-        """(text, characters already read fresh): how the state file keeps it."""
-        return "".join(self.text), sum(len(x) for x in self.text[:self.fresh_at])
+    @property
+    def end(self) -> int:
+        return self.dropped + self.size
+
+    def pending(self) -> tuple[bool, str, int]:
+        """What the state file needs: (replace everything?, text to write, characters of the
+        stored text already read fresh).  Replacing happens when the file would otherwise hold a
+        gap (lines dropped before they were saved) or more than twice what the buffer keeps."""
+        read = self.dropped + sum(len(x) for x in self.text[:self.fresh_at])
+        new = self.end - max(self.saved, self.dropped)
+        if self.saved < self.dropped or self.stored + new > 2 * LOG_LIMIT:
+            return True, "".join(self.text), read - self.dropped
+        whole = "".join(self.text)
+        return False, whole[len(whole) - new:] if new else "", read - self.base
+
+    def mark_saved(self, replaced: bool, written: int, end: int, dropped: int) -> None:
+        """The state file now holds the buffer up to `end` (`dropped` as it was when computed)."""
+        if replaced:
+            self.base, self.stored = dropped, written
+        else:
+            self.stored += written
+        self.saved = end
 
     @classmethod
     def load(cls, text: str, fresh_chars: int) -> "Output":
+        """A buffer from the state file's text (trimmed to LOG_LIMIT); its first save replaces."""
+        cut = max(0, len(text) - LOG_LIMIT)
+        text, fresh_chars = text[cut:], max(0, fresh_chars - cut)
         read, unread = text[:fresh_chars], text[fresh_chars:]
-        return cls(text=[p for p in (read, unread) if p], size=len(text), fresh_at=1 if read else 0)
+        return cls(text=[p for p in (read, unread) if p], size=len(text), fresh_at=1 if read else 0,
+                    saved=-1)
 
     def whole(self) -> str:
         return "".join(self.text)
@@ -174,6 +208,7 @@ class Task:
                 loaded = Output.load(text, fresh_chars)
                 target = buffers[key]
                 target.text, target.size, target.fresh_at = loaded.text, loaded.size, loaded.fresh_at
+                target.saved = loaded.saved
         return task
 
     # -------------------------------------------------------------------------------- state
@@ -484,7 +519,9 @@ class TaskManager:
             if task.settled and versions == old_versions:
                 return  # ended, saved since, nothing read or written: the flusher skips it cheaply
             data = json.dumps(task.record(), sort_keys=True)
-            outputs = {k: o.dump() for k, o in task.outputs().items() if old_versions.get(k) != versions[k]}
+            changed = {k: o for k, o in task.outputs().items() if old_versions.get(k) != versions[k]}
+            outputs = {k: o.pending() for k, o in changed.items()}
+            marks = {k: (o.end, o.dropped) for k, o in changed.items()}
         if data == old_data and not outputs:
             return
         try:
@@ -492,6 +529,9 @@ class TaskManager:
         except Exception as exc:  # noqa: BLE001 - a full disk must not kill the task; said in the log
             print(f"[emulator] could not save task {task.uuid} to {self.store.path}: {exc}", file=sys.stderr)
             return
+        with task.lock:
+            for key, (replaced, text, _) in outputs.items():
+                changed[key].mark_saved(replaced, len(text), *marks[key])
         task.saved = (data, versions)
         task.settled = task.done and not task.thread.is_alive()
 
