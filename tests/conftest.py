@@ -9,8 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from tests import datagen
@@ -138,11 +136,5 @@ def store_dir(tmp_path):
 @pytest.fixture
 def csv_job(tmp_path, write_job):
     """A small classification table on disk (so that it is uploaded), and its job file."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 3))
-    frame = pd.DataFrame(x, columns=["a", "b", "c"])
-    frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
-    frame.to_csv(tmp_path / "table.csv", index=False)
-    return write_job({"name": "table", "task": "classification",
-                      "data": {"path": "table.csv", "target": "label"},
-                      "model": {"hidden": [16]}, "train": {"epochs": 3}})
+    datagen.small_table(tmp_path / "table.csv")
+    return write_job(datagen.SMALL_JOB)

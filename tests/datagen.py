@@ -47,6 +47,21 @@ def _digits28(seed: int = 0, n_train: int = 3000, n_test: int = 400):
     return x_train, y_train, x_test, y_test
 
 
+def small_table(path: Path, rows: int = 400, seed: int = 0) -> Path:
+    """A separable classification table (a, b, c -> label yes/no): the tests' smallest real job."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    frame.to_csv(path, index=False)
+    return path
+
+
+# the job that trains on `small_table`
+SMALL_JOB = {"name": "table", "task": "classification", "data": {"path": "table.csv", "target": "label"},
+             "model": {"hidden": [16]}, "train": {"epochs": 3}}
+
+
 def mnist_idx(folder: Path, n_train: int = 3000, n_test: int = 400, gz: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     x, y, xt, yt = _digits28(n_train=n_train, n_test=n_test)

@@ -8,15 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
+from submit.emulator.executors import pid_alive
+from tests import datagen
 from tests.conftest import CliResult
+from tests.datagen import SMALL_JOB
+from tests.helpers import wait_for
 
 
 class World:
@@ -72,39 +73,18 @@ class World:
     def kill_daemon(self) -> int:
         pid = self.daemon()["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10)
+        wait_for(lambda: not pid_alive(pid), 10)
         return pid
 
     # ------------------------------------------------------------------------------- a job
     def job(self, name: str = "table", data_name: str = "table.csv", **train) -> Path:
         """A small classification table and its job file."""
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(400, 3))
-        frame = pd.DataFrame(x, columns=["a", "b", "c"])
-        frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
-        frame.to_csv(self.root / data_name, index=False)
+        datagen.small_table(self.root / data_name)
+        job = {**SMALL_JOB, "name": name, "data": {**SMALL_JOB["data"], "path": data_name},
+               "train": {**SMALL_JOB["train"], **train}}
         path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"name": name, "task": "classification",
-                                        "data": {"path": data_name, "target": "label"},
-                                        "model": {"hidden": [16]}, "train": {"epochs": 3, **train}}))
+        path.write_text(yaml.safe_dump(job))
         return path
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {predicate}")
 
 
 def one_line_error(result: CliResult) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.submit.test_run import _kill_instance, _wait_for
+from tests.helpers import kill_instance, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("emulator")]
 
@@ -18,9 +18,9 @@ def test_a_failed_task_shows_the_error_and_stderr_and_keeps_partial_results(qtra
     run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
                  "--set", "train.checkpoint_every=1",
                  "--detach", "--json", "--store", store_dir).json()
-    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(1)
-    _kill_instance(run["task_uuid"])  # as if the machine ran out of memory
+    kill_instance(run["task_uuid"])  # as if the machine ran out of memory
     result = qtrain("fetch", run["run_id"], "--json", "--store", store_dir)
     assert result.code == 1
     data = result.json()
@@ -37,8 +37,8 @@ def test_resume_continues_a_killed_run_to_the_uninterrupted_result(qtrain, store
     reference = qtrain("run", csv_job, *long, "--json").json()
     assert reference["state"] == "succeeded"
     run = qtrain("run", csv_job, *long, "--detach", "--json").json()
-    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
-    _kill_instance(run["task_uuid"])  # the machine died mid-training
+    wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    kill_instance(run["task_uuid"])  # the machine died mid-training
     failed = qtrain("fetch", run["run_id"], "--json", "--store", store_dir)
     assert failed.code == 1 and failed.json()["state"] == "failed"
     stopped_at = torch.load(Path(run["artifacts_dir"]) / "checkpoint.pt", weights_only=False)["epoch"]

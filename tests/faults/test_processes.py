@@ -4,14 +4,14 @@ asserts what the user sees (one line, an exit status) and what survives (store r
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.faults.conftest import wait_for
+from submit.emulator.executors import pid_alive
+from tests.helpers import processes_in, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -20,19 +20,6 @@ LONG = ["--set", "train.epochs=100000", "--set", "train.early_stopping=null", "-
 
 def _epoch_seen(world, run_id: str) -> bool:
     return "epoch=" in world.cli("logs", run_id).out
-
-
-def _processes_in(folder: Path) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cwd = os.readlink(proc / "cwd")
-            except OSError:
-                continue
-            if cwd.startswith(str(folder)):
-                found.append(int(proc.name))
-    return found
 
 
 def test_kill9_of_qtrain_run_while_following_then_fetch_from_a_new_process(world):
@@ -65,13 +52,13 @@ def test_kill9_of_the_daemon_mid_task_loses_no_task_and_brings_the_checkpoint_ho
     weed_pid = int((world.emulator_home / "s3" / "weed.pid").read_text())
 
     world.kill_daemon()
-    wait_for(lambda: not Path(f"/proc/{weed_pid}").exists() or _is_zombie(weed_pid), 10)  # died with it
+    wait_for(lambda: not pid_alive(weed_pid), 10)  # died with it
 
     status = world.cli("status", running["run_id"], "--json")  # starts the emulator again
     assert status.code in (0, 1), status.err
     data = status.json()
     assert data["state"] == "failed" and "emulator stopped" in data["error"]
-    assert not _processes_in(old_tasks)  # the orphaned training process was stopped
+    assert not processes_in(old_tasks)  # the orphaned training process was stopped
     checkpoint = Path(data["artifacts_dir"]) / "checkpoint.pt"
     assert checkpoint.is_file()
     stopped_at = torch.load(checkpoint, weights_only=False)["epoch"]
@@ -113,7 +100,3 @@ def test_emulator_reset_asks_then_wipes_tasks_and_buckets(world):
     assert run["run_id"] in listed.out
 
 
-def _is_zombie(pid: int) -> bool:
-    from tests.faults.conftest import _zombie
-
-    return _zombie(pid)

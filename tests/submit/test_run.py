@@ -18,6 +18,7 @@ import pytest
 
 from jobs.results import CLASSIFICATION_FILES, RESULT_FILES
 from submit.store import Store
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("emulator")
 
@@ -169,7 +170,7 @@ def test_cancel_stops_the_task_and_keeps_the_checkpoint(qtrain, store_dir, csv_j
     run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
                  "--set", "train.checkpoint_every=1",
                  "--detach", "--json", "--store", store_dir).json()
-    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(1)  # a checkpoint or two
     result = qtrain("cancel", run["run_id"], "--json", "--store", store_dir)
     assert result.code == 1 and result.json()["state"] == "cancelled"
@@ -183,36 +184,12 @@ def test_cancel_brings_home_the_last_timed_checkpoint(qtrain, store_dir, csv_job
 
     run = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
                  "--set", "train.checkpoint_minutes=0.005", "--detach", "--json", "--store", store_dir).json()
-    _wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    wait_for(lambda: "epoch=" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(1.5)  # a few timed checkpoints
     result = qtrain("cancel", run["run_id"], "--json", "--store", store_dir)
     assert result.code == 1 and result.json()["state"] == "cancelled"
     saved = torch.load(Path(run["artifacts_dir"]) / "checkpoint.pt", weights_only=False)
     assert saved["epoch"] > 1 and saved["format"] == "qtrain-checkpoint/1"
-
-
-def _kill_instance(task_uuid: str) -> None:
-    """SIGKILL the process that runs in the task's instance folder."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if task_uuid in cwd:
-            os.kill(int(proc.name), signal.SIGKILL)
-            return
-    raise AssertionError(f"no process runs task {task_uuid}")
-
-
-def _wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def test_compare_shows_metrics_and_the_settings_that_differ(qtrain, store_dir, csv_job):

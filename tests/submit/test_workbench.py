@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from submit.store import Store
-from tests.submit.test_run import _kill_instance, _wait_for
+from tests.helpers import kill_instance, wait_for
 
 
 def make_run(store: Store, name: str = "penguins", state: str = "succeeded", metrics=None, task="classification",
@@ -242,7 +242,7 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
 def test_a_detached_run_that_ended_reads_succeeded_without_fetch(qtrain, store_dir):
     run = qtrain("run", "penguins", "--set", "train.epochs=2", "--set", "name=quick", "--detach", "--tag", "exp=1", "--note", "first", "--json", "--store", store_dir).json()
     assert run["tags"] == {"exp": "1"} and run["note"] == "first"
-    _wait_for(lambda: "done:" in qtrain("logs", run["run_id"], "--store", store_dir).out)
+    wait_for(lambda: "done:" in qtrain("logs", run["run_id"], "--store", store_dir).out)
     time.sleep(0.5)
     status = qtrain("status", run["run_id"], "--json", "--store", store_dir)
     assert status.code == 0, status.err
@@ -263,10 +263,10 @@ def test_results_list_retrieves_every_ended_run_failed_and_cancelled_too(qtrain,
     doomed = qtrain("run", csv_job, *long).json()
     stopped = qtrain("run", csv_job, *long).json()
     for run in (doomed, stopped):
-        _wait_for(lambda r=run: "epoch=" in qtrain("logs", r["run_id"], "--store", store_dir).out)
-    _kill_instance(doomed["task_uuid"])  # as if the machine ran out of memory
+        wait_for(lambda r=run: "epoch=" in qtrain("logs", r["run_id"], "--store", store_dir).out)
+    kill_instance(doomed["task_uuid"])  # as if the machine ran out of memory
     conn.retrieve_task(stopped["task_uuid"]).abort()  # from the Qarnot console, say
-    _wait_for(lambda: all(conn.retrieve_task(r["task_uuid"]).state in ("Success", "Failure", "Cancelled")
+    wait_for(lambda: all(conn.retrieve_task(r["task_uuid"]).state in ("Success", "Failure", "Cancelled")
                           for r in (ok, doomed, stopped)))
 
     before = {r.run_id: r for r in Store(store_dir).list()}

@@ -1,0 +1,42 @@
+"""Small helpers shared by test folders: waiting on a condition, and the processes that run in a
+task's folder (found by their working directory, as the emulator itself finds orphans)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def wait_for(predicate, timeout: float = 60, every: float = 0.2):
+    """The predicate's first true value, polled every `every` seconds; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout}s: {predicate}")
+
+
+def processes_in(folder: Path | str) -> list[int]:
+    """Pids of the processes whose working directory lies in (or names) `folder`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                continue
+            if str(folder) in cwd:
+                found.append(int(proc.name))
+    return found
+
+
+def kill_instance(task_uuid: str) -> None:
+    """SIGKILL the process that runs in the task's instance folder (a machine lost mid-training)."""
+    pids = processes_in(task_uuid)
+    if not pids:
+        raise AssertionError(f"no process runs task {task_uuid}")
+    os.kill(pids[0], signal.SIGKILL)
