@@ -31,3 +31,10 @@ class JobError(QtrainError):
 
 class DataError(QtrainError):
     """The dataset cannot be read or does not fit the job."""
+
+
+class RunError(QtrainError):
+    """Something failed after a run was recorded (and perhaps sent): the message names the run,
+    and the exit status (3) tells it apart from a mistake caught before anything was sent (2)."""
+
+    exit_code = 3

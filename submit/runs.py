@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from jobs.errors import QtrainError
+from jobs.errors import QtrainError, RunError
 from jobs.files import PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
 from jobs.results import (METRICS, OUT, PREFIX, RUN_INFO, SWEEP, atomic_write, parse_epoch_line,
@@ -64,36 +64,98 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                 f"qtrain image build (and push) to run your changes")
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
-    total = package.dataset_bytes + len(package.job_json)
-    with ui.transfer(f"uploading {job.name}", total) as bar:
-        uploaded = backend.upload(package, bar.advance)
-    if package.files:
-        what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
-            else "dataset already uploaded"
-        ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
-               f"dataset {package.dataset_hash[:12]})", style="dim")
     constants = image_constants(job.resources.image)
     info = {"data": user_paths(loaded), "image": job.resources.image,
             "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),
             "executor": backend.executor_name(),
             "resumed_from": resume.run_id if resume is not None else None}
+    # the intent first: from here on, whatever happens, the run is in the store under its id, and
+    # its task (if one was made) carries the run's tags, by which `recover` finds it
     run = store.create_run(job_name=job.name, job_hash=package.job_hash,
                            dataset_hash=package.dataset_hash, backend=backend.name,
                            profile=profile_name, job=package.job, trials=package.trials,
-                           tags=tags, note=note, info=info)
+                           tags=tags, note=note, info=info, state="submitting")
     request = TaskRequest(
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
         instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
         constants={"QTRAIN_RUN_ID": run.run_id, **constants},
-        tags=["qtrain", run.run_id], results_whitelist=f"(^|/){RESULTS_PREFIX}")
-    try:
-        uuid = backend.submit(package, request)
-    except BaseException as exc:
-        store.set_state(run.run_id, "failed", error=f"submission failed: {exc}")
-        raise
-    store.update(run.run_id, task_uuid=uuid, uploaded_bytes=uploaded)
+        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){RESULTS_PREFIX}")
+
+    def created(uuid: str) -> None:
+        store.update(run.run_id, task_uuid=uuid)
+        store.set_state(run.run_id, "submitted")
+
+    with store.run_lock(run.run_id, "submit"):
+        try:
+            total = package.dataset_bytes + len(package.job_json)
+            with ui.transfer(f"uploading {job.name}", total) as bar:
+                uploaded = backend.upload(package, bar.advance)
+            store.update(run.run_id, uploaded_bytes=uploaded)
+            if package.files:
+                what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
+                    else "dataset already uploaded"
+                ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
+                       f"dataset {package.dataset_hash[:12]})", style="dim")
+            uuid = backend.submit(package, request, on_created=created)
+        except BaseException as exc:  # noqa: BLE001 - the run's fate is recorded, then it goes on up
+            _submission_interrupted(store.get(run.run_id), backend, store, ui, exc)
+            raise
     ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
            f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
+    return store.get(run.run_id)
+
+
+def submission_tags(run_id: str) -> list[str]:
+    """The tags of a run's task: how an interrupted submission finds it (all of them must match)."""
+    return ["qtrain", run_id]
+
+
+def _submission_interrupted(run: RunRecord, backend: Backend, store: Store, ui: Ui, exc: BaseException) -> None:
+    """`submit_run` stopped between recording the run and knowing its task: record what is known
+    (asking the backend for a task with the run's tags), name the run, and turn a failure into a
+    RunError (exit status 3) that says so.  An interrupt (Ctrl-C) stays an interrupt."""
+    reason = (exc.one_line() if isinstance(exc, QtrainError) else
+              "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+    try:
+        run = recover(run, backend, store, reason=f"submission failed: {reason}", own=True)
+    except (QtrainError, OSError) as lookup:  # cannot ask: the next status/fetch/list does
+        ui.err.print(f"run {run.run_id}: {reason}; whether its task was created is not known yet "
+                     f"({lookup}); qtrain status {run.run_id} finds out", style="red", markup=False)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise RunError(f"run {run.run_id}: {reason}", hint=f"qtrain status {run.run_id}") from exc
+        return
+    if run.task_uuid:
+        message = (f"run {run.run_id} was submitted (task {run.task_uuid}) before: {reason}; "
+                   f"qtrain fetch {run.run_id} follows it, qtrain cancel {run.run_id} stops it")
+    else:
+        message = f"run {run.run_id}: {reason}; no task was created, nothing runs"
+    ui.err.print(message, style="yellow" if run.task_uuid else "red", markup=False, highlight=False)
+    if not isinstance(exc, KeyboardInterrupt):
+        if run.task_uuid:
+            raise RunError(f"run {run.run_id}: submitted as task {run.task_uuid}, then {reason}",
+                           hint=f"qtrain fetch {run.run_id}") from exc
+        raise RunError(f"run {run.run_id}: {reason}; no task was created",
+                       hint="fix the cause, then qtrain run again") from exc
+
+
+def recover(run: RunRecord, backend: Backend, store: Store, reason: str | None = None,
+            own: bool = False) -> RunRecord:
+    """A run still `submitting` whose submitter is gone (killed, interrupted): its task found by
+    the run's tags and recorded, or, when the backend has none, the run failed (nothing runs, so
+    nothing is lost).  A submission still under way elsewhere (its lock held) is left alone;
+    `own`: the caller is that submitter."""
+    if run.state != "submitting":
+        return run
+    if not run.task_uuid and not own and store.lock_held(run.run_id, "submit"):
+        return run
+    found = [run.task_uuid] if run.task_uuid else backend.find_tasks(submission_tags(run.run_id))
+    if found:
+        store.update(run.run_id, task_uuid=found[0])
+        store.set_state(run.run_id, "submitted", detail="found by its tags" if not run.task_uuid else None)
+    else:
+        store.set_state(run.run_id, "failed", error=reason or "the submission was interrupted before its "
+                                                              "task was created: nothing runs")
+        store.update(run.run_id, retrieved=True)
     return store.get(run.run_id)
 
 
@@ -365,6 +427,9 @@ def refresh(run: RunRecord, backend: Backend, store: Store, ui: Ui) -> RunRecord
 
     if not run.pending:
         return run
+    run = recover(run, backend, store)
+    if not run.task_uuid:
+        return run
     try:
         status = backend.status(run.task_uuid or "")
     except TaskNotFound as exc:
@@ -450,7 +515,10 @@ def _save_logs(backend: Backend, uuid: str, dest: Path) -> None:
 
 def _uuid(run: RunRecord) -> str:
     if not run.task_uuid:
-        raise QtrainError(f"run {run.run_id}: it has no task (submission failed: {run.error})")
+        if run.state == "submitting":
+            raise QtrainError(f"run {run.run_id}: its submission is still under way in another qtrain",
+                              hint="wait for it, then try again")
+        raise QtrainError(f"run {run.run_id}: it has no task ({run.error or 'its submission failed'})")
     return run.task_uuid
 
 

@@ -34,7 +34,9 @@ from jobs.load import sweep_trials
 from jobs.results import Metrics, SweepSummary, atomic_write, headline, parse_metrics, read_json, summarize, trial_dir
 from submit.config import store_lock_seconds
 
-STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
+# submitting: recorded before anything is sent, and until the backend has named its task (a run
+# left so by a killed submitter is recovered by its tag, `submit.runs.recover`)
+STATES = ("submitting", "submitted", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 SCHEMA = """
@@ -132,8 +134,9 @@ class RunRecord:
 
     @property
     def pending(self) -> bool:
-        """Its task may still have something to give: running, or ended and not yet retrieved."""
-        return bool(self.task_uuid) and not (self.done and self.retrieved)
+        """Its task may still have something to give: running, or ended and not yet retrieved (or a
+        submission not known to have reached the backend, whose task may exist)."""
+        return (bool(self.task_uuid) or self.state == "submitting") and not (self.done and self.retrieved)
 
     @property
     def task(self) -> str:
@@ -285,7 +288,7 @@ class Store:
     def create_run(self, *, job_name: str, job_hash: str, dataset_hash: str, backend: str,
                    profile: str, job: dict[str, Any], trials: int = 0,
                    tags: dict[str, str] | None = None, note: str | None = None,
-                   info: dict[str, Any] | None = None) -> RunRecord:
+                   info: dict[str, Any] | None = None, state: str = "submitted") -> RunRecord:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_id = f"{stamp}-{job_name}-{secrets.token_hex(3)}"
         created = now()
@@ -293,9 +296,9 @@ class Store:
             db.execute(
                 "INSERT INTO runs (run_id, created, job_name, job_hash, dataset_hash, backend, "
                 "profile, state, trials, job_json, note, info_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, created, job_name, job_hash, dataset_hash, backend, profile, "submitted",
+                (run_id, created, job_name, job_hash, dataset_hash, backend, profile, state,
                  trials, json.dumps(job, sort_keys=True), note, json.dumps(info or {})))
-            db.execute("INSERT INTO states VALUES (?,?,?,?)", (run_id, "submitted", created, None))
+            db.execute("INSERT INTO states VALUES (?,?,?,?)", (run_id, state, created, None))
             db.executemany("INSERT INTO tags VALUES (?,?,?)",
                            [(run_id, k, v) for k, v in (tags or {}).items()])
             self.artifacts_dir(run_id).mkdir(parents=True, exist_ok=True)
@@ -472,6 +475,36 @@ class Store:
         return row
 
     # ------------------------------------------------------------------------------- reading
+    @contextmanager
+    def run_lock(self, run_id: str, name: str, wait: bool = True) -> Iterator[bool]:
+        """An exclusive lock on one run (`submit`: its submission is under way; `fetch`: files are
+        being retrieved into its folder), held until the block ends or the process dies (a kill -9
+        too: flock).  Yields False without waiting when `wait` is False and another holds it."""
+        import fcntl
+
+        folder = self.artifacts_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".{name}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def lock_held(self, run_id: str, name: str) -> bool:
+        """Does a process (alive) hold this run's `name` lock now?"""
+        if not (self.artifacts_dir(run_id) / f".{name}.lock").exists():
+            return False
+        try:
+            with self.run_lock(run_id, name, wait=False) as got:
+                return not got
+        except OSError:  # a read-only store: nobody can be writing into it
+            return False
+
     def artifacts_dir(self, run_id: str, trial: int | None = None) -> Path:
         base = self.root / "runs" / run_id
         return base if trial is None else base / trial_dir(trial)

@@ -119,8 +119,14 @@ class Backend(abc.ABC):
         """Put the package's files where tasks read them; returns the bytes actually sent."""
 
     @abc.abstractmethod
-    def submit(self, package, request: TaskRequest) -> str:
-        """Start the task; returns its uuid."""
+    def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:
+        """Start the task; returns its uuid.  `on_created` is called with the uuid as soon as the
+        backend has the task (before any follow-up request), so the caller records it first."""
+
+    @abc.abstractmethod
+    def find_tasks(self, tags: list[str]) -> list[str]:
+        """The uuids of the tasks that carry every one of `tags` (how an interrupted submission
+        finds the task it may have created)."""
 
     @abc.abstractmethod
     def status(self, uuid: str) -> TaskStatus:

@@ -161,7 +161,7 @@ class QarnotBackend(Backend):
 
     # -------------------------------------------------------------------------------- submit
     @_translate
-    def submit(self, package, request: TaskRequest) -> str:
+    def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:
         from qarnot.advanced_bucket import BucketPrefixFiltering, PrefixResourcesTransformation
         from qarnot.bucket import Bucket
         from qarnot.hardware_constraint import GpuHardware
@@ -193,11 +193,17 @@ class QarnotBackend(Backend):
         task.upload_results_on_cancellation = True
         task.tags = request.tags
         task.submit()
+        self._tasks[task.uuid] = task
+        if on_created is not None:
+            on_created(task.uuid)
         if config.SNAPSHOT_INTERVAL > 0:
             task.snapshot(config.SNAPSHOT_INTERVAL, whitelist=request.results_whitelist)
         task.auto_update = False
-        self._tasks[task.uuid] = task
         return task.uuid
+
+    @_translate
+    def find_tasks(self, tags: list[str]) -> list[str]:
+        return [t.uuid for t in self.conn.all_tasks(summary=True, tags_intersect=list(tags))]
 
     # ---------------------------------------------------------------------------- following
     @_translate

@@ -77,7 +77,7 @@ def results_list(
         test = (r.chosen()[1] or {}).get("test") or {}
         rows.append({"run_id": r.run_id, "created": r.created, "state": r.state, "retrieved": r.retrieved,
                      "job_name": r.job_name, "task": r.task, "backend": r.backend, "profile": r.profile,
-                     "trials": r.trials, "tags": r.tags, "note": r.note,
+                     "task_uuid": r.task_uuid, "trials": r.trials, "tags": r.tags, "note": r.note,
                      "headline": {"metric": name, "value": value},
                      "test": {m: test.get(m) for m in TASK_COLUMNS.get(r.task, ())}})
     if as_json:

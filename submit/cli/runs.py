@@ -9,14 +9,14 @@ from typing import Optional
 
 import typer
 
-from jobs.errors import QtrainError
+from jobs.errors import QtrainError, RunError
 from submit.cli.common import (JsonOption, RecheckOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
                                command, console)
 
 
 def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
     """Print a finished run (metrics, confusion matrix, where its files are) and set the exit
-    status: 0 succeeded, 1 failed or cancelled."""
+    status: 0 succeeded, 1 failed or cancelled (3: something failed on the way, `RunError`)."""
     from submit.runs import summary
     from submit.ui import confusion_table, metrics_table
 
@@ -48,19 +48,33 @@ def _trials_table(run):
     return trials_table(run.sweep(), headline(run.task).metric)
 
 
-def _follow_and_retrieve(run, backend, store, ui, as_json: bool) -> None:
-    from submit.runs import failure_report, follow, retrieve
+def _follow_and_retrieve(run, backend, store, ui, as_json: bool, wait: bool = True) -> None:
+    """Follow a sent run to its end (`wait`; else take its state now), retrieve its results and
+    print it.  Whatever fails from here is named with the run and exits 3 (`RunError`): the run
+    was sent, so "a mistake to fix, nothing sent" (2) would be a lie."""
+    from submit.backends.base import TaskNotFound
+    from submit.runs import failure_report, follow, retrieve, task_gone
 
     try:
-        status = follow(run, backend, store, ui)
+        status = follow(run, backend, store, ui) if wait else backend.status(run.task_uuid or "")
+        if status.state == "Failure":
+            for line in failure_report(run, backend, status):
+                ui.err.print(line, style="red", markup=False, highlight=False)
+        run = retrieve(run, backend, store, ui, status)
     except KeyboardInterrupt:
         ui.err.print(f"stopped following; the task keeps running. Later: qtrain fetch {run.run_id}"
                      f"  (or qtrain cancel {run.run_id})", style="yellow")
         raise typer.Exit(130) from None
-    if status.state == "Failure":
-        for line in failure_report(run, backend, status):
-            ui.err.print(line, style="red", markup=False, highlight=False)
-    run = retrieve(run, backend, store, ui, status)
+    except TaskNotFound as exc:
+        ended = run.done
+        run = task_gone(run, store, exc)
+        if not ended:
+            raise RunError(f"run {run.run_id}: {exc.message}", hint=exc.hint) from exc
+        ui.say(f"the task is no longer on {backend.describe()}; what was retrieved is in the store")
+    except RunError:
+        raise
+    except QtrainError as exc:
+        raise RunError(f"run {run.run_id}: {exc.message}", hint=exc.hint or f"qtrain fetch {run.run_id}") from exc
     _finish(run, store, ui, as_json)
 
 
@@ -83,12 +97,15 @@ def run(
 ) -> None:
     """Check the job, package it, submit it, follow it live and retrieve its results into the
     results store.  Nothing is uploaded when the check fails.  Interrupting only stops following:
-    the task goes on, and `qtrain fetch RUN` retrieves it later."""
+    the task goes on, and `qtrain fetch RUN` retrieves it later.
+
+    Exit status: 0 succeeded; 1 the run failed or was cancelled; 2 a mistake in the job, its data
+    or the setup, and nothing was sent; 3 something failed after the run was recorded (the message
+    names it; `qtrain status RUN` tells more); 130 interrupted."""
     from submit.backends import get_backend
     from submit.runs import submit_run, summary
-    from submit.ui import Ui
-
     from submit.store import parse_tag
+    from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
     tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
@@ -170,27 +187,17 @@ def fetch(run_ref: str = RunArgument,
           as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Retrieve a run's results into the store (waiting for its task to end).  Safe to repeat:
     files already retrieved and unchanged are not downloaded again."""
-    from submit.runs import backend_for, retrieve, task_gone
+    from submit.runs import backend_for, recover
     from submit.ui import Ui
-
-    from submit.backends.base import TaskNotFound
 
     ui = Ui(json_mode=as_json)
     store, record = _open_run(run_ref, store_dir)
     be = backend_for(record)
-    try:
-        if wait:
-            _follow_and_retrieve(record, be, store, ui, as_json)
-            return
-        st = be.status(record.task_uuid or "")
-        record = retrieve(record, be, store, ui, st)
-    except TaskNotFound as exc:
-        ended = record.done
-        record = task_gone(record, store, exc)
-        if not ended:
-            raise
-        ui.say(f"the task is no longer on {be.describe()}; what was retrieved is in the store")
-    _finish(record, store, ui, as_json)
+    record = recover(record, be, store)
+    if not record.task_uuid and record.done:
+        _finish(record, store, ui, as_json)  # its submission never made a task: nothing to fetch
+        return
+    _follow_and_retrieve(record, be, store, ui, as_json, wait=wait)
 
 
 @command()
@@ -216,11 +223,14 @@ def logs(run_ref: str = RunArgument,
 def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
            store_dir: Optional[Path] = StoreOption) -> None:
     """Abort a run's task, then retrieve whatever results it had uploaded."""
-    from submit.runs import backend_for, cancel as cancel_run
+    from submit.runs import backend_for, recover
+    from submit.runs import cancel as cancel_run
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
     store, record = _open_run(run_ref, store_dir)
+    if record.state == "submitting":
+        record = recover(record, backend_for(record), store)
     if record.done:
         ui.say(f"run {record.run_id} already ended: {record.state}")
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from submit.emulator.wire import PROFILES, RequestError, task_json
 
 EMAIL = "emulator@qtrain.local"
 
-Route = tuple[str, re.Pattern, Callable[..., Any]]
+Route = tuple[str, re.Pattern, Callable[..., Any], bool]  # method, path, handler, wants the query
 
 
 class Api:
@@ -35,8 +36,8 @@ class Api:
         r("GET", r"/profiles", lambda body: list(PROFILES))
         r("GET", r"/profiles/(?P<name>[^/]+)", self.profile)
         r("POST", r"/tasks", self.submit)
-        r("GET", r"/tasks", lambda body: [task_json(t) for t in self.manager.list()])
-        r("GET", r"/tasks/summaries", lambda body: [task_json(t, summary=True) for t in self.manager.list()])
+        r("GET", r"/tasks", lambda body, query: self.listing(query, summary=False), query=True)
+        r("GET", r"/tasks/summaries", lambda body, query: self.listing(query, summary=True), query=True)
         r("POST", r"/tasks/summaries/paginate", lambda body: self.paginate(body, summary=True))
         r("POST", r"/tasks/paginate", lambda body: self.paginate(body, summary=False))
         r("GET", r"/tasks/(?P<uuid>[0-9a-f-]+)", lambda body, uuid: task_json(self.manager.get(uuid)))
@@ -51,16 +52,16 @@ class Api:
         r("POST", r"/tasks/(?P<uuid>[0-9a-f-]+)/snapshot", self.instant_snapshot)
         r("GET", r"/tasks/(?P<uuid>[0-9a-f-]+)/snapshot/(?P<sid>[0-9a-f-]+)", self.snapshot_status)
 
-    def _route(self, method: str, pattern: str, fn: Callable[..., Any]) -> None:
-        self.routes.append((method, re.compile(pattern + r"/?"), fn))
+    def _route(self, method: str, pattern: str, fn: Callable[..., Any], query: bool = False) -> None:
+        self.routes.append((method, re.compile(pattern + r"/?"), fn, query))
 
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
         supplied = headers.get("authorization", "")
         if not hmac.compare_digest(supplied.encode(), self.token.encode()):
             return 401, {"message": "Unauthorized: wrong or missing token (see `qtrain emulator status`)"}
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         allowed = []
-        for m, pattern, fn in self.routes:
+        for m, pattern, fn, wants_query in self.routes:
             match = pattern.fullmatch(path)
             if not match:
                 continue
@@ -71,8 +72,11 @@ class Api:
                 body = json.loads(raw) if raw.strip() else None
             except ValueError:
                 return 400, {"message": "the request body is not valid JSON"}
+            args = match.groupdict()
+            if wants_query:
+                args["query"] = urllib.parse.parse_qs(query)
             try:
-                return 200, fn(body, **match.groupdict())
+                return 200, fn(body, **args)
             except RequestError as exc:
                 return exc.status, {"message": exc.message}
         if allowed:
@@ -96,15 +100,23 @@ class Api:
             return answers
         return {"uuid": self.manager.submit(body).uuid}
 
+    def listing(self, query: dict[str, list[str]], summary: bool) -> list[dict[str, Any]]:
+        """GET /tasks[?tag=a,b]: every task, or those with any of the tags (the SDK's older listing)."""
+        tags = {t for value in query.get("tag", []) for t in value.split(",") if t}
+        return [task_json(t, summary=summary) for t in self.manager.list() if not tags or tags & set(t.body.tags)]
+
     def paginate(self, body: Any, summary: bool) -> dict[str, Any]:
+        from submit.emulator.filters import matches
+
         body = body or {}
-        tasks = self.manager.list()
-        tags = ((body.get("filter") or {}).get("filters") or [])
-        if tags:  # {"filters": [{"field": "Tags", "value": ...}]}: keep it simple, match any value
-            values = {f.get("value") for f in tags if isinstance(f, dict)}
-            tasks = [t for t in tasks if values & set(t.body.tags)]
-        start = int(body.get("token") or 0)
-        size = int(body.get("maximumResults") or 50)
+        if not isinstance(body, dict):
+            raise RequestError(400, "the paginate request must be an object")
+        tasks = [t for t in self.manager.list() if matches(task_json(t), body.get("filter"))]
+        try:
+            start = int(body.get("token") or 0)
+            size = int(body.get("maximumResults") or 50)
+        except (TypeError, ValueError):
+            raise RequestError(400, "token and maximumResults must be numbers") from None
         page = tasks[start:start + size]
         more = start + size < len(tasks)
         return {"data": [task_json(t, summary=summary) for t in page], "token": str(start),

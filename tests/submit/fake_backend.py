@@ -42,10 +42,15 @@ class FakeBackend(Backend):
     def upload(self, package, progress=None) -> int:
         return package.dataset_bytes + len(package.job_json)
 
-    def submit(self, package, request: TaskRequest) -> str:
+    def submit(self, package, request: TaskRequest, on_created=None) -> str:
         uuid = str(uuidlib.uuid4())
         self.requests[uuid] = request
+        if on_created is not None:
+            on_created(uuid)
         return uuid
+
+    def find_tasks(self, tags: list[str]) -> list[str]:
+        return [u for u, r in self.requests.items() if set(tags) <= set(r.tags)]
 
     def _known(self, uuid: str) -> None:
         if uuid not in self.requests:

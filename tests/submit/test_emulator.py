@@ -125,6 +125,38 @@ def test_listing_retrieving_and_deleting_tasks(conn, wait_task):
         conn.retrieve_task(tasks[0].uuid)
 
 
+def test_tasks_are_found_by_tag_as_the_sdk_asks(conn, emulator):
+    """`tags` is any of, `tags_intersect` all of (the SDK's paginated advanced filter), one tag a
+    bare Equal leaf; `GET /tasks?tag=` the older listing.  How qtrain finds an interrupted
+    submission's task, so a filter that is ignored would attach a run to another run's task."""
+    mark = uuid.uuid4().hex[:8]
+    both, alpha, beta = (f"{mark}-{n}" for n in ("both", "alpha", "beta"))
+    made = {}
+    for name, tags in ((both, [f"a{mark}", f"b{mark}"]), (alpha, [f"a{mark}"]), (beta, [f"b{mark}"])):
+        task = conn.create_task(name, "docker-batch", 1)
+        task.constants["DOCKER_CMD"] = "true"
+        task.tags = tags
+        task.submit()
+        made[task.uuid] = name
+
+    def names(**kw):
+        return sorted(made[t.uuid] for t in conn.all_tasks(**kw) if t.uuid in made)
+
+    assert names(tags=[f"a{mark}"]) == sorted([both, alpha])
+    assert names(tags=[f"a{mark}", f"b{mark}"]) == sorted([both, alpha, beta])
+    assert names(tags_intersect=[f"a{mark}", f"b{mark}"]) == [both]
+    assert names(tags_intersect=[f"a{mark}", "nobody-has-this"]) == []
+    assert names(tags=["nobody-has-this"]) == []
+    assert names(summary=False, tags_intersect=[f"b{mark}"]) == sorted([both, beta])
+    listed = requests.get(f"{emulator.url}/tasks/summaries?tag=b{mark}",
+                          headers={"Authorization": emulator.token}, timeout=5).json()
+    assert sorted(made[t["uuid"]] for t in listed) == sorted([both, beta])
+    bad = requests.post(f"{emulator.url}/tasks/paginate", json={"filter": {"operator": "Near", "field": "Tags",
+                                                                         "value": "x"}},
+                        headers={"Authorization": emulator.token}, timeout=5)
+    assert bad.status_code == 400 and "Near" in bad.json()["message"]
+
+
 def test_snapshots_bring_results_back_while_the_task_runs(conn, wait_task, tmp_path):
     out = conn.create_bucket(bucket_name("snap"))
     task = conn.create_task("snapshots", "docker-batch", 1)

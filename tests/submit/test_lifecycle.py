@@ -207,5 +207,7 @@ def test_a_task_that_vanished_marks_the_run_failed(qtrain, fake, store):
     db, run = _submitted(fake, store, qtrain)
     fake.requests.clear()  # as if the task had been deleted on the backend
     result = qtrain("fetch", run.run_id, "--store", store)
-    assert result.code == 2 and "not found" in result.err and "Traceback" not in result.err
+    # sent, then failed: exit 3 (not 2, "a mistake to fix, nothing sent"), and the run is named
+    assert result.code == 3 and "not found" in result.err and "Traceback" not in result.err
+    assert f"run {run.run_id}:" in result.err
     assert db.get(run.run_id).state == "failed" and "the task is gone" in db.get(run.run_id).error

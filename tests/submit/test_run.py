@@ -351,7 +351,8 @@ def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
     again = qtrain("fetch", done["run_id"], "--json", "--store", store_dir)  # retrieved before: fine
     assert again.code == 0 and again.json()["metrics"] == done["metrics"]
     lost = qtrain("fetch", waiting["run_id"], "--store", store_dir)
-    assert lost.code == 2 and "task not found" in lost.err
+    # sent, then lost: exit 3 naming the run (2 would say "a mistake of yours, nothing was sent")
+    assert lost.code == 3 and "task not found" in lost.err and waiting["run_id"] in lost.err
     record = Store(store_dir).get(waiting["run_id"])
     assert record.state == "failed" and "gone" in record.error
 
