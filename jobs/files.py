@@ -41,6 +41,7 @@ class JobFile:
     field: str  # the job field that names it, e.g. data.path
     remote: str  # its path in the task's working directory (posix), e.g. data/mnist/x.idx
     local: Path  # where it is here
+    outside: Path | None = None  # a link in a data folder to this file outside it (follow_symlinks)
 
     @property
     def size(self) -> int:
@@ -76,44 +77,77 @@ def resolve(value: str, base_dir: Path) -> Path:
 
 def job_files(job: Job, base_dir: Path) -> list[JobFile]:
     """The local files the job's path fields name, folders expanded, in a stable order.  A path
-    that does not exist here is left out (the check reports it; a backbone may be a built-in)."""
+    that does not exist here is left out (the check reports it; a backbone may be a built-in).
+    A path field the job's data format never reads (`unread_fields`) is left out: what is not
+    read is never sent (`load_job` refuses it; a job made otherwise skips it here)."""
+    unread = unread_fields(job, base_dir)
     dumped = job.model_dump(mode="json")
     out: list[JobFile] = []
     for field in PATH_FIELDS:
         value = get_dotted(dumped, field)
-        if not local_value(value):
+        if not local_value(value) or field in unread:
             continue
         local = resolve(value, base_dir)
         remote = portable_path(field, value)
         if local.is_dir():
-            for path in folder_files(local, field):
-                out.append(JobFile(field, f"{remote}/{path.relative_to(local).as_posix()}", path))
+            for path, outside in folder_files(local, field, job.data.follow_symlinks):
+                out.append(JobFile(field, f"{remote}/{path.relative_to(local).as_posix()}", path, outside))
         elif local.exists():
             out.append(JobFile(field, remote, local))
     return out
 
 
-def folder_files(folder: Path, field: str) -> list[Path]:
-    """The files in a data folder, in a stable order.  A symbolic link is followed only where it
-    stays inside the folder: one that leads out of it (to a key, another project, /etc) is an error
-    rather than something sent to the cloud unseen."""
+def _npy_file(value: str | None, fmt: str, base_dir: Path) -> bool:
+    """Is this data path read as a .npy array of images (the only reader that takes a labels file)?"""
+    if not local_value(value):
+        return False
+    local = resolve(value, base_dir)
+    if local.is_dir():
+        return False
+    return fmt == "npy" or (fmt == "auto" and local.name.lower().endswith(".npy"))
+
+
+def unread_fields(job: Job, base_dir: Path) -> dict[str, str]:
+    """The path fields set in the job that its data format never reads, each with why.
+    data.labels goes with a .npy file of images in data.path, data.test_labels with one in
+    data.test_path; with a table, a folder or a built-in they are never opened."""
+    data, out = job.data, {}
+    if data.labels and not _npy_file(data.path, data.format, base_dir):
+        out["data.labels"] = (f"labels go with a .npy file of images in data.path, and {data.path} "
+                              f"is not one")
+    if data.test_labels and not _npy_file(data.test_path, data.format, base_dir):
+        where = f"and {data.test_path} is not one" if data.test_path else "which is not set"
+        out["data.test_labels"] = f"test labels go with a .npy file of images in data.test_path, {where}"
+    return out
+
+
+def folder_files(folder: Path, field: str, follow_symlinks: bool = False) -> list[tuple[Path, Path | None]]:
+    """The files in a data folder, in a stable order, each with the target outside the folder a
+    link led to (else None).  A symbolic link in the folder is an error unless `follow_symlinks`:
+    a shared job file must not send a user's other files to the cloud unseen."""
     root = folder.resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    found: list[tuple[Path, Path | None]] = []
+    seen_dirs = {root}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
         here = Path(dirpath)
-        for name in dirnames + filenames:
+        for name in list(dirnames) + filenames:
             path = here / name
             if not path.is_symlink():
                 continue
             target = path.resolve()
-            if target != root and root not in target.parents:
-                raise JobError(f"{field}: {path} is a symbolic link to {target}, outside the folder {folder}",
-                               hint="qtrain sends only what lies inside a data folder: copy the file in, "
-                                    "or remove the link")
+            if not follow_symlinks:
+                raise JobError(f"{field}: {path} is a symbolic link (to {target})",
+                               hint="set data.follow_symlinks: true to send what it points to, or copy the "
+                                    "file in")
+            if name in dirnames and (target in seen_dirs or target in root.parents):
+                dirnames.remove(name)  # a loop (a link to the folder or to one above it)
+            elif name in dirnames:
+                seen_dirs.add(target)
         for name in filenames:
             path = here / name
             if path.is_file():
-                found.append(path)
+                target = path.resolve()
+                found.append((path, None if root in target.parents else target))
     return sorted(found)
 
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import JobError
-from jobs.files import PATH_FIELDS
+from jobs.files import PATH_FIELDS, unread_fields
 from jobs.spec import Job, is_builtin_source
 from jobs.suggest import suggestion
 
@@ -76,11 +76,18 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     raw = parse_text(file.read_text(encoding="utf-8"), source, json_file=file.suffix == ".json")
     for item in overrides:
         key, value = parse_override(item, source)
+        if key in PATH_FIELDS and value == "":
+            value = None  # `--set data.labels=`: unset, never "this folder"
         if key in PATH_FIELDS and isinstance(value, str) and not is_builtin_source(value):
             value = str((Path.cwd() / Path(value).expanduser()).resolve())
         set_dotted(raw, key, value)
     job = validate(raw, source)
     loaded = LoadedJob(job, file.resolve().parent, source, raw)
+    unread = unread_fields(job, loaded.base_dir)
+    if unread:  # a path the job never reads would still be sent: refused, whatever its file
+        field, why = next(iter(unread.items()))
+        raise JobError(f"{source}: {field}: {why}, so it would never be read",
+                       hint=f"remove {field} (or --set {field}=null): qtrain sends only the files a job reads")
     for i in range(len(loaded.trials)):  # every trial must be a valid job too
         loaded.trial(i)
     return loaded
@@ -202,6 +209,8 @@ def parse_override(item: str, source: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
         raise JobError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+    if expanded_size(value) > MAX_VALUES:
+        raise JobError(f"--set {key}: the value expands to more than {MAX_VALUES} values (nested YAML aliases?)")
     return key, value
 
 

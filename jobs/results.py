@@ -230,6 +230,11 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+# data fields added since the first version: left out of the job hash at their default, so the
+# hash of a job written before them (its check verdict, its checkpoints' resume key) is unchanged
+ADDED_AT_DEFAULT = {"follow_symlinks": False, "encoding": "utf-8"}
+
+
 def job_hash(job: Job) -> str:
     """sha256 of the job's fields, its local paths written as in the task (`data/<name>`): the
     same job has the same hash on a laptop, in the store and in the task's run.json."""
@@ -239,6 +244,9 @@ def job_hash(job: Job) -> str:
         if local_value(value):
             section, _, key = field.partition(".")
             dumped[section][key] = portable_path(field, value)
+    for key, default in ADDED_AT_DEFAULT.items():  # jobs that do not use them keep their hash
+        if dumped["data"].get(key) == default:
+            del dumped["data"][key]
     return hashlib.sha256(_canonical(dumped)).hexdigest()
 
 

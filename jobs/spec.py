@@ -7,6 +7,8 @@ has a default chosen to work for a small tabular dataset on a laptop.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
@@ -22,6 +24,14 @@ BUILTIN_DATA = ("palmerpenguins", "sklearn:circles", "sklearn:digits", "sklearn:
 def is_builtin_source(value: str) -> bool:
     """A built-in dataset or library backbone (`sklearn:...`, `torchvision:...`), not a path."""
     return value in BUILTIN_DATA or value.startswith(("sklearn:", "torchvision:"))
+
+
+def max_trials() -> int:
+    """QTRAIN_MAX_TRIALS: the most trials a sweep may make (default 1000)."""
+    try:
+        return max(1, int(os.environ.get("QTRAIN_MAX_TRIALS") or 1000))
+    except ValueError:
+        return 1000
 
 
 class Spec(BaseModel):
@@ -56,11 +66,28 @@ class DataSpec(Spec):
     # A separate test set (same format as `path`); when given, split.test_size is not used.
     test_path: str | None = None
     test_labels: str | None = None
+    # Symbolic links inside a data folder: refused unless this is true (then what they point to
+    # is sent, and a link leading out of the folder is named in a warning).  A link named by a
+    # path field itself is followed: you named it.
+    follow_symlinks: bool = False
     # Parameters for a built-in (e.g. sklearn:circles: n_samples, noise, factor, random_state).
     options: dict[str, Any] = Field(default_factory=dict)
-    # CSV reading: separator (auto-detected when None) and extra strings that mean "missing".
+    # CSV reading: the text encoding (utf-8, latin-1, cp1252, utf-16, ...), the separator
+    # (auto-detected when None) and extra strings that mean "missing".
+    encoding: str = "utf-8"
     sep: str | None = None
     na_values: list[str] = Field(default_factory=lambda: ["NA", "N/A", "na", "?", ""])
+
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
 
 
 class PreprocessSpec(Spec):
@@ -242,8 +269,17 @@ class TrainSpec(Spec):
 class ResourcesSpec(Spec):
     # `cpu`, `gpu`, or a Qarnot profile name (see `qtrain profiles`).
     profile: str = "cpu"
-    # The runner image, `repo:tag`, that Qarnot pulls (DOCKER_REPO / DOCKER_TAG).
+    # The runner image, `[registry/]repo:tag` or `...@sha256:digest`, that Qarnot pulls
+    # (DOCKER_REPO / DOCKER_TAG).
     image: str = "qtrain/runner:latest"
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        from jobs.imageref import parse_image
+
+        parse_image(value)  # ValueError: pydantic reports it against resources.image
+        return value
 
 
 class Job(Spec):
@@ -269,6 +305,11 @@ class Job(Spec):
                 raise ValueError(f"sweep '{key}' has no values")
             if key.split(".")[0] in ("name", "sweep", "resources"):
                 raise ValueError(f"sweep '{key}': only data/preprocess/split/model/train can vary")
+        trials, limit = math.prod(len(v) for v in value.values()), max_trials()
+        if trials > limit:  # refused before a single combination is made
+            sizes = " x ".join(str(len(v)) for v in value.values())
+            raise ValueError(f"the sweep makes {trials:,} trials ({sizes}), more than the limit of {limit:,}: "
+                             f"sweep fewer values, or raise QTRAIN_MAX_TRIALS")
         return value
 
     @model_validator(mode="after")

@@ -337,13 +337,22 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         total, trainable = count_parameters(b.model)
         if i == 0:
             report.update(_describe_prepared(b, loaded))
-            report["warnings"] = [f.line() for f in b.findings]
+            report["warnings"] = [f.line() for f in b.findings] + _link_warnings(loaded)
         report.setdefault("models", []).append({
             "trial": i if loaded.trials else None,
             "overrides": loaded.trials[i] if loaded.trials else None,
             "parameters": total, "trainable": trainable, "first_step_loss": loss})
         report["device"] = str(b.device)
     return report
+
+
+def _link_warnings(loaded: LoadedJob) -> list[str]:
+    """data.follow_symlinks: each link out of a data folder is said, never sent unseen."""
+    lines = [f"{f.field}: {f.local} is a link to {f.outside}, outside the folder: that file is sent "
+             f"(data.follow_symlinks: true)" for f in job_files(loaded.job, loaded.base_dir) if f.outside]
+    for line in lines:
+        log.warn(line)
+    return lines
 
 
 def _describe_prepared(b: Built, loaded: LoadedJob) -> dict[str, Any]:

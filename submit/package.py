@@ -34,6 +34,7 @@ class PackageFile:
     local: Path
     size: int
     sha256: str
+    outside: Path | None = None  # the target outside its data folder a link led to (follow_symlinks)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def extra_file(remote: str, local: Path) -> PackageFile:
 
 def _file(f: JobFile) -> PackageFile:
     try:
-        return PackageFile(f.remote, f.local, f.size, f.sha256)
+        return PackageFile(f.remote, f.local, f.size, f.sha256, f.outside)
     except OSError as exc:
         raise QtrainError(f"{f.field} {f.local}: cannot read it ({exc.strerror})") from exc
 

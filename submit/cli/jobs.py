@@ -120,14 +120,15 @@ def predict(
     else:
         result.frame.to_csv(out, index=False)
         made = int(result.frame["predicted"].notna().sum())
-        err_console.print(f"{made} prediction(s) for {len(result.frame)} row(s) -> {out}", highlight=False)
+        err_console.print(f"{made} prediction(s) for {len(result.frame)} row(s) -> {out}", highlight=False,
+                          markup=False)
     if result.metrics:
         table = metrics_table({"file": result.metrics}, f"metrics on {data.name} (its {predictor.target} column)")
         (console if out is not None else err_console).print(table)
         if out is not None:
             path = out.with_name(out.stem + ".metrics.json")
             atomic_write(path, json.dumps(result.metrics, indent=2) + "\n")
-            err_console.print(f"metrics -> {path}", highlight=False)
+            err_console.print(f"metrics -> {path}", highlight=False, markup=False)
 
 
 def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:

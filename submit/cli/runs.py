@@ -92,6 +92,9 @@ def run(
                                             help="Tag the run (repeatable); `@KEY` then names it."),
     note: Optional[str] = typer.Option(None, "--note", help="A note kept with the run."),
     recheck: bool = RecheckOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and package the job, list every file "
+                                                          "and byte an upload would send, and stop: "
+                                                          "nothing is sent or recorded."),
     as_json: bool = JsonOption,
     store_dir: Optional[Path] = StoreOption,
 ) -> None:
@@ -110,6 +113,9 @@ def run(
     ui = Ui(json_mode=as_json)
     tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
     loaded = _load(job, set_)
+    if dry_run:
+        _dry_run(loaded, ui, recheck, as_json)
+        return
     store = _store(store_dir)
     be = get_backend(backend)
     record = submit_run(loaded, be, store, ui, profile=profile, recheck=recheck, tags=tags,
@@ -120,6 +126,32 @@ def run(
             print(json.dumps(summary(record, store)), flush=True)
         return
     _follow_and_retrieve(record, be, store, ui, as_json)
+
+
+def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from submit.runs import prepare, upload_plan
+    from submit.ui import human_bytes
+
+    plan = upload_plan(prepare(loaded, ui, recheck))
+    if as_json:
+        print(json.dumps({"dry_run": True, **plan}), flush=True)
+        return
+    table = Table(title=f"qtrain run {loaded.job.name} --dry-run: what an upload sends", title_justify="left")
+    table.add_column("in the task")
+    table.add_column("bytes", justify="right")
+    table.add_column("from")
+    for f in plan["files"]:
+        origin = f["from"] or "(the job, resolved)"
+        if f.get("link_to"):
+            origin += f" -> {f['link_to']} (outside its folder)"
+        table.add_row(escape(f["path"]), f"{f['bytes']:,}", escape(origin))
+    console.print(table)
+    console.print(f"{len(plan['files'])} file(s), {plan['total_bytes']:,} bytes ({human_bytes(plan['total_bytes'])}) "
+                  f"at most (what the backend already has is not sent again); dataset "
+                  f"{plan['dataset_hash'][:12]}. Nothing was sent.", highlight=False, markup=False)
 
 
 @command()

@@ -1,0 +1,68 @@
+"""What a job sends: exactly the files it reads.  Path fields its format never opens are refused,
+links in data folders are refused unless the job says to follow them (and then the ones leading
+out are named), image references are validated, and `qtrain run --dry-run` lists every byte."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import yaml
+
+from jobs.files import job_files, unread_fields
+from jobs.load import load_job
+from jobs.results import job_hash
+from tests import datagen
+
+
+def _table_job(tmp_path, **data):
+    datagen.small_table(tmp_path / "table.csv")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**datagen.SMALL_JOB, "data": {**datagen.SMALL_JOB["data"], **data}}))
+    return path
+
+
+def test_labels_are_read_and_sent_with_a_npy_of_images(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((10, 8, 8), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.arange(10) % 2)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "img", "task": "classification",
+                                   "data": {"path": "x.npy", "labels": "y.npy"}}))
+    loaded = load_job(job)
+    assert unread_fields(loaded.job, loaded.base_dir) == {}
+    assert [f.remote for f in job_files(loaded.job, loaded.base_dir)] == ["data/x.npy", "labels/y.npy"]
+
+
+def test_the_dry_run_lists_every_file_and_byte_and_sends_nothing(tmp_path, qtrain, monkeypatch):
+    job = _table_job(tmp_path)
+    state = tmp_path / "state"
+    monkeypatch.setenv("QTRAIN_STATE_DIR", str(state))
+    result = qtrain("run", job, "--dry-run", "--store", tmp_path / "store")
+    assert result.code == 0, result.err
+    size = (tmp_path / "table.csv").stat().st_size
+    assert "data/table.csv" in result.out and f"{size:,}" in result.out and "Nothing was sent" in result.out
+    assert not (tmp_path / "store").exists()  # nothing recorded
+    assert not (state / "emulator" / "daemon.json").exists()  # no backend even started
+
+
+def test_new_fields_at_their_default_keep_every_job_hash():
+    job = load_job("penguins").job
+    assert job.data.follow_symlinks is False and job.data.encoding == "utf-8"
+    before = job_hash(job)
+    assert job_hash(job.model_copy(update={"data": job.data.model_copy(update={"encoding": "latin-1"})})) != before
+    # the hash of penguins as the first version computed it (no follow_symlinks, no encoding)
+    assert before == "7a2011504c2d9d7ef86e6cf911f24d2fcd7cb49e40e48658c70fbb7446d15578"
+
+
+@pytest.mark.parametrize("image,repo,tag", [
+    ("qtrain/runner:latest", "qtrain/runner", "latest"),
+    ("qtrain/runner", "qtrain/runner", "latest"),
+    ("localhost:5000/team/runner", "localhost:5000/team/runner", "latest"),
+    ("registry.example.com:443/a/b_c-d.e:1.2-rc", "registry.example.com:443/a/b_c-d.e", "1.2-rc"),
+    ("ghcr.io/org/runner@sha256:" + "a" * 64, "ghcr.io/org/runner", "latest@sha256:" + "a" * 64),
+    ("runner:1@sha256:" + "b" * 64, "runner", "1@sha256:" + "b" * 64),
+])
+def test_valid_references_split_into_docker_repo_and_tag(image, repo, tag):
+    from submit.backends.qarnot import split_image
+
+    assert split_image(image) == (repo, tag)
