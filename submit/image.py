@@ -61,7 +61,7 @@ def inspect(tag: str) -> dict | None:
     if shutil.which("docker") is None:
         return None
     proc = subprocess.run(["docker", "image", "inspect", "--format",
-                           "{{json .Id}} {{json .RepoDigests}} {{json .Config.Labels}}", tag],
+                           "{{json .Id}} {{json .RepoDigests}} {{json .Config.Labels}}", "--", tag],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return None
@@ -108,6 +108,16 @@ def source_digest(requirements: Path) -> str:
         h.update(f.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def _reference(value: str, what: str) -> str:
+    """`value` when it is an image reference; a one-line error naming `what` otherwise."""
+    from jobs.imageref import image_error
+
+    problem = image_error(value)
+    if problem:
+        raise QtrainError(f"{what}: {problem}")
+    return value
 
 
 def _require_checkout() -> None:
@@ -178,7 +188,9 @@ def build(*, gpu: bool = False, tag: str | None = None, offline: bool = False,
         raise QtrainError(f"cannot build the runner image: {problem}",
                           hint="start Docker (dockerd), or run jobs with the process executor")
     kind = "gpu" if gpu else "cpu"
-    tag = tag or (GPU_TAG if gpu else CPU_TAG)
+    tag = _reference(tag or (GPU_TAG if gpu else CPU_TAG), "--tag")
+    if base is not None:
+        _reference(base, "--base")
     requirements = DOCKER_DIR / f"requirements-{kind}.txt"
     if offline:
         if gpu and base is None:
@@ -194,7 +206,7 @@ def build(*, gpu: bool = False, tag: str | None = None, offline: bool = False,
            "--build-arg", f"QTRAIN_SOURCE_DIGEST={digest}"]
     if base:
         cmd += ["--build-arg", f"BASE={base}"]
-    cmd.append(str(PROJECT_ROOT))
+    cmd += ["--", str(PROJECT_ROOT)]
     t0 = time.perf_counter()
     _run(cmd, "docker build", log, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return Built(tag, image_id(tag) or "", time.perf_counter() - t0, digest)
@@ -205,10 +217,12 @@ def push(source: str, target: str, log=print) -> str:
     problem = docker_problem()
     if problem:
         raise QtrainError(f"cannot push: {problem}")
+    _reference(source, "the image")
+    _reference(target, "the target")
     if image_id(source) is None:
         raise QtrainError(f"image {source} is not on this machine", hint="qtrain image build first")
     if source != target:
-        _run(["docker", "tag", source, target], "docker tag", log)
-    _run(["docker", "push", target], "docker push", log)
+        _run(["docker", "tag", "--", source, target], "docker tag", log)
+    _run(["docker", "push", "--", target], "docker push", log)
     inspect.cache_clear()  # the push added a registry digest
     return image_digest(target) or ""

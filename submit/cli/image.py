@@ -50,4 +50,4 @@ def image_push(target: str = typer.Argument(..., help="REPO:TAG in your registry
     from submit.image import push
 
     digest = push(source, target, log=lambda line: print(line, flush=True))
-    console.print(f"pushed {target} ({digest})", highlight=False)
+    console.print(f"pushed {target} ({digest})", highlight=False, markup=False)

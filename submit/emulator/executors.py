@@ -9,6 +9,7 @@ run it; `docker` (issue 4) runs the task's image.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from runner.warm import PRELOAD
 
 # Where `python -m runner` finds the runner when the process executor stands in for the image.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a task constant that can be an environment variable
 
 
 @dataclass
@@ -304,7 +306,7 @@ class DockerExecutor:
 
     def _digest(self, image: str) -> str | None:
         """The id of the image the tag names now (not cached: an image can be rebuilt)."""
-        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", "--", image],
                               capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -351,9 +353,12 @@ class DockerExecutor:
             env["QTRAIN_IMAGE_DIGEST"] = image_id
         cmd = self.run_command(name, spec.threads, spec.workdir, gpu)
         cmd += ["-v", f"{spec.workdir}:/job", "-w", "/job"]
-        for key in env:
-            cmd += ["-e", key]  # values through the environment, never on a command line
-        cmd.append(spec.image)
+        for key in env:  # values through the environment, never on a command line
+            if ENV_NAME.fullmatch(key):
+                cmd.append(f"--env={key}")
+            else:
+                spec.notes.append(f"[emulator] constant {key!r} is not an environment variable name: not set")
+        cmd += ["--", spec.image]  # the image is never read as an option (it is validated too)
         if spec.command.strip():
             cmd += ["sh", "-c", spec.command]
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
@@ -385,7 +390,7 @@ class WarmContainer:
         socket_path.unlink(missing_ok=True)
         cmd = executor.run_command(name, os.cpu_count() or 1, root, gpu, {executor.WARM_LABEL: image_id})
         cmd += ["-v", f"{root}:{root}", "-e", "MPLBACKEND=Agg", "-e", "PYTHONUNBUFFERED=1",
-                image, "python", "-m", "runner.warm", str(socket_path)]
+                "--", image, "python", "-m", "runner.warm", str(socket_path)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         return cls(executor, image, image_id, gpu, name, socket_path, proc)

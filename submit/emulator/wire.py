@@ -108,6 +108,12 @@ class TaskBody:
             ids = list(range(count))
         constants = {c.get("key"): "" if c.get("value") is None else str(c.get("value"))
                      for c in body.get("constants") or [] if c.get("key")}
+        if constants.get("DOCKER_REPO"):  # it becomes an argument of `docker run`: a reference, nothing else
+            from jobs.imageref import image_error
+
+            image = f"{constants['DOCKER_REPO']}:{constants.get('DOCKER_TAG') or 'latest'}"
+            if problem := image_error(image):
+                raise RequestError(400, f"constants DOCKER_REPO/DOCKER_TAG: {problem}")
         buckets = list(body.get("advancedResourceBuckets") or [])
         buckets += [{"bucketName": name} for name in body.get("resourceBuckets") or []]
         for key in ("resultsWhitelist", "resultsBlacklist"):

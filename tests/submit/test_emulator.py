@@ -157,6 +157,16 @@ def test_tasks_are_found_by_tag_as_the_sdk_asks(conn, emulator):
     assert bad.status_code == 400 and "Near" in bad.json()["message"]
 
 
+def test_an_image_that_is_not_a_reference_is_refused_with_the_constant_named(conn):
+    """DOCKER_REPO becomes an argument of `docker run`: `--privileged` must never be read as an option."""
+    for repo, tag in (("--privileged", "latest"), ("qtrain/runner", "-v/:/host"), ("qtrain/Runner", "1")):
+        task = conn.create_task("bad-image", "docker-batch", 1)
+        task.constants.update({"DOCKER_REPO": repo, "DOCKER_TAG": tag, "DOCKER_CMD": "true"})
+        with pytest.raises(Exception) as refused:
+            task.submit()
+        assert "DOCKER_REPO/DOCKER_TAG" in str(refused.value) and not task.uuid
+
+
 def test_snapshots_bring_results_back_while_the_task_runs(conn, wait_task, tmp_path):
     out = conn.create_bucket(bucket_name("snap"))
     task = conn.create_task("snapshots", "docker-batch", 1)
