@@ -73,6 +73,26 @@ def prepare_table(df: pd.DataFrame, job: Job, where: str,
     return Table(frame=main, target=spec.target, features=features, test_frame=test)
 
 
+SNIFF_BYTES = 1 << 16
+
+
+def _refuse_binary(path: Path, spec: DataSpec, name: str) -> None:
+    """A file read as CSV text whose first bytes hold NULs is binary (or UTF-16 text): said at
+    once, before pandas spends minutes and gigabytes on it."""
+    if spec.encoding.startswith(("utf-16", "utf-32")):
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"{name} {path}: cannot read it ({exc.strerror})") from exc
+    if b"\0" in head:
+        at = head.index(b"\0")
+        raise DataError(f"{name} {path}: it holds NUL bytes (the first at offset {at}): binary data, not "
+                        f"CSV text", hint="point it at the CSV file, set data.format for arrays or parquet, or "
+                                          "data.encoding: utf-16 for UTF-16 text")
+
+
 def _prepare_frame(df: pd.DataFrame, job: Job, where: str) -> pd.DataFrame:
     spec = job.data
     if len(df.columns) == 0 or len(df) == 0:
@@ -118,6 +138,7 @@ def _prepare_frame(df: pd.DataFrame, job: Job, where: str) -> pd.DataFrame:
                             f"as {str(bad.iloc[0])!r}",
                             hint="use task: classification, or pick a numeric target column")
         frame[target] = values.astype("float64")
+    _refuse_infinities(frame, where)
     if job.preprocess.missing == "drop":
         incomplete = frame[features].isna().any(axis=1)
         n = int(incomplete.sum())
@@ -129,6 +150,20 @@ def _prepare_frame(df: pd.DataFrame, job: Job, where: str) -> pd.DataFrame:
         raise DataError(f"{where}: no usable rows left after dropping missing values",
                         hint="set preprocess.missing: impute, or drop the emptiest columns")
     return frame
+
+
+def _refuse_infinities(frame: pd.DataFrame, where: str) -> None:
+    """inf / -inf in a column (written `inf` in a CSV): no scaler or loss survives them, and the
+    run would only say "loss nan".  The column is named, with the first data row holding one."""
+    for column in frame.columns:
+        if column == BASELINE_COLUMN or not pd.api.types.is_float_dtype(frame[column]):
+            continue
+        infinite = np.isinf(frame[column].to_numpy())
+        if infinite.any():
+            first = int(np.argmax(infinite))
+            raise DataError(f"{where}: column '{column}' holds infinite values ({int(infinite.sum())} row(s), "
+                            f"the first is data row {first + 1})",
+                            hint="fix those values, or add inf and -inf to data.na_values to read them as missing")
 
 
 def _columns(df: pd.DataFrame, limit: int = 12) -> str:
@@ -144,14 +179,20 @@ def _read_table(path: Path, spec: DataSpec, name: str) -> pd.DataFrame:
     suffixes = "".join(path.suffixes).lower()
     if fmt == "auto":
         fmt = "parquet" if suffixes.endswith((".parquet", ".pq")) else "csv"
+    if fmt != "parquet":
+        _refuse_binary(path, spec, name)
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
         sep = spec.sep or ("\t" if ".tsv" in suffixes else ",")
         return pd.read_csv(path, sep=sep, na_values=spec.na_values, keep_default_na=True,
-                           low_memory=False)
+                           low_memory=False, encoding=spec.encoding)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{name} {path}: the file is empty", hint="check the file") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name} {path}: it is not {spec.encoding} text (it holds the byte "
+                        f"{exc.object[exc.start:exc.start + 1]!r}, which {spec.encoding} cannot decode)",
+                        hint="set data.encoding to the file's (e.g. latin-1, cp1252), or save it as UTF-8") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{name} {path}: cannot read it as {fmt}: {first}",
@@ -279,9 +320,15 @@ def _read_npy(path: Path, spec: DataSpec, base_dir: Path) -> Images:
     if not spec.labels:
         raise DataError(f"data.path {path}: a .npy of images needs data.labels (the labels .npy)")
     labels = resolve(spec.labels, base_dir)
-    if not labels.exists():
-        raise DataError(f"data.labels {labels}: file not found")
-    return Images(x=to_nchw(np.load(path), str(path)), y=np.load(labels).reshape(-1))
+    if not labels.is_file():
+        raise DataError(f"data.labels {labels}: {'it is a folder' if labels.is_dir() else 'file not found'}",
+                        hint="name the .npy file of labels, one per image in data.path")
+    try:
+        y = np.load(labels, allow_pickle=False).reshape(-1)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"data.labels {labels}: cannot read it as .npy: {str(exc).splitlines()[0][:160]}",
+                        hint="save the labels with numpy.save") from exc
+    return Images(x=to_nchw(np.load(path), str(path)), y=y)
 
 
 def _idx_files(folder: Path) -> dict[str, Path]:

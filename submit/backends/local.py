@@ -37,6 +37,18 @@ class LocalBackend(QarnotBackend):
         self.conn  # noqa: B018
         return f"emulator/{self.endpoint.executor}" if self.endpoint else "emulator"
 
+    def unreachable(self, error):
+        """The daemon that answered is gone (killed, stopped): no use waiting for it.  Its running
+        task ends as Failure with its uploaded files when an emulator starts again."""
+        from submit.backends.base import BackendError
+        from submit.emulator.executors import pid_alive
+
+        if self.endpoint is None or pid_alive(self.endpoint.pid):
+            return error
+        return BackendError(f"the local emulator stopped (its daemon, pid {self.endpoint.pid}, is gone)",
+                            hint="qtrain status RUN starts it again and retrieves what the task uploaded; "
+                                 "qtrain resume RUN continues from its last checkpoint")
+
     def _connect_emulator(self):
         import qarnot
 

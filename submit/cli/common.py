@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from jobs.errors import QtrainError
 
@@ -55,7 +56,7 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
             try:
                 return fn(*a, **kw)
             except QtrainError as exc:
-                err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False,
+                err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False,
                                   soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
@@ -68,7 +69,8 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any):
             except Exception as exc:  # noqa: BLE001
                 problem = environment_problem(exc)
                 if problem is not None:
-                    err_console.print(f"[bold red]error:[/] {problem.one_line()}", highlight=False, soft_wrap=True)
+                    err_console.print(f"[bold red]error:[/] {escape(problem.one_line())}", highlight=False,
+                                      soft_wrap=True)
                     raise typer.Exit(problem.exit_code) from None
                 err_console.print("[bold red]internal error[/] (please report it with this traceback):")
                 traceback.print_exc()
