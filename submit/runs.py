@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from jobs.errors import QtrainError, RunError
-from jobs.files import PATH_FIELDS, get_dotted, local_value, resolve
+from jobs.files import JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
 from jobs.results import (METRICS, OUT, PREFIX, RUN_INFO, SWEEP, atomic_write, parse_epoch_line,
                           parse_metrics, read_json, write_record)
@@ -30,7 +30,7 @@ from submit import config
 from submit.backends import Backend, get_backend
 from submit.backends.base import BackendUnreachable, TaskRequest, TaskStatus
 from submit.image import image_digest, stale_image
-from submit.package import build_package
+from submit.package import Package, build_package
 from submit.store import RunRecord, Store
 from submit.ui import Ui, human_bytes
 
@@ -44,19 +44,11 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                profile: str | None = None, recheck: bool = False,
                tags: dict[str, str] | None = None, note: str | None = None,
                resume: RunRecord | None = None) -> RunRecord:
-    from submit.checks import check
-
     job = loaded.job
     store.ensure_writable()  # before anything is uploaded
     backend.check_image(job.resources.image)
     backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
-    report, remembered = check(loaded, recheck)  # every mistake caught here, before any upload
-    how = "passed before with this job, data and code" if remembered else "checked"
-    for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them
-        ui.warn(line)
-    ui.say(f"{how}: {job.name}, {report['splits']['train']} training rows, "
-           f"{len(loaded.trials) or 1} trial(s)", style="dim")
-    package = build_package(loaded)
+    package = prepare(loaded, ui, recheck)
     if resume is not None:
         package.extras = resume_checkpoints(resume, store)
     if backend.runs_images() and stale_image(job.resources.image):
@@ -103,6 +95,30 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
            f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
     return store.get(run.run_id)
+
+
+def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
+    """Check the job (a verdict remembered for this job, data and code is not redone) and
+    package it.  Nothing leaves the machine: every mistake is caught here, before any upload."""
+    from submit.checks import check
+
+    report, remembered = check(loaded, recheck)
+    how = "passed before with this job, data and code" if remembered else "checked"
+    for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them
+        ui.warn(line)
+    ui.say(f"{how}: {loaded.job.name}, {report['splits']['train']} training rows, "
+           f"{len(loaded.trials) or 1} trial(s)", style="dim")
+    return build_package(loaded)
+
+
+def upload_plan(package: Package) -> dict[str, Any]:
+    """Every file and byte an upload of `package` sends at most (what the backend already has
+    is skipped then): `qtrain run --dry-run`."""
+    files = [{"path": f.remote, "bytes": f.size, "from": str(f.local),
+              **({"link_to": str(f.outside)} if f.outside else {})} for f in package.files + package.extras]
+    files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None})
+    return {"job": package.job_name, "dataset_hash": package.dataset_hash, "job_hash": package.job_hash,
+            "trials": package.trials, "files": files, "total_bytes": sum(f["bytes"] for f in files)}
 
 
 def submission_tags(run_id: str) -> list[str]:
@@ -365,19 +381,41 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
     store (files already there are skipped), index the metrics and what ran (run.json), and mark
     the run retrieved once its task has ended.  Safe to repeat."""
     uuid = _uuid(run)
+    with store.run_lock(run.run_id, "fetch", wait=False) as free:
+        if not free:
+            ui.say(f"another qtrain is retrieving run {run.run_id}: waiting for it", style="dim")
+    with store.run_lock(run.run_id, "fetch"):  # one retrieval of a run at a time: no shared file
+        return _retrieve(store.get(run.run_id), uuid, backend, store, ui, status)
+
+
+def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
+              status: TaskStatus | None) -> RunRecord:
+    final = run.done and run.retrieved  # its results are in the store: kept, never replaced
     status = status or backend.status(uuid)
     error = None
     if status.state == "Failure":
         error = "; ".join(status.errors) or "the task failed"
-    store.set_state(run.run_id, status.run_state, detail=status.state, error=error)
+    if not final:
+        store.set_state(run.run_id, status.run_state, detail=status.state, error=error)
     dest = store.artifacts_dir(run.run_id)
     dest.mkdir(parents=True, exist_ok=True)
     incoming = dest / ".incoming"  # the bucket's layout; results are moved out of out/ below
+    for stale in incoming.rglob(".qtrain-*.part") if incoming.is_dir() else []:
+        stale.unlink(missing_ok=True)  # left by a retrieval that was killed (this one holds the lock)
     with ui.transfer(f"retrieving {run.run_id}") as bar:
-        got = backend.download(uuid, incoming, bar.advance, on_total=bar.set_total)
-    _promote(incoming / RESULTS_PREFIX.rstrip("/"), dest)
+        got = backend.download(uuid, incoming, bar.advance, on_total=bar.set_total, replace=not final)
+    for key, why in got.refused:
+        ui.warn(f"run {run.run_id}: result {key!r} skipped: {why}")
+    if got.differing:
+        shown = ", ".join(got.differing[:5]) + (f" and {len(got.differing) - 5} more" if len(got.differing) > 5 else "")
+        ui.warn(f"run {run.run_id}: its results bucket now differs from what was retrieved when it ended "
+                f"({shown}): the retrieved files are kept")
+    for rel, why in _promote(incoming / RESULTS_PREFIX.rstrip("/"), dest):
+        ui.warn(f"run {run.run_id}: result {rel!r} skipped: {why}")
     if got.files:
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
+    if final:
+        return store.get(run.run_id)
     _save_logs(backend, uuid, dest)
     for trial in range(run.trials) if run.trials else [None]:
         folder = store.artifacts_dir(run.run_id, trial)
@@ -485,24 +523,38 @@ def _reachable(name: str, notes: list[str]) -> Backend | None:
         return None
 
 
-def _promote(src: Path, dest: Path) -> None:
+def _promote(src: Path, dest: Path) -> list[tuple[str, str]]:
     """Move downloaded results from the bucket layout (out/...) into the run's folder, keeping
-    the downloaded copy's name so that a second fetch can skip what is unchanged."""
+    the downloaded copy's name so that a second fetch can skip what is unchanged.  Returns the
+    files that could not take their place (path, why): a folder already there by that name."""
+    from submit.backends.base import UNWRITABLE
+
+    skipped: list[tuple[str, str]] = []
     if not src.is_dir():
-        return
+        return skipped
     for path in sorted(src.rglob("*")):
-        if path.is_file():
-            target = dest / path.relative_to(src)
+        if not path.is_file() or (path.name.startswith(".qtrain-") and path.name.endswith(".part")):
+            continue
+        rel = path.relative_to(src)
+        target = dest / rel
+        try:
             if target.is_file() and os.path.samefile(path, target):
                 continue  # promoted by an earlier fetch (rename() onto the same inode is a no-op)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.unlink(missing_ok=True)
+            tmp = target.parent / f".qtrain-{os.getpid()}-{time.monotonic_ns()}.tmp"
             try:
                 os.link(path, tmp)  # no second copy of the bytes on disk
             except OSError:
                 shutil.copy2(path, tmp)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            skipped.append((rel.as_posix(), f"cannot take its place in the run's folder: {exc.strerror}"))
+    return skipped
 
 
 def _save_logs(backend: Backend, uuid: str, dest: Path) -> None:

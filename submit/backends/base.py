@@ -7,8 +7,11 @@ its uuid: its `TaskStatus`, its fresh output, an abort, its results downloaded i
 from __future__ import annotations
 
 import abc
+import errno
+import os
+import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from jobs.errors import QtrainError
@@ -74,6 +77,85 @@ class Downloaded:
     files: int
     bytes: int
     skipped: int  # already there, identical
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (key, why): never written
+    differing: list[str] = field(default_factory=list)  # keys unlike the kept local file (replace=False)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    key: str
+    size: int
+    same_as: Callable[[Path], bool]  # is this local file the object's bytes?
+
+
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+PATH_MAX = 4000  # bytes in a path below the destination, with room for the store's own folders
+
+
+def plan_download(objects: list[RemoteFile], dest: Path,
+                  replace: bool = True) -> tuple[list[tuple[RemoteFile, Path]], Downloaded]:
+    """Which result objects to write where under `dest`, and which not: identical files are
+    skipped; keys that cannot be a file here are refused with why (climbing out with `..`,
+    absolute, a component too long, a key below another key: that one is a file and is kept);
+    with `replace` False a local file that differs is kept and its key listed as differing."""
+    done = Downloaded(0, 0, 0)
+    keys = {o.key for o in objects}
+    todo = []
+    for o in sorted(objects, key=lambda o: o.key):
+        why = None
+        rel = PurePosixPath(o.key)
+        if o.key.startswith("/") or rel.is_absolute():
+            why = "an absolute key"
+        elif not rel.parts or any(part in ("..", ".") for part in o.key.split("/")):
+            why = "a key that climbs out with .. (or names no file)"
+        elif any(len(part.encode()) > NAME_MAX for part in rel.parts) or len(o.key.encode()) > PATH_MAX:
+            why = f"a name longer than {NAME_MAX} bytes (or a path longer than {PATH_MAX})"
+        elif "\0" in o.key:
+            why = "a NUL byte in the key"
+        else:
+            parent = next((str(p) for p in list(rel.parents)[:-1] if str(p) in keys), None)
+            if parent is not None:
+                why = f"a key below {parent}, which is a file"
+        if why is not None:
+            done.refused.append((o.key, why))
+            continue
+        local = dest.joinpath(*rel.parts)
+        if local.is_file() and o.same_as(local):
+            done.skipped += 1
+        elif local.exists() and not replace:
+            done.differing.append(o.key)
+        else:
+            todo.append((o, local))
+    return todo, done
+
+
+# errors of one file that say "this key cannot be a file here" (not a full or read-only disk)
+UNWRITABLE = (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL, errno.EILSEQ)
+
+
+def write_object(local: Path, fetch: Callable[[Path], None], done: Downloaded, key: str, size: int) -> None:
+    """`fetch` the object into a temporary file beside `local`, then rename it into place: a
+    reader never sees half a file, two fetches never share a temporary name, an interruption
+    leaves nothing behind.  A key that cannot be a file here is refused (listed in `done`)."""
+    tmp = None
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.parent / f".qtrain-{secrets.token_hex(6)}.part"
+        fetch(tmp)
+        os.replace(tmp, local)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if exc.errno not in UNWRITABLE:
+            raise
+        done.refused.append((key, f"cannot be written here: {exc.strerror}"))
+        return
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    done.files += 1
+    done.bytes += size
 
 
 class Backend(abc.ABC):
@@ -146,5 +228,6 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,
-                 on_total: Callable[[int], None] | None = None) -> Downloaded:
-        """Bring the task's results into `dest`, skipping files already there and identical."""
+                 on_total: Callable[[int], None] | None = None, replace: bool = True) -> Downloaded:
+        """Bring the task's results into `dest`, skipping files already there and identical
+        (`plan_download`, `write_object`); with `replace` False a differing local file is kept."""

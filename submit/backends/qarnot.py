@@ -13,11 +13,12 @@ import functools
 import hashlib
 import os
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 from submit import config
-from submit.backends.base import Backend, BackendError, Downloaded, Progress, TaskRequest, TaskStatus
+from submit.backends.base import (Backend, BackendError, BackendUnreachable, Downloaded, Progress, RemoteFile,
+                                  TaskRequest, TaskStatus, plan_download, write_object)
 from submit.backends.errors import translate
 
 PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
@@ -35,6 +36,8 @@ def _translate(fn: Callable) -> Callable:
             error = translate(exc, self)
             if error is None or error is exc:
                 raise
+            if isinstance(error, BackendUnreachable):
+                error = self.unreachable(error)
             raise error from exc
 
     return wrapper
@@ -57,6 +60,10 @@ class QarnotBackend(Backend):
     poll_seconds = 5.0
     token_hint = "check QARNOT_CLIENT_TOKEN or the [client] token of your Qarnot config file"
     unreachable_hint = "check your network and QARNOT_CLUSTER_URL"
+
+    def unreachable(self, error: BackendError) -> BackendError:
+        """What a lost connection means here (a network blip, worth retrying, on Qarnot)."""
+        return error
 
     def __init__(self, connect: Callable[[], Any] | None = None) -> None:
         """`connect` makes the SDK connection (default: the Qarnot account configured here)."""
@@ -243,39 +250,26 @@ class QarnotBackend(Backend):
     # ------------------------------------------------------------------------------- results
     @_translate
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,
-                 on_total: Callable[[int], None] | None = None) -> Downloaded:
+                 on_total: Callable[[int], None] | None = None, replace: bool = True) -> Downloaded:
         task = self._task(uuid)
         task.update(flushcache=True)
         bucket = task.results
         if bucket is None:
             return Downloaded(0, 0, 0)
-        objects = [o for o in bucket.list_files() if not o.key.endswith("/")]
-        todo, skipped = [], 0
-        for o in objects:
-            rel = PurePosixPath(o.key.lstrip("/"))
-            if not rel.parts or ".." in rel.parts:
-                continue  # never write outside dest
-            local = dest / Path(*rel.parts)
-            if local.is_file() and local.stat().st_size == o.size and s3_etag(local) == o.e_tag.strip('"'):
-                skipped += 1
-                continue
-            todo.append((o, local))
+
+        def same(etag: str, size: int) -> Callable[[Path], bool]:
+            return lambda local: local.stat().st_size == size and s3_etag(local) == etag.strip('"')
+
+        objects = [RemoteFile(o.key, o.size, same(o.e_tag, o.size))
+                   for o in bucket.list_files() if not o.key.endswith("/")]
+        todo, done = plan_download(objects, dest, replace)
         if on_total:
             on_total(sum(o.size for o, _ in todo))
-        total = 0
         for o, local in todo:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.part")
-            try:
-                bucket.get_file(o.key, local=str(tmp))
-                os.replace(tmp, local)
-            except BaseException:  # a full disk, an interruption: no half file stays behind
-                tmp.unlink(missing_ok=True)
-                raise
-            total += o.size
+            write_object(local, lambda tmp, key=o.key: bucket.get_file(key, local=str(tmp)), done, o.key, o.size)
             if progress:
                 progress(o.size)
-        return Downloaded(len(todo), total, skipped)
+        return done
 
 
 def results_bucket(run_id: str) -> str:
@@ -285,8 +279,9 @@ def results_bucket(run_id: str) -> str:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """`registry:5000/team/runner:1.2` -> (`registry:5000/team/runner`, `1.2`); no tag: latest."""
-    repo, sep, tag = image.rpartition(":")
-    if not sep or "/" in tag:
-        return image, "latest"
-    return repo, tag
+    """`registry:5000/team/runner:1.2` -> (`registry:5000/team/runner`, `1.2`); no tag: latest;
+    a digest stays with the tag (`1.2@sha256:...`).  ValueError for what is not a reference."""
+    from jobs.imageref import parse_image
+
+    ref = parse_image(image)
+    return ref.name, ref.docker_tag

@@ -135,7 +135,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
         try:
             record = refresh(record, backend_for(record, start=False), store, Ui(json_mode=True))
         except QtrainError as exc:
-            err_console.print(f"(not updated: {exc.one_line()})", style="dim", highlight=False)
+            err_console.print(f"(not updated: {exc.one_line()})", style="dim", highlight=False, markup=False)
     trial, metrics = record.chosen()
     job = user_job(record, trial)
     data = summary(record, store)
@@ -221,7 +221,7 @@ def results_compare(
         metric = headline(records[0].task).metric
         drawn = plot_curves(plot, curves(records, store), metric,
                             title=" vs ".join(r.run_id for r in records)[:120])
-        err_console.print(f"curves of {drawn} run(s) -> {plot}", highlight=False)
+        err_console.print(f"curves of {drawn} run(s) -> {plot}", highlight=False, markup=False)
     if as_json:
         print(json.dumps(table))
         return
@@ -260,7 +260,7 @@ def results_tag(run_ref: str = RunArgument,
     parsed = dict(parse_tag(t) for t in tags)
     store, record = _open_run(run_ref, store_dir)
     store.tag(record.run_id, parsed)
-    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags)}", highlight=False)
+    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags)}", highlight=False, markup=False)
 
 
 @command("untag", group=results_app)
@@ -271,8 +271,10 @@ def results_untag(run_ref: str = RunArgument,
     store, record = _open_run(run_ref, store_dir)
     missing = store.untag(record.run_id, [k.partition("=")[0] for k in keys])
     if missing:
-        err_console.print(f"{record.run_id} had no tag {', '.join(missing)}", style="yellow", highlight=False)
-    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags) or '(no tags)'}", highlight=False)
+        err_console.print(f"{record.run_id} had no tag {', '.join(missing)}", style="yellow", highlight=False,
+                          markup=False)
+    console.print(f"{record.run_id}: {_tags(store.get(record.run_id).tags) or '(no tags)'}", highlight=False,
+                  markup=False)
 
 
 @command("note", group=results_app)
@@ -282,7 +284,7 @@ def results_note(run_ref: str = RunArgument,
     """Attach a note to a run (replacing the one it had)."""
     store, record = _open_run(run_ref, store_dir)
     store.set_note(record.run_id, note.strip() or None)
-    console.print(f"{record.run_id}: note {'set' if note.strip() else 'removed'}", highlight=False)
+    console.print(f"{record.run_id}: note {'set' if note.strip() else 'removed'}", highlight=False, markup=False)
 
 
 @command("rm", group=results_app)
@@ -301,7 +303,7 @@ def results_rm(run_refs: list[str] = RunsArgument, yes: bool = YesOption,
         confirm(f"remove {len(records)} run(s) and their files: {', '.join(r.run_id for r in records)}?")
     for r in records:
         store.remove(r.run_id)
-        console.print(f"removed {r.run_id}", highlight=False)
+        console.print(f"removed {r.run_id}", highlight=False, markup=False)
 
 
 @command("gc", group=results_app)
@@ -334,7 +336,7 @@ def results_gc(yes: bool = YesOption,
     if as_json:
         print(json.dumps({"removed": True, **found}))
     else:
-        console.print(f"removed {total} item(s)", highlight=False)
+        console.print(f"removed {total} item(s)", highlight=False, markup=False)
 
 
 @command("reindex", group=results_app)
@@ -354,7 +356,8 @@ def results_reindex(yes: bool = YesOption, as_json: bool = JsonOption,
         print(json.dumps(found))
         return
     console.print(f"indexed {found['runs']} run(s) from their folders"
-                  + (f"; the old index is {found['old_index']}" if found["old_index"] else ""), highlight=False)
+                  + (f"; the old index is {found['old_index']}" if found["old_index"] else ""), highlight=False,
+                  markup=False)
     if found["skipped"]:
         err_console.print(f"{len(found['skipped'])} folder(s) without a run record (made by an older "
                           f"qtrain, or not runs): {', '.join(found['skipped'][:5])}", style="yellow",
@@ -388,6 +391,6 @@ def results_export(
             console.print(f"{record.run_id} -> MLflow experiment {exported.experiment!r}, run "
                           f"{exported.mlflow_run_id}"
                           + (f" (+{len(exported.trial_runs)} trial runs)" if exported.trial_runs else "")
-                          + (" (updated)" if exported.updated else ""), highlight=False)
+                          + (" (updated)" if exported.updated else ""), highlight=False, markup=False)
     if as_json:
         print(json.dumps(done))

@@ -9,7 +9,8 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from submit.backends.base import Backend, BackendUnreachable, Downloaded, TaskNotFound, TaskRequest, TaskStatus
+from submit.backends.base import (Backend, BackendUnreachable, Downloaded, RemoteFile, TaskNotFound, TaskRequest,
+                                  TaskStatus, plan_download, write_object)
 
 
 @dataclass
@@ -82,15 +83,11 @@ class FakeBackend(Backend):
         self._known(uuid)
         self.aborted.add(uuid)
 
-    def download(self, uuid: str, dest: Path, progress=None, on_total=None) -> Downloaded:
+    def download(self, uuid: str, dest: Path, progress=None, on_total=None, replace: bool = True) -> Downloaded:
         self._known(uuid)
-        files = total = skipped = 0
-        for key, data in self.script.results.items():
-            local = dest / key
-            if local.is_file() and local.read_bytes() == data:
-                skipped += 1
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(data)
-            files, total = files + 1, total + len(data)
-        return Downloaded(files, total, skipped)
+        objects = [RemoteFile(key, len(data), lambda local, data=data: local.read_bytes() == data)
+                   for key, data in self.script.results.items()]
+        todo, done = plan_download(objects, dest, replace)
+        for o, local in todo:
+            write_object(local, lambda tmp, key=o.key: tmp.write_bytes(self.script.results[key]), done, o.key, o.size)
+        return done

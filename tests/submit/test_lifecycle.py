@@ -211,3 +211,25 @@ def test_a_task_that_vanished_marks_the_run_failed(qtrain, fake, store):
     assert result.code == 3 and "not found" in result.err and "Traceback" not in result.err
     assert f"run {run.run_id}:" in result.err
     assert db.get(run.run_id).state == "failed" and "the task is gone" in db.get(run.run_id).error
+
+
+def test_result_keys_that_cannot_be_files_here_are_skipped_one_warning_each(qtrain, fake, store):
+    """Keys a storage may hold but no folder can: climbing out, absolute, a name over 255 bytes,
+    a key below another key's file, and a local folder where a file should go.  The rest lands."""
+    good = {"out/metrics.json": b"{}", "out/history.csv": b"epoch\n1\n", "out/sub/ok.txt": b"ok"}
+    odd = {"../escaped.txt": "climbs out", "out/../../x.txt": "climbs out", "/abs.txt": "absolute",
+           "out/" + "n" * 256 + ".txt": "longer than 255", "out/" + "é" * 200: "longer than 255",
+           "out/history.csv/inner.txt": "below out/history.csv", "out/blocked": "cannot be written here"}
+    fake.script.results = {**good, **{k: b"odd" for k in odd}}
+    db, run = _submitted(fake, store, qtrain)
+    (db.artifacts_dir(run.run_id) / ".incoming" / "out" / "blocked").mkdir(parents=True)  # a folder in the way
+    result = qtrain("fetch", run.run_id, "--store", store)
+    assert "Traceback" not in result.err, result.err
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(odd), result.err
+    for key, why in odd.items():
+        assert sum(repr(key) in line and why in line for line in warnings) == 1, (key, result.err)
+    folder = db.artifacts_dir(run.run_id)
+    assert (folder / "history.csv").read_bytes() == good["out/history.csv"]
+    assert (folder / "sub" / "ok.txt").read_bytes() == b"ok"
+    assert not list(folder.parent.parent.rglob("escaped.txt")) and not list(folder.rglob("*.part"))
