@@ -58,7 +58,7 @@ def emulator_reset(state: Optional[str] = StateOption, yes: bool = YesOption) ->
         confirm(f"stop the emulator and delete its tasks and buckets in {data}?")
     gone = daemon.reset(state)
     console.print(f"emulator reset: {gone['tasks']} task(s) and {gone['bytes'] / 1e6:.1f} MB deleted "
-                  f"from {data}", highlight=False)
+                  f"from {data}", highlight=False, markup=False)
 
 
 @command("status", group=emulator_app)
@@ -88,7 +88,7 @@ def _print_emulator(ep, state: str, as_json: bool) -> None:
     kept = f"data in {ep.data}" if ep.storage != "moto" else "storage moto: nothing is kept"
     console.print(f"emulator {state}: API {ep.url}, S3 {ep.s3_url} ({ep.storage}), executor {ep.executor}, "
                   f"pid {ep.pid}\n  {kept}\n  token in {info['token_file']} (0600), log {ep.log}",
-                  highlight=False)
+                  highlight=False, markup=False)
 
 
 @command("serve", group=emulator_app)

@@ -122,7 +122,7 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     except BaseException:
         s3.stop()
         raise
-    _remove_old_work_dirs(data / "tasks")  # after the restore, which uploads what they held
+    _remove_old_work_dirs(data / "tasks", announce)  # after the restore, which uploads what they held
     server = make_server(Api(manager, token, s3_url), host, port)
     url = f"http://{host}:{server.server_address[1]}"
 
@@ -136,8 +136,11 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if write_state:
-        _write_state({"pid": os.getpid(), "url": url, "s3_url": s3_url, "executor": executor,
-                      "started": time.time(), "log": str(log_file()), "data": str(data), "storage": s3.kind})
+        from submit.emulator.supervisor import ENV
+
+        _write_state({"pid": os.getpid(), "supervisor": int(os.environ.get(ENV) or 0) or None, "url": url,
+                      "s3_url": s3_url, "executor": executor, "started": time.time(), "log": str(log_file()),
+                      "data": str(data), "storage": s3.kind})
     restored = len(manager.tasks)
     announce(f"qtrain emulator: API {url}  S3 {s3_url} ({s3.kind})  executor {executor}  data {data}"
              f"{f'  ({restored} tasks kept)' if restored else ''}  (pid {os.getpid()})")
@@ -154,14 +157,41 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
         announce("qtrain emulator: stopped")
 
 
-def _remove_old_work_dirs(root: Path) -> None:
+def _remove_old_work_dirs(root: Path, announce=print) -> None:
     """The instance folders of emulators that are gone (copies of datasets; what they held that
-    mattered was uploaded when their tasks were read back)."""
+    mattered was uploaded when their tasks were read back), and any process still working in
+    them (an emulator killed with its keeper, or on a system without one): stopped and said."""
     if root.is_dir():
         for old in root.iterdir():
             if old.is_dir() and old.name != str(os.getpid()) and not (
                     old.name.isdigit() and pid_alive(int(old.name))):
+                stopped = _stop_leftovers(old)
+                if stopped:
+                    announce(f"qtrain emulator: stopped {len(stopped)} process(es) left running by emulator "
+                             f"{old.name} (pids {', '.join(map(str, stopped))})")
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _stop_leftovers(folder: Path) -> list[int]:
+    """SIGKILL (with their process groups) the processes whose working directory lies in `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == str(folder) or cwd.startswith(str(folder) + os.sep):
+            found.append(int(entry.name))
+    for pid in found:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
 
 
 def _write_state(data: dict[str, Any]) -> None:
@@ -252,7 +282,7 @@ def _start_locked(executor: str | None, port: int, timeout: float,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         data = _read_state()
-        if data and data.get("pid") == proc.pid:
+        if data and proc.pid in (data.get("pid"), data.get("supervisor")):
             return running() or _fail_start(proc), True
         if proc.poll() is not None:
             _fail_start(proc)
@@ -277,12 +307,15 @@ def stop(timeout: float = 30) -> bool:
     current = running()
     if current is None:
         return False
+    keeper = (_read_state() or {}).get("supervisor")
     os.kill(current.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pid_alive(current.pid):
         time.sleep(0.05)
     if pid_alive(current.pid):
         os.kill(current.pid, signal.SIGKILL)
+    while keeper and time.monotonic() < deadline + 15 and pid_alive(int(keeper)):
+        time.sleep(0.05)  # the keeper has cleaned up after it once it is gone
     state_file().unlink(missing_ok=True)
     return True
 
@@ -323,12 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every S3 request
     announce = lambda m: print(time.strftime("%Y-%m-%d %H:%M:%S"), m, flush=True)  # noqa: E731
-    try:
-        serve(port=args.port, executor=args.executor, write_state=True, announce=announce, state=args.state)
-    except QtrainError as exc:
-        announce(f"qtrain emulator: {exc}")
-        return 1
-    return 0
+    from submit.emulator.supervisor import run
+
+    def serve_here() -> int:
+        try:
+            serve(port=args.port, executor=args.executor, write_state=True, announce=announce, state=args.state)
+        except QtrainError as exc:
+            announce(f"qtrain emulator: {exc}")
+            return 1
+        return 0
+
+    return run(serve_here, docker=args.executor == "docker", announce=announce)
 
 
 if __name__ == "__main__":

@@ -562,7 +562,9 @@ class TaskManager:
         hold uploaded (a last snapshot, so a checkpoint written since the last one comes home),
         and the task a Failure that says why."""
         for inst in task.instances.values():
-            stop_orphan(inst.pid, task.dir)
+            if stop_orphan(inst.pid, task.dir):
+                task.log(inst.id, f"[emulator] the instance's process (pid {inst.pid}) outlived the emulator "
+                                  f"that started it: stopped", "stderr")
         try:
             if task.body.upload_on_cancel or not task.aborted:
                 task._upload_all()
@@ -631,21 +633,22 @@ class TaskManager:
             self.store.close()
 
 
-def stop_orphan(pid: int | None, task_dir: Path) -> None:
+def stop_orphan(pid: int | None, task_dir: Path) -> bool:
     """Kill an instance process a dead emulator left behind, if `pid` still is one: a process whose
-    working directory lies in the task's folder (a reused pid is left alone)."""
+    working directory lies in the task's folder (a reused pid is left alone).  True if it was."""
     if not pid:
-        return
+        return False
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
-        return
+        return False
     if not (cwd == str(task_dir) or cwd.startswith(str(task_dir) + os.sep)):
-        return
+        return False
     try:
         if os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True

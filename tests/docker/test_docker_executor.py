@@ -154,18 +154,23 @@ def test_a_rebuilt_image_gets_a_fresh_warm_container(qtrain, tmp_path, docker_ho
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
-def test_a_killed_daemon_leaves_no_warm_container_behind(docker_home):
+def test_a_killed_daemon_leaves_no_container_behind(qtrain, tmp_path, docker_home):
+    """kill -9 of the daemon mid-training: its keeper removes the instance's container and the
+    warm one at once, and the `docker run` clients and the instance's files are gone with them."""
     from submit.emulator import daemon
+    from tests.helpers import processes_in
 
     with emulator_at(docker_home, "docker"):
         _wait(_warm_ready)
-        before = _containers(warm=True)
-        os.kill(daemon.running().pid, 9)
-        time.sleep(0.5)
-        assert _containers(warm=True) == before  # orphaned, until the next emulator starts
-    with emulator_at(docker_home, "docker"):
-        _wait(lambda: not set(before) & set(_containers(warm=True)))
-    assert not _containers(warm=True)
+        run = qtrain("run", "penguins", "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
+                     "--detach", "--json", "--store", tmp_path / "store").json()
+        work = daemon.home() / "tasks"
+        _wait(lambda: any(work.rglob(f"{run['task_uuid']}/**/checkpoint.pt")))  # it trains
+        pid = daemon.running().pid
+        assert _containers() or _containers(warm=True)
+        os.kill(pid, 9)
+        _wait(lambda: not _containers() and not _containers(warm=True), timeout=60)
+        assert not processes_in(work / str(pid))
 
 
 def test_abort_kills_the_container(conn_factory, docker_emulator, wait_task):

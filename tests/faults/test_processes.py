@@ -4,6 +4,7 @@ asserts what the user sees (one line, an exit status) and what survives (store r
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -100,3 +101,63 @@ def test_emulator_reset_asks_then_wipes_tasks_and_buckets(world):
     assert run["run_id"] in listed.out
 
 
+
+
+def _tree(root: int) -> set[int]:
+    """`root` and every process below it (from /proc)."""
+    from submit.emulator.supervisor import children
+
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children(pid)
+    return found
+
+
+def test_kill9_of_the_daemon_leaves_no_process_of_it_running(world):
+    """The daemon's keeper owns its tree: kill -9 of the daemon mid-training stops the instance,
+    the fork server and the resource tracker at once, with no new daemon needed."""
+    run = world.cli("run", world.job(), *LONG, "--detach", "--json").json()
+    wait_for(lambda: _epoch_seen(world, run["run_id"]))
+    state = world.daemon()
+    keeper, daemon = state["supervisor"], state["pid"]
+    tree = _tree(keeper)
+    old_tasks = world.emulator_home / "tasks" / str(daemon)
+    assert processes_in(old_tasks) and len(tree) >= 5  # keeper, daemon, weed, fork server + instance, ...
+
+    world.kill_daemon()
+    wait_for(lambda: not any(pid_alive(p) for p in tree), 30)  # the keeper too, once it has cleaned up
+    assert not processes_in(old_tasks)
+    assert "was killed by signal 9; stopped" in (world.emulator_home / "daemon.log").read_text()
+
+
+def test_processes_that_outlive_daemon_and_keeper_are_stopped_and_reported_by_the_next_daemon(world):
+    run = world.cli("run", world.job(), *LONG, "--detach", "--json").json()
+    wait_for(lambda: _epoch_seen(world, run["run_id"]))
+    state = world.daemon()
+    old_tasks = world.emulator_home / "tasks" / str(state["pid"])
+    os.killpg(state["supervisor"], signal.SIGKILL)  # keeper and daemon at once (their process group)
+    wait_for(lambda: not pid_alive(state["pid"]), 10)
+    assert processes_in(old_tasks)  # the instance (its own session) is still training
+
+    status = world.cli("status", run["run_id"], "--json")  # a new daemon reads the task back
+    assert status.code in (0, 1), status.err
+    assert status.json()["state"] == "failed"
+    assert not processes_in(old_tasks)
+    assert "outlived the emulator that started it: stopped" in world.cli("logs", run["run_id"], "--stderr").out
+
+
+def test_qtrain_run_following_when_the_daemon_dies_exits_3_naming_the_run_at_once(world):
+    client = world.popen("run", world.job(), *LONG)
+    for line in client.stdout:  # following: the first epoch line
+        if "epoch=" in line:
+            break
+    world.kill_daemon()
+    out, _ = client.communicate(timeout=60)  # not the two minutes of retries a network blip gets
+    runs = json.loads(world.cli("results", "list", "--no-refresh", "--json").out.strip().splitlines()[-1])
+    assert client.returncode == 3, out
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"run {runs[0]['run_id']}:" in error[0] and "emulator stopped" in error[0], out
+    status = world.cli("status", runs[0]["run_id"], "--json")  # as the hint says
+    assert status.json()["state"] == "failed" and "emulator stopped" in status.json()["error"]
