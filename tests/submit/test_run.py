@@ -59,9 +59,10 @@ def test_an_unchanged_dataset_is_uploaded_once(qtrain, store_dir, csv_job):
     table = csv_job.parent / "table.csv"  # a dataset this emulator has not seen in another test
     table.write_text(table.read_text() + f"{int.from_bytes(os.urandom(4), 'big')},0,0,yes\n")
     size = table.stat().st_size
-    first = qtrain("run", csv_job, "--json", "--store", store_dir).json()
-    second = qtrain("run", csv_job, "--json", "--store", store_dir).json()
-    other = qtrain("run", csv_job, "--set", "train.epochs=2", "--json", "--store", store_dir).json()
+    unique = ["--set", f"description=upload-once-{os.urandom(4).hex()}"]  # and a job.json it has not seen
+    first = qtrain("run", csv_job, *unique, "--json", "--store", store_dir).json()
+    second = qtrain("run", csv_job, *unique, "--json", "--store", store_dir).json()
+    other = qtrain("run", csv_job, *unique, "--set", "train.epochs=2", "--json", "--store", store_dir).json()
     assert first["uploaded_bytes"] > size  # the CSV + job.json (first time this dataset is seen)
     assert second["uploaded_bytes"] == 0  # same dataset, same job: nothing at all
     assert 0 < other["uploaded_bytes"] < size  # only the new job.json
@@ -258,6 +259,13 @@ def test_backend_errors_are_one_line_with_the_next_step(qtrain, store_dir, csv_j
     finally:
         daemon.token_file().write_text(good)
     assert result.code == 2 and "refused the token" in result.err and "Traceback" not in result.err
+    # the Qarnot backend's hint names the config file's section, `[client]`, which must not be
+    # read as a style tag (nor any other bracketed text in a message)
+    monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "wrong-token")
+    monkeypatch.setenv("QARNOT_CLUSTER_URL", emulator.url)
+    result = qtrain("profiles", "--backend", "qarnot")
+    assert result.code == 2 and "the [client] token of your Qarnot config file" in result.err
+    monkeypatch.delenv("QARNOT_CLIENT_TOKEN")
 
     # a task the backend no longer knows (MissingTaskException)
     data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
