@@ -56,6 +56,9 @@ EMULATOR_EXECUTOR = os.environ.get("QTRAIN_EMULATOR_EXECUTOR") or None
 # The emulator's S3 storage: seaweedfs (on disk, checks the Qarnot identity) or moto (in memory,
 # any credentials, nothing kept).  Default: seaweedfs where its `weed` is installed, else moto.
 EMULATOR_STORAGE = os.environ.get("QTRAIN_EMULATOR_STORAGE") or None
+# what the emulator does with a task whose hardware constraints its machine does not meet:
+# wait (queued, with an errors entry), strict (refused at submission), lenient (run anyway)
+EMULATOR_HARDWARE = os.environ.get("QTRAIN_EMULATOR_HARDWARE") or "wait"
 
 
 def mlflow_export_enabled() -> bool:

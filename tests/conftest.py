@@ -86,7 +86,8 @@ def emulator(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("qtrain-home")
     saved = {k: os.environ.get(k) for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR",
-                                             "QARNOT_CLIENT_TOKEN")}
+                                             "QARNOT_CLIENT_TOKEN", "QTRAIN_EMULATOR_REQUEST_TIMEOUT")}
+    os.environ["QTRAIN_EMULATOR_REQUEST_TIMEOUT"] = "5"  # a stalled client is dropped within a test's patience
     os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
     os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
     os.environ.pop("QARNOT_CLIENT_TOKEN", None)  # the default backend must be the emulator

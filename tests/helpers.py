@@ -4,9 +4,16 @@ task's folder (found by their working directory, as the emulator itself finds or
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
+
+
+def sh(script: str) -> str:
+    """A DOCKER_CMD that runs `script` in a shell: Qarnot runs DOCKER_CMD's words with no shell in
+    between (its own samples write `sh -c "..."`), and so does the emulator."""
+    return "sh -c " + shlex.quote(script)
 
 
 def wait_for(predicate, timeout: float = 60, every: float = 0.2):

@@ -15,7 +15,7 @@ emulator_app = typer.Typer(help="The local Qarnot-compatible emulator (API + S3 
                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(emulator_app, name="emulator")
 ExecutorOption = typer.Option(None, "--executor", help="How instances run: docker (the task's "
-                                                       "image) or process (sh -c DOCKER_CMD here). "
+                                                       "image) or process (DOCKER_CMD here, no image). "
                                                        "Default: docker where an engine answers and "
                                                        "the runner image exists, else process.")
 StateOption = typer.Option(None, "--state", metavar="DIR",
@@ -31,7 +31,10 @@ def emulator_start(executor: Optional[str] = ExecutorOption,
                    as_json: bool = JsonOption) -> None:
     """Start the emulator daemon in the background (a no-op when it already runs).  Tasks and
     buckets of earlier runs of the emulator are still there; tasks it was running when it died
-    are Failure."""
+    are Failure.  QTRAIN_EMULATOR_HARDWARE=wait|strict|lenient says what becomes of a task whose
+    hardware constraints this machine does not meet (a GPU job without a GPU): it waits queued
+    (default), is refused, or runs anyway on what there is; QTRAIN_EMULATOR_LIMITS lowers or
+    raises the account limits (e.g. max_running_tasks=2)."""
     from submit.emulator import daemon
 
     ep, started = daemon.start(executor, port=port, state=state)

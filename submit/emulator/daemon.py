@@ -116,9 +116,19 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
                                   hint="qtrain emulator reset wipes it (tasks and buckets)") from None
         else:
             announce(f"qtrain emulator: storage {s3.kind} keeps nothing: tasks and buckets end with the daemon")
+        from submit.emulator.hardware import mode
+
+        from submit.emulator.wire import Limits
+
+        try:
+            hardware_mode = mode(config.EMULATOR_HARDWARE)
+            limits = Limits.from_env()
+        except ValueError as exc:
+            raise QtrainError(str(exc), hint="fix or unset the variable") from None
         manager = TaskManager(data / "tasks" / str(os.getpid()),
                               Storage(s3.direct_url, data / "cache", EMAIL, token),
-                              make_executor(executor), store=store)
+                              make_executor(executor), store=store, hardware_mode=hardware_mode,
+                              limits=limits)
     except BaseException:
         s3.stop()
         raise

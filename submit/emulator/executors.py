@@ -2,14 +2,19 @@
 
 An executor turns an `InstanceSpec` (command, working directory, environment, image, GPU wish)
 into a `Running` process whose stdout/stderr the task reads line by line, that it can wait on and
-kill.  `process` runs the command with `sh -c` in the instance's folder, as the runner image would
-run it; `docker` (issue 4) runs the task's image.
+kill.  The command is DOCKER_CMD as Qarnot runs it (`command_argv`): split into words like a shell
+would split them, `${NAME}` replaced in each word, and no shell in between; in `docker` it follows
+the image in `docker run` (so the image's ENTRYPOINT is honoured, and no DOCKER_CMD runs the
+image's default command); `process` runs the words in the instance's folder, standing in for the
+runner image.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,13 +32,34 @@ from runner.warm import PRELOAD
 # Where `python -m runner` finds the runner when the process executor stands in for the image.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a task constant that can be an environment variable
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def split_command(command: str) -> list[str]:
+    """DOCKER_CMD's words, split as a POSIX shell splits them (quotes group, no `#` comments, no
+    expansion): `sh -c "cat a | tr a b"` -> ["sh", "-c", "cat a | tr a b"].  ValueError when a
+    quote is not closed."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=False)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    return list(lexer)
+
+
+def command_argv(command: str | None, env: dict[str, str]) -> list[str] | None:
+    """The instance's argv from DOCKER_CMD: its words with `${NAME}` replaced by the constant or
+    Qarnot variable of that name (INSTANCE_ID, FRAME_ID, ...; an unknown name is left as it is,
+    word by word, so a value never splits into more words).  None when there is no command: the
+    image's own runs."""
+    if command is None or not command.strip():
+        return None
+    return [REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), word) for word in split_command(command)]
 
 
 @dataclass
 class InstanceSpec:
     task_uuid: str
     instance_id: int
-    command: str
+    argv: list[str] | None  # DOCKER_CMD as words (`command_argv`); None: the image's default command
     workdir: Path
     env: dict[str, str]  # the task's constants + the Qarnot variables
     image: str | None = None  # DOCKER_REPO:DOCKER_TAG
@@ -119,13 +145,11 @@ def _tail(path: Path, alive) -> Iterator[bytes]:
                 time.sleep(0.05)
 
 
-def python_module_argv(command: str) -> list[str] | None:
-    """`python -m pkg [args]` (no shell syntax) -> ["pkg", args...]; anything else -> None."""
-    if any(c in command for c in "|&;<>()$`\\\"'*?~\n"):
-        return None
-    parts = command.split()
-    if len(parts) >= 3 and parts[0] in ("python", "python3") and parts[1] == "-m":
-        return parts[2:]
+def python_module_argv(argv: list[str] | None) -> list[str] | None:
+    """["python", "-m", pkg, args...] -> [pkg, args...] (what a warm interpreter can run);
+    anything else -> None."""
+    if argv and len(argv) >= 3 and argv[0] in ("python", "python3") and argv[1] == "-m":
+        return argv[2:]
     return None
 
 
@@ -144,8 +168,9 @@ def _warm_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
 
 
 class ProcessExecutor:
-    """Runs DOCKER_CMD in the instance's folder, standing in for the runner image: with `sh -c`,
-    this interpreter's `python` first on PATH and the runner importable.  A plain `python -m MODULE`
+    """Runs DOCKER_CMD's words in the instance's folder, standing in for the runner image: this
+    interpreter's `python` first on PATH and the runner importable (there is no image, so no
+    default command: a task without DOCKER_CMD fails, saying so).  A plain `python -m MODULE`
     command is forked from a warm interpreter that has already imported torch and the runner
     (multiprocessing's forkserver), which saves the seconds those imports cost per instance."""
 
@@ -165,11 +190,11 @@ class ProcessExecutor:
             proc = self._ctx.Process(target=int)  # starts the fork server and its imports
             proc.start()
             proc.join()
-        except Exception:  # noqa: BLE001 - no warm path then: every instance uses sh -c
+        except Exception:  # noqa: BLE001 - no warm path then: every instance is a new process
             self._ctx = None
 
     def describe(self) -> str:
-        return f"process (sh -c DOCKER_CMD with {sys.executable}{', warm' if self._ctx else ''})"
+        return f"process (DOCKER_CMD with {sys.executable}{', warm' if self._ctx else ''})"
 
     def close(self) -> None:
         """Nothing outlives the instances, which the task manager has already stopped."""
@@ -196,8 +221,11 @@ class ProcessExecutor:
         return env
 
     def start(self, spec: InstanceSpec) -> Running:
+        if spec.argv is None:
+            raise ValueError("DOCKER_CMD is not set: the process executor has no image whose default "
+                             "command it could run (set DOCKER_CMD, or use the docker executor)")
         env = self.environment(spec)
-        argv = python_module_argv(spec.command)
+        argv = python_module_argv(spec.argv)
         if self._ctx is not None and argv:
             out = spec.workdir.parent / f".{spec.instance_id}.stdout"
             err = spec.workdir.parent / f".{spec.instance_id}.stderr"
@@ -211,8 +239,11 @@ class ProcessExecutor:
             proc.start()
             return WarmRunning(proc, out, err, status)
         env["QTRAIN_EXECUTION"] = "process"
+        program = shutil.which(spec.argv[0], path=env["PATH"]) if "/" not in spec.argv[0] else spec.argv[0]
+        if program is None:
+            raise ValueError(f"DOCKER_CMD: {spec.argv[0]!r} is not a program on this machine's PATH")
         proc = subprocess.Popen(
-            ["sh", "-c", spec.command], cwd=spec.workdir, env=env, stdin=subprocess.DEVNULL,
+            [program, *spec.argv[1:]], cwd=spec.workdir, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         return Running(proc)
 
@@ -306,9 +337,16 @@ class DockerExecutor:
 
     def _digest(self, image: str) -> str | None:
         """The id of the image the tag names now (not cached: an image can be rebuilt)."""
-        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", "--", image],
-                              capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else None
+        return self._inspect(image)[0]
+
+    def _inspect(self, image: str) -> tuple[str | None, bool]:
+        """(the id of the image the tag names now, does it have an ENTRYPOINT?)."""
+        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Entrypoint}}",
+                               "--", image], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, False
+        image_id, _, entrypoint = proc.stdout.strip().partition(" ")
+        return image_id, entrypoint not in ("", "null", "[]")
 
     def run_command(self, name: str, cpus: int, writable: Path, gpu: bool,
                     labels: dict[str, str] | None = None) -> list[str]:
@@ -336,8 +374,9 @@ class DockerExecutor:
         if spec.gpu and not self.nvidia:
             spec.notes.append("[emulator] Docker has no NVIDIA runtime here: the instance runs on the CPU")
         gpu = spec.gpu and self.nvidia
-        image_id = self._digest(spec.image)
-        argv = python_module_argv(spec.command)
+        image_id, entrypoint = self._inspect(spec.image)
+        # the warm path runs `python -m ...` itself: only where the image would run exactly that
+        argv = None if entrypoint else python_module_argv(spec.argv)
         warm = self._warm_container(spec.image, image_id, gpu) if argv else None
         if warm is not None:
             try:
@@ -359,8 +398,7 @@ class DockerExecutor:
             else:
                 spec.notes.append(f"[emulator] constant {key!r} is not an environment variable name: not set")
         cmd += ["--", spec.image]  # the image is never read as an option (it is validated too)
-        if spec.command.strip():
-            cmd += ["sh", "-c", spec.command]
+        cmd += spec.argv or []  # after the image's ENTRYPOINT, if any; none: the image's CMD
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         return DockerRunning(proc, name)

@@ -126,7 +126,9 @@ class SeaweedS3:
         self.direct_url = f"http://{self.host}:{s3}"
         self.master_url = f"http://{self.host}:{master}"
         self._wait_ready(timeout)
-        self.front = S3Front(self.direct_url, self.host, self.s3_port)
+        client = s3_client(self.direct_url, self.access_key, self.secret)
+        self.front = S3Front(self.direct_url, self.host, self.s3_port, bucket_names=lambda: {
+            b["Name"] for b in client.list_buckets().get("Buckets") or []})
         self.url = self.front.start()
         return self.url
 
@@ -263,14 +265,24 @@ class S3Front:
     """What clients talk to: a streaming HTTP relay in front of the S3 server that makes it answer
     as Qarnot's storage does where it differs.  One difference today: creating a bucket you already
     own answers 200 (Qarnot, like AWS in us-east-1; the SDK's `create_bucket` and `task.results`
-    rely on it), where SeaweedFS answers 409 BucketAlreadyOwnedByYou.  Requests and bodies pass
-    unchanged (the Host header too, so signatures still verify upstream)."""
+    rely on it), where SeaweedFS answers 409 BucketAlreadyOwnedByYou.  And the account's bucket
+    limit (`/info` maxBucket): creating one more answers 400 TooManyBuckets, as S3 does.  Requests
+    and bodies pass unchanged (the Host header too, so signatures still verify upstream)."""
 
-    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0, bucket_names=None,
+                 max_buckets: int | None = None):
         from http.server import ThreadingHTTPServer
+
+        from submit.emulator.wire import Limits
 
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname, parsed.port)
+        self.bucket_names = bucket_names  # () -> the names of the account's buckets
+        try:
+            limits = Limits.from_env()
+        except ValueError:  # the daemon refuses to start, saying why
+            limits = Limits()
+        self.max_buckets = max_buckets or limits.max_buckets
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address) -> None:  # a client gone mid-answer: quiet
@@ -296,6 +308,7 @@ class S3Front:
         from http.server import BaseHTTPRequestHandler
 
         upstream = self.upstream
+        front = self
 
         class Relay(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -327,7 +340,32 @@ class S3Front:
                     length -= len(block)
                     yield block
 
+            def _over_bucket_limit(self) -> bool:
+                """A CreateBucket of a new bucket past the limit: answered here, TooManyBuckets."""
+                if self.command != "PUT" or not CREATE_BUCKET.fullmatch(self.path) or front.bucket_names is None:
+                    return False
+                try:
+                    names = front.bucket_names()
+                except Exception:  # noqa: BLE001 - the storage will answer for itself
+                    return False
+                if self.path.strip("/") in names or len(names) < front.max_buckets:
+                    return False
+                for _ in self._body():  # the request's body is read, so the connection stays usable
+                    pass
+                payload = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>TooManyBuckets</Code>"
+                           f"<Message>You have attempted to create more buckets than allowed "
+                           f"({front.max_buckets}, maxBucket): delete buckets you no longer need</Message>"
+                           "</Error>").encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return True
+
             def _relay(self) -> None:
+                if self._over_bucket_limit():
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
                 body = self._body() if chunked or self.headers.get("Content-Length") else None

@@ -25,6 +25,13 @@ class Storage:
         except Exception:  # noqa: BLE001 - 404 and friends
             return False
 
+    def count(self) -> int:
+        """How many buckets the account has (-1 when the storage does not answer)."""
+        try:
+            return len(self.client.list_buckets().get("Buckets") or [])
+        except Exception:  # noqa: BLE001
+            return -1
+
     def list(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

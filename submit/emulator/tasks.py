@@ -3,21 +3,20 @@
 A task moves through Qarnot's states in order:
     Submitted -> FullyDispatched -> PartiallyExecuting|FullyExecuting -> UploadingResults
     -> Success | Failure | Cancelled
-Resources come from S3 buckets (prefix filtering, strip-prefix, cached by ETag across tasks like
-Qarnot's cache TTL), each instance runs in its own folder through an executor, and whatever an
-instance writes there goes back to the result bucket (whitelist/blacklist honoured) when it ends,
-and periodically while it runs when snapshots are asked.  `resultsCount` grows with each upload,
-which is what tells the SDK that there is something new to download.
-
-The request a task was submitted with and the JSON it is answered with are the wire format's
-(`wire.py`); the bytes move through `storage.py`.
+It stays Submitted while it waits: for the tasks it depends on to end as it asked (it fails if
+one ends otherwise), for a machine that meets its hardware constraints (`hardware.py`), for a
+running-task slot (`Limits.max_running_tasks`), or for its pool's slots.
+Each instance runs in its own folder through an executor (`executors.py`).  Its files (resources
+staged, results and snapshots uploaded) are `transfers.py`'s; the request a task was submitted
+with and the JSON it is answered with are the wire format's (`wire.py`); the bytes move through
+`storage.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -25,12 +24,14 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from submit.emulator.executors import InstanceSpec, Running, host_has_gpu
+from submit.emulator import hardware
+from submit.emulator.executors import InstanceSpec, Running, command_argv
 from submit.emulator.storage import Storage
-from submit.emulator.wire import RequestError, TaskBody, safe_relpath, stamp
+from submit.emulator.transfers import NOT_RUNNING, TaskFiles
+from submit.emulator.wire import Limits, RequestError, TaskBody
 
 FINAL_STATES = ("Success", "Failure", "Cancelled")
 LOG_LIMIT = 4 << 20  # characters of stdout/stderr kept per stream (Qarnot's buffer is circular too)
@@ -137,10 +138,11 @@ class Instance:
         return self.state in FINAL_STATES
 
 
-class Task:
+class Task(TaskFiles):
     def __init__(self, manager: "TaskManager", body: TaskBody, uuid: str | None = None,
-                 created: float | None = None):
+                 created: float | None = None, pool_body: dict[str, Any] | None = None):
         self.manager = manager
+        self.pool_body = pool_body  # the pool's request, when submitted into one (what restore needs)
         self.uuid = uuid or str(uuidlib.uuid4())
         self.body = body
         self.ids = body.ids
@@ -167,6 +169,8 @@ class Task:
         self._snapshot_thread: threading.Thread | None = None
         self.saved: tuple[str, dict[tuple[str, int], int]] | None = None  # what the state file holds
         self.settled = False  # ended and saved after its thread finished: only outputs can change
+        self.dependency_state: str | None = "waiting" if body.dependencies else None
+        self.hardware_problems: list[str] = []  # what this machine lacks (the task waits, mode `wait`)
 
     # ---------------------------------------------------------------------------- durability
     def outputs(self) -> dict[tuple[str, int], Output]:
@@ -180,7 +184,7 @@ class Task:
     def record(self) -> dict[str, Any]:
         """What a restarted emulator needs of this task (outputs apart)."""
         with self.lock:
-            return {"body": self.body.raw, "dir": str(self.dir), "created": self.created,
+            return {"body": self.body.raw, "pool_body": self.pool_body, "dir": str(self.dir), "created": self.created,
                     "state": self.state, "previous_state": self.previous_state,
                     "transition": self.transition, "previous_transition": self.previous_transition,
                     "ended": self.ended, "errors": list(self.errors), "results_count": self.results_count,
@@ -191,7 +195,9 @@ class Task:
     @classmethod
     def restore(cls, manager: "TaskManager", uuid: str, data: dict[str, Any],
                 outputs: dict[tuple[str, int], tuple[str, int]]) -> "Task":
-        task = cls(manager, TaskBody.parse(data["body"]), uuid=uuid, created=data["created"])
+        pool_body = data.get("pool_body")
+        task = cls(manager, TaskBody.parse(data["body"], pool=pool_body), uuid=uuid, created=data["created"],
+                   pool_body=pool_body)
         task.dir = Path(data.get("dir") or task.dir)
         for key in ("state", "previous_state", "transition", "previous_transition", "ended", "results_count",
                     "aborted", "snapshot"):
@@ -242,6 +248,48 @@ class Task:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _lifecycle(self) -> None:
+        if not self._wait_to_start():
+            return
+        try:
+            self._run_started()
+        finally:
+            self.manager.running_tasks.release()
+
+    def _wait_to_start(self) -> bool:
+        """Wait, Submitted, until the task may start: its dependencies ended as it asked, a machine
+        meets its hardware, a running-task slot is free.  False when it ended while it waited."""
+        said: set[str] = set()
+        while True:
+            if self.aborted:
+                self.set_state("Cancelled")
+                return False
+            verdict = self.manager.dependencies_verdict(self)
+            if verdict is not None:
+                with self.lock:
+                    self.dependency_state = "dependencyConditionsFulfilled" if verdict == "" else \
+                        "dependencyConditionsNotFulfilled"
+                if verdict:
+                    self.errors.append({"code": "DEPENDENCY_NOT_FULFILLED", "message": verdict, "debug": ""})
+                    self.set_state("Failure")
+                    return False
+            if verdict is None:
+                pass  # its dependencies run: the task says Submitted, with its dependencies' state
+            elif self.hardware_problems and self.manager.hardware_mode == "wait":
+                if "hardware" not in said:
+                    said.add("hardware")
+                    with self.lock:
+                        self.errors.append({
+                            "code": "HARDWARE_UNAVAILABLE",
+                            "message": "no machine of the local emulator meets the task's hardware constraints ("
+                                       + "; ".join(self.hardware_problems) + "): the task waits, Submitted",
+                            "debug": "abort or delete it; or restart the emulator with "
+                                     "QTRAIN_EMULATOR_HARDWARE=lenient to run it on this machine anyway"})
+                    self.manager.persist(self)
+            elif self.manager.running_tasks.acquire(blocking=False):
+                return True  # else maxRunningTask tasks run: it waits, Submitted, as on Qarnot
+            time.sleep(0.1)
+
+    def _run_started(self) -> None:
         try:
             self._materialise()
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails, with the reason
@@ -270,31 +318,32 @@ class Task:
         self.set_state("Failure" if failed else "Success")
 
     def _run_instance(self, inst: Instance) -> None:
-        with self.manager.slots:  # instances in parallel up to the cores
+        pool = self.manager.pools.get(self.body.pool) if self.body.pool else None
+        with (pool.slots if pool else contextlib.nullcontext()), self.manager.slots:
+            # instances in parallel up to the pool's instances (in a pool), and up to the cores
             if self.aborted:
                 inst.state = "Cancelled"
                 return
-            env = dict(self.body.constants)
+            with self.lock:
+                constants = dict(self.body.constants)  # as they are now (commit() may change them)
+            env = dict(constants)
             env.update({
-                "INSTANCE_ID": str(inst.id), "INSTANCE_COUNT": str(len(self.ids)),
+                "INSTANCE_ID": str(inst.id), "FRAME_ID": str(inst.id), "INSTANCE_COUNT": str(len(self.ids)),
                 "QARNOT_RESOURCES_DIRECTORY": str(inst.workdir),
                 "QARNOT_RESULTS_DIRECTORY": str(inst.workdir),
                 "QARNOT_TASK_UUID": self.uuid, "QARNOT_TASK_NAME": self.body.name,
             })
-            command = self.body.constants.get("DOCKER_CMD", "").replace("${INSTANCE_ID}", str(inst.id))
+            argv = command_argv(constants.get("DOCKER_CMD"), env)
             image = None
-            if self.body.constants.get("DOCKER_REPO"):
-                image = f"{self.body.constants['DOCKER_REPO']}:{self.body.constants.get('DOCKER_TAG') or 'latest'}"
-            spec = InstanceSpec(self.uuid, inst.id, command, inst.workdir, env, image, self.body.gpu,
+            if constants.get("DOCKER_REPO"):
+                image = f"{constants['DOCKER_REPO']}:{constants.get('DOCKER_TAG') or 'latest'}"
+            spec = InstanceSpec(self.uuid, inst.id, argv, inst.workdir, env, image, self.body.gpu,
                                 threads=self.manager.threads_per_instance(len(self.ids)))
-            if self.body.gpu and not host_has_gpu():
-                self.log(inst.id, f"[emulator] profile {self.body.profile} asks for a GPU; this host has "
-                                  f"none: the instance runs on the CPU")
-            if not command.strip():
-                self.log(inst.id, "[emulator] DOCKER_CMD is empty: the local emulator needs the "
-                                  "command the image would run", "stderr")
-                self._finish_instance(inst, 127)
-                return
+            for problem in self.hardware_problems:  # lenient mode: said, and run on what there is
+                self.log(inst.id, f"[emulator] {problem}: the instance runs on this machine as it is "
+                                  f"(QTRAIN_EMULATOR_HARDWARE=lenient)")
+            for kind in hardware.unchecked(self.body.hardware):
+                self.log(inst.id, f"[emulator] {kind}: the local emulator cannot check it; accepted")
             inst.started = time.time()
             inst.state = "Running"
             self._update_running_state()
@@ -356,8 +405,11 @@ class Task:
             elif running or pending:
                 self.set_state("PartiallyExecuting")
 
-    def abort(self) -> None:
+    def abort(self, strict: bool = False) -> None:
+        """Stop the task.  `strict` (the API's abort): an ended task is refused with Qarnot's 403."""
         with self.lock:
+            if self.done and strict:
+                raise RequestError(403, f"task {self.uuid} is {self.state}: {NOT_RUNNING}")
             if self.done or self.aborted:
                 return
             self.aborted = True
@@ -368,117 +420,51 @@ class Task:
                 inst.running.kill()
 
     # --------------------------------------------------------------------- resources & results
-    def _materialise(self) -> None:
-        storage = self.manager.storage
-        staged: list[tuple[PurePosixPath, Path]] = []
-        for b in self.body.buckets:
-            name = b.get("bucketName")
-            prefix = (((b.get("filtering") or {}).get("prefixFiltering") or {}).get("prefix")) or ""
-            strip = (((b.get("resourcesTransformation") or {}).get("stripPrefix") or {}).get("prefix")) or ""
-            for obj in storage.list(name, prefix):
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue
-                rel = safe_relpath(key[len(strip):] if strip and key.startswith(strip) else key)
-                if rel is None:
-                    continue
-                staged.append((rel, storage.cached(name, key, obj["ETag"])))
-        for inst in self.instances.values():
-            inst.workdir.mkdir(parents=True, exist_ok=True)
-            for rel, src in staged:
-                dest = inst.workdir / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
-                    dest.unlink()
-                try:
-                    os.link(src, dest)  # read-only cache files: an instance can replace, not alter
-                except OSError:
-                    shutil.copyfile(src, dest)
-        for rel, src in staged:
-            st = src.stat()
-            self.resource_files[str(rel)] = (st.st_size, st.st_mtime_ns)
+    def commit(self, body: Any) -> None:
+        """PUT /tasks/{uuid} (`task.commit()`): the fields a submitted task may change (name,
+        tags, labels, constants: instances that start later see the new constants)."""
+        from submit.emulator.wire import _list, _string, parse_constants
 
-    def _changed_files(self, inst: Instance, whitelist: str | None, blacklist: str | None):
-        if not inst.workdir.is_dir():
-            return
-        for path in sorted(inst.workdir.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue
-            rel = path.relative_to(inst.workdir).as_posix()
-            st = path.stat()
-            sig = (st.st_size, st.st_mtime_ns)
-            if self.resource_files.get(rel) == sig or inst.uploaded.get(rel) == sig:
-                continue  # an untouched resource, or already uploaded as it is
-            if whitelist and not re.search(whitelist, rel):
-                continue
-            if blacklist and re.search(blacklist, rel):
-                continue
-            yield rel, path, sig
-
-    def _upload(self, inst: Instance, whitelist: str | None, blacklist: str | None,
-                bucket: str | None = None, prefix: str = "") -> int:
-        bucket = bucket or self.body.result_bucket
-        if not bucket:
-            return 0
-        n = 0
-        for rel, path, sig in list(self._changed_files(inst, whitelist, blacklist)):
-            try:
-                self.manager.storage.put(bucket, prefix + rel, path)
-            except FileNotFoundError:
-                continue  # deleted while we looked: a temporary file
-            inst.uploaded[rel] = sig
-            if rel not in inst.results:
-                inst.results.append(rel)
-            n += 1
-        if n:
-            with self.lock:
-                self.results_count += 1
-        return n
-
-    def _upload_all(self) -> None:
-        for inst in self.instances.values():
-            self._upload(inst, self.body.results_whitelist, self.body.results_blacklist)
-
-    def take_snapshot(self, config: dict[str, Any]) -> None:
-        for inst in self.instances.values():
-            if inst.state == "Running":
-                self._upload(inst, config.get("whitelist"), config.get("blacklist"),
-                             config.get("bucket"), config.get("bucketPrefix") or "")
-
-    def set_periodic_snapshot(self, config: dict[str, Any]) -> None:
-        """Snapshot every `config["interval"]` seconds until the task ends (the newest settings
-        apply from the next snapshot on)."""
+        if not isinstance(body, dict):
+            raise RequestError(400, "a task must be a JSON object")
         with self.lock:
-            self.snapshot = config
-            if self._snapshot_thread is None and not self.done:
-                self._snapshot_thread = threading.Thread(target=self._snapshot_loop, daemon=True,
-                                                         name=f"snapshots-{self.uuid[:8]}")
-                self._snapshot_thread.start()
+            if self.done:
+                raise RequestError(403, f"task {self.uuid} is {self.state}: {NOT_RUNNING}")
+            name = _string(body, "name", self.body.name)
+            tags = _list(body, "tags") if body.get("tags") is not None else self.body.tags
+            if not all(isinstance(t, str) for t in tags):
+                raise RequestError(400, "tags: expected a list of strings")
+            constants = parse_constants(_list(body, "constants")) if body.get("constants") is not None else None
+            labels = body.get("labels")
+            if labels is not None and not isinstance(labels, dict):
+                raise RequestError(400, "labels: expected an object of strings")
+            self.body.name = name or self.body.name
+            self.body.tags = list(tags)
+            self.body.raw = {**self.body.raw, "name": self.body.name, "tags": self.body.tags}
+            if labels is not None:
+                self.body.raw["labels"] = labels
+            if constants is not None:
+                merged = {**self.body.constants, **constants}
+                self.body.constants = merged
+                self.body.raw["constants"] = [{"key": k, "value": v} for k, v in merged.items()]
+        self.manager.persist(self)
 
-    def _snapshot_loop(self) -> None:
-        while not self.done:
-            interval = max(1, int(self.snapshot.get("interval") or 60))
-            for _ in range(interval * 10):
-                if self.done:
-                    return
-                time.sleep(0.1)
-            try:
-                self.take_snapshot(self.snapshot)
-            except Exception as exc:  # noqa: BLE001 - a failed snapshot is logged, not fatal
-                self.log(self.ids[0], f"[emulator] snapshot failed: {exc}", "stderr")
-
-    def instant_snapshot(self, config: dict[str, Any]) -> str:
-        sid = str(uuidlib.uuid4())
-        now = stamp()
-        self.snapshots[sid] = {"id": sid, "taskUuid": self.uuid, "triggerDate": now,
-                               "lastUpdateDate": now, "snapshotConfig": config, "status": "InProgress"}
-        try:
-            self.take_snapshot(config)
-            self.snapshots[sid]["status"] = "Success"
-        except Exception:  # noqa: BLE001
-            self.snapshots[sid]["status"] = "Failure"
-        self.snapshots[sid]["lastUpdateDate"] = stamp()
-        return sid
+    def dependencies_json(self) -> dict[str, Any] | None:
+        if not self.body.dependencies:
+            return None
+        raw = self.body.raw.get("dependencies") or {}
+        advanced = []
+        for item in raw.get("advancedDependsOn") or []:
+            other = self.manager.tasks.get(item.get("taskUuid"))
+            actual = other.state.lower() if other is not None and other.done else None
+            wanted = [str(x).lower() for x in item.get("taskFinalStateCondition") or ["success"]]
+            advanced.append({"taskUuid": item.get("taskUuid"), "taskFinalStateCondition": wanted,
+                             "actualFinalState": actual,
+                             "state": "waiting" if actual is None else
+                             "dependencyConditionsFulfilled" if actual in wanted else
+                             "dependencyConditionsNotFulfilled"})
+        return {"dependsOn": list(raw.get("dependsOn") or []), "advancedDependsOn": advanced,
+                "state": self.dependency_state}
 
 
 class TaskManager:
@@ -489,7 +475,12 @@ class TaskManager:
     FLUSH_SECONDS = 0.5
 
     def __init__(self, work_dir: Path, storage: Storage, executor, cores: int | None = None,
-                 store=None):
+                 store=None, limits: Limits | None = None, hardware_mode: str = "wait",
+                 machine: hardware.Machine | None = None):
+        self.limits = limits or Limits()
+        self.hardware_mode = hardware.mode(hardware_mode)
+        self.running_tasks = threading.BoundedSemaphore(self.limits.max_running_tasks)
+        self.pools: dict[str, Any] = {}  # uuid -> pools.Pool
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(executor, "set_root"):  # the docker executor mounts it into warm containers
@@ -497,6 +488,7 @@ class TaskManager:
         self.storage = storage
         self.executor = executor
         self.cores = cores or os.cpu_count() or 1
+        self.machine = machine or hardware.Machine.here(self.cores)
         self.slots = threading.BoundedSemaphore(self.cores)
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
@@ -587,7 +579,26 @@ class TaskManager:
         return max(1, self.cores // min(instances, self.cores))
 
     def submit(self, body: Any) -> Task:
-        task = Task(self, TaskBody.parse(body))
+        pool = None
+        if isinstance(body, dict) and body.get("poolUuid"):
+            pool = self.pools.get(body["poolUuid"]) if isinstance(body["poolUuid"], str) else None
+            if pool is None:
+                raise RequestError(400, f"poolUuid: pool {str(body['poolUuid'])[:80]!r} not found")
+            if pool.closed:
+                raise RequestError(400, f"poolUuid: pool {pool.uuid} is {pool.state}: it takes no more tasks")
+        task = Task(self, TaskBody.parse(body, self.limits, pool.body if pool else None),
+                    pool_body=pool.body if pool else None)
+        if len(self.tasks) >= self.limits.max_tasks:
+            raise RequestError(403, f"Maximum number of tasks reached ({self.limits.max_tasks}, maxTask): "
+                                    f"delete tasks you no longer need")
+        for uuid, _ in task.body.dependencies:
+            if uuid not in self.tasks:
+                raise RequestError(400, f"dependencies: task {uuid[:80]!r} not found")
+        problems = hardware.unmet(task.body.hardware, self.machine, task.body.profile in _gpu_profiles())
+        if problems and self.hardware_mode == "strict":
+            raise RequestError(402, "no machine of the local emulator meets the hardware constraint(s): "
+                                    + "; ".join(problems))
+        task.hardware_problems = problems
         for b in task.body.buckets:
             if not b.get("bucketName") or not self.storage.exists(b["bucketName"]):
                 raise RequestError(404, f"resource bucket {b.get('bucketName')!r} not found")
@@ -598,6 +609,22 @@ class TaskManager:
         self.persist(task)
         task.thread.start()
         return task
+
+    def dependencies_verdict(self, task: Task) -> str | None:
+        """None while a task it depends on has not ended; "" when all ended as asked; else why not."""
+        for uuid, wanted in task.body.dependencies:
+            other = self.tasks.get(uuid)
+            if other is None:
+                return f"the task it depends on, {uuid}, was deleted before it ended"
+            if not other.done:
+                return None
+            if other.state.lower() not in wanted:
+                return (f"the task it depends on, {uuid} ({other.body.name}), ended {other.state} "
+                        f"where {' or '.join(wanted)} was wanted")
+        return ""
+
+    def running_count(self) -> int:
+        return sum(1 for t in self.list() if not t.done and t.state != "Submitted")
 
     def get(self, uuid: str) -> Task:
         task = self.tasks.get(uuid)
@@ -631,6 +658,12 @@ class TaskManager:
         if self.store is not None:
             self.flush()
             self.store.close()
+
+
+def _gpu_profiles() -> tuple[str, ...]:
+    from submit.emulator.wire import GPU_PROFILES
+
+    return GPU_PROFILES
 
 
 def stop_orphan(pid: int | None, task_dir: Path) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from submit.image import CPU_TAG, docker_problem, image_id
+from tests.helpers import sh
 
 pytestmark = pytest.mark.docker
 
@@ -177,7 +178,7 @@ def test_abort_kills_the_container(conn_factory, docker_emulator, wait_task):
     conn = conn_factory(docker_emulator)
     task = conn.create_task("abort-docker", "docker-batch", 1)
     task.constants.update({"DOCKER_REPO": "qtrain/runner", "DOCKER_TAG": "latest",
-                           "DOCKER_CMD": "echo started; sleep 120"})
+                           "DOCKER_CMD": sh("echo started; sleep 120")})
     task.submit()
     deadline = time.monotonic() + 60
     while "started" not in task.stdout() and time.monotonic() < deadline:
@@ -206,12 +207,36 @@ def test_a_failing_container_and_a_missing_image_are_failures(conn_factory, dock
     assert "qtrain/not-built" in missing.stderr()
 
 
+def test_commands_as_qarnot_runs_them_default_command_and_entrypoint(conn_factory, docker_emulator, wait_task):
+    """No DOCKER_CMD: the image's own CMD runs.  An ENTRYPOINT is honoured, DOCKER_CMD its
+    arguments (Qarnot's documented example: ENTRYPOINT ["echo", "Hello"] + DOCKER_CMD " World")."""
+    conn = conn_factory(docker_emulator)
+    images = {"qtrain/test-default:latest": f'FROM {CPU_TAG}\nCMD ["echo", "the image default command"]\n',
+              "qtrain/test-entry:latest": f'FROM {CPU_TAG}\nENTRYPOINT ["echo", "Hello"]\n'}
+    try:
+        for tag, dockerfile in images.items():
+            subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, text=True, check=True,
+                           capture_output=True)
+        default = conn.create_task("default command", "docker-batch", 1)
+        default.constants.update({"DOCKER_REPO": "qtrain/test-default", "DOCKER_TAG": "latest"})
+        entry = conn.create_task("entrypoint", "docker-batch", 2)
+        entry.constants.update({"DOCKER_REPO": "qtrain/test-entry", "DOCKER_TAG": "latest",
+                                "DOCKER_CMD": " World #${FRAME_ID}"})
+        for task in (default, entry):
+            task.submit()
+        assert wait_task(default) == "Success" and wait_task(entry) == "Success"
+        assert default.stdout().strip() == "the image default command"
+        assert sorted(entry.stdout().splitlines()) == ["0> Hello World #0", "1> Hello World #1"]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
+
+
 def test_runs_as_non_root_without_network(conn_factory, docker_emulator, wait_task):
     conn = conn_factory(docker_emulator)
     task = conn.create_task("whoami", "docker-batch", 1)
     task.constants.update({"DOCKER_REPO": "qtrain/runner", "DOCKER_TAG": "latest",
-                           "DOCKER_CMD": "id -u; pwd; echo $QARNOT_RESULTS_DIRECTORY; "
-                                         "python -c 'import socket; print(len(socket.if_nameindex()))'"})
+                           "DOCKER_CMD": sh("id -u; pwd; echo $QARNOT_RESULTS_DIRECTORY; "
+                                            "python -c 'import socket; print(len(socket.if_nameindex()))'")})
     task.submit()
     assert wait_task(task) == "Success"
     uid, cwd, results, interfaces = task.stdout().split()

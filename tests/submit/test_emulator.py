@@ -16,6 +16,7 @@ from qarnot.advanced_bucket import BucketPrefixFiltering, PrefixResourcesTransfo
 from qarnot.exceptions import MissingTaskException, UnauthorizedException
 
 from submit.emulator.executors import host_has_gpu
+from tests.helpers import sh
 
 
 def bucket_name(prefix: str) -> str:
@@ -34,7 +35,7 @@ def test_two_instances_share_a_20_mib_resource_and_return_their_results(conn, wa
 
     task = conn.create_task("two-instances", "docker-batch", 2)
     task.constants["GREETING"] = "hello"
-    task.constants["DOCKER_CMD"] = (
+    task.constants["DOCKER_CMD"] = sh(
         'echo "start ${INSTANCE_ID}"; '
         'sha256sum blob.bin | cut -d" " -f1 > sum-${INSTANCE_ID}.txt; '
         'echo "$GREETING $INSTANCE_ID/$INSTANCE_COUNT" > env-${INSTANCE_ID}.txt; '
@@ -67,7 +68,7 @@ def test_two_instances_share_a_20_mib_resource_and_return_their_results(conn, wa
 
 def test_fresh_stdout_returns_only_what_is_new(conn, wait_task):
     task = conn.create_task("fresh", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = "echo one; sleep 1; echo two"
+    task.constants["DOCKER_CMD"] = sh("echo one; sleep 1; echo two")
     task.submit()
     wait_task(task, until=("FullyExecuting", "Success"))
     deadline = time.monotonic() + 10
@@ -84,7 +85,7 @@ def test_fresh_stdout_returns_only_what_is_new(conn, wait_task):
 
 def test_a_non_zero_exit_is_a_failure_with_the_error_and_stderr(conn, wait_task):
     task = conn.create_task("fails", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = "echo 'something broke' >&2; exit 3"
+    task.constants["DOCKER_CMD"] = sh("echo 'something broke' >&2; exit 3")
     task.results = conn.create_bucket(bucket_name("out"))
     task.submit()
     assert wait_task(task) == "Failure"
@@ -95,7 +96,7 @@ def test_a_non_zero_exit_is_a_failure_with_the_error_and_stderr(conn, wait_task)
 
 def test_abort_stops_the_instance(conn, wait_task, tmp_path):
     task = conn.create_task("aborted", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = "echo $$ > pid; echo started; sleep 60"
+    task.constants["DOCKER_CMD"] = sh("echo $$ > pid; echo started; sleep 60")
     task.submit()
     wait_task(task, until=("FullyExecuting",))
     deadline = time.monotonic() + 10
@@ -104,7 +105,8 @@ def test_abort_stops_the_instance(conn, wait_task, tmp_path):
     task.abort()
     # the instance sleeps 60 s: ending within 20 s means the abort stopped it
     assert wait_task(task, timeout=20) == "Cancelled"
-    task.abort()  # aborting a finished task is accepted (task.run() does it)
+    with pytest.raises(UnauthorizedException, match="non running task"):
+        task.abort()  # an ended task: Qarnot's 403, as the SDK documents
 
 
 def test_listing_retrieving_and_deleting_tasks(conn, wait_task):
@@ -170,7 +172,7 @@ def test_an_image_that_is_not_a_reference_is_refused_with_the_constant_named(con
 def test_snapshots_bring_results_back_while_the_task_runs(conn, wait_task, tmp_path):
     out = conn.create_bucket(bucket_name("snap"))
     task = conn.create_task("snapshots", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = "echo partial > progress.txt; sleep 30"
+    task.constants["DOCKER_CMD"] = sh("echo partial > progress.txt; sleep 30")
     task.results = out
     task.snapshot(1)
     task.submit()
@@ -185,14 +187,23 @@ def test_snapshots_bring_results_back_while_the_task_runs(conn, wait_task, tmp_p
 
 
 def test_profiles_and_the_gpu_profile_without_a_gpu(conn, wait_task):
+    """A GPU profile asks for a GPU as the GpuHardwareConstraint does: on a machine without one it
+    waits, Submitted, saying why (QTRAIN_EMULATOR_HARDWARE=wait, the default)."""
     assert "docker-batch" in conn.profiles_names()
     assert conn.retrieve_profile("docker-nvidia-batch").name == "docker-nvidia-batch"
     task = conn.create_task("gpu", "docker-nvidia-batch", 1)
     task.constants["DOCKER_CMD"] = "echo ran"
     task.submit()
-    assert wait_task(task) == "Success"
-    if not host_has_gpu():
-        assert "runs on the CPU" in task.stdout()
+    if host_has_gpu():
+        assert wait_task(task) == "Success"
+        return
+    deadline = time.monotonic() + 10
+    while not task.errors and time.monotonic() < deadline:
+        time.sleep(0.1)
+        task.update(flushcache=True)
+    assert task.state == "Submitted" and "GpuHardwareConstraint" in task.errors[0].message
+    task.abort()
+    assert wait_task(task) == "Cancelled"
 
 
 def test_wrong_token_is_refused(emulator):
@@ -202,8 +213,8 @@ def test_wrong_token_is_refused(emulator):
 
 def test_unknown_endpoints_answer_4xx_with_a_message(emulator):
     headers = {"Authorization": emulator.token}  # (a 5xx would make the SDK retry for ~30 s)
-    r = requests.get(f"{emulator.url}/pools", headers=headers, timeout=5)
-    assert r.status_code == 404 and "not implemented" in r.json()["message"]
+    r = requests.get(f"{emulator.url}/jobs/paginate", headers=headers, timeout=5)
+    assert r.status_code == 400 and "not supported by the local Qarnot emulator" in r.json()["message"]
     r = requests.get(f"{emulator.url}/tasks/00000000-0000-0000-0000-000000000000", headers=headers, timeout=5)
     assert r.status_code == 404
     r = requests.post(f"{emulator.url}/tasks", data="{nope", headers=headers, timeout=5)
@@ -233,7 +244,7 @@ def test_the_token_file_is_private(emulator):
 
 def test_advanced_ranges_give_the_instance_ids(conn, wait_task):
     task = conn.create_task("ranges", "docker-batch", "3-4,7")
-    task.constants["DOCKER_CMD"] = "echo id=$INSTANCE_ID count=$INSTANCE_COUNT"
+    task.constants["DOCKER_CMD"] = sh("echo id=$INSTANCE_ID count=$INSTANCE_COUNT")
     task.submit()
     assert wait_task(task) == "Success"
     assert sorted(task.stdout().splitlines()) == ["3> id=3 count=3", "4> id=4 count=3", "7> id=7 count=3"]
