@@ -56,6 +56,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                 f"qtrain image build (and push) to run your changes")
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
+    backend.check_capacity(max(1, package.trials), gpu)
     constants = image_constants(job.resources.image)
     info = {"data": user_paths(loaded), "image": job.resources.image,
             "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),

@@ -178,6 +178,10 @@ class Backend(abc.ABC):
     def check_image(self, image: str) -> None:
         """Refuse, before anything is uploaded, an image this backend cannot run."""
 
+    def check_capacity(self, instances: int, gpu: bool) -> None:
+        """Refuse, before anything is uploaded, a task the account (or machine) cannot run: more
+        instances than one task may have, GPU hardware where none is offered."""
+
     def warm_up(self) -> None:
         """Get ready in the background (connect, start a daemon) while the job is checked."""
 

@@ -6,7 +6,7 @@ class only starts the daemon (on first use) and hands the SDK connection to `Qar
 
 from __future__ import annotations
 
-from submit.backends.qarnot import QarnotBackend
+from submit.backends.qarnot import QarnotBackend, _translate
 
 
 class LocalBackend(QarnotBackend):
@@ -28,6 +28,21 @@ class LocalBackend(QarnotBackend):
 
     def check_image(self, image: str) -> None:
         """The emulator runs local images (docker executor) or none at all (process)."""
+
+    @_translate
+    def check_capacity(self, instances: int, gpu: bool) -> None:
+        super().check_capacity(instances, gpu)
+        if gpu and not self._offers_gpu():
+            from submit.backends.base import BackendError
+
+            raise BackendError("the job asks for a GPU and the local emulator's machine has none (its "
+                               "hardware constraints offer no GpuHardwareConstraint)",
+                               hint="run it with --profile cpu; or restart the emulator with "
+                                    "QTRAIN_EMULATOR_HARDWARE=lenient to run GPU jobs on the CPU")
+
+    def _offers_gpu(self) -> bool:
+        return any(c.to_json().get("discriminator") == "GpuHardwareConstraint"
+                   for c in self.conn.all_hardware_constraints())
 
     def runs_images(self) -> bool:
         self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor

@@ -168,6 +168,14 @@ class QarnotBackend(Backend):
 
     # -------------------------------------------------------------------------------- submit
     @_translate
+    def check_capacity(self, instances: int, gpu: bool) -> None:
+        limit = self.conn.user_info.max_instances
+        if isinstance(limit, int) and 0 < limit < instances:
+            raise BackendError(f"the task would have {instances} instances (one per sweep trial); "
+                               f"{self.describe()} runs at most {limit} per task (maxInstances)",
+                               hint="narrow the sweep's grid, or split it into several jobs")
+
+    @_translate
     def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:
         from qarnot.advanced_bucket import BucketPrefixFiltering, PrefixResourcesTransformation
         from qarnot.bucket import Bucket

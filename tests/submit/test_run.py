@@ -307,11 +307,14 @@ def test_the_gpu_profile_on_a_machine_without_a_gpu(qtrain, store_dir):
 
     result = qtrain("run", "penguins", "--profile", "gpu", "--set", "train.epochs=1", "--json",
                     "--store", store_dir)
-    assert result.code == 0, result.err
-    data = result.json()
-    assert data["profile"] == "docker-nvidia-batch"
-    if not host_has_gpu():
-        assert "runs on the CPU" in result.err and data["metrics"]["device"] == "cpu"
+    if host_has_gpu():
+        assert result.code == 0, result.err
+        assert result.json()["profile"] == "docker-nvidia-batch"
+        return
+    # refused before anything is uploaded or recorded, with the way out
+    assert result.code == 2 and "the local emulator's machine has none" in result.err
+    assert "--profile cpu" in result.err and "QTRAIN_EMULATOR_HARDWARE=lenient" in result.err
+    assert Store(store_dir).list() == []
 
 
 def test_emulator_serve_in_the_foreground(tmp_path):
