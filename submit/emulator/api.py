@@ -21,6 +21,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from submit.emulator import footprint
 from submit.emulator.pools import Pools
 from submit.emulator.tasks import TaskManager
 from submit.emulator.wire import PROFILES, RequestError, task_json
@@ -61,6 +62,18 @@ class Api:
         r("POST", r"/tasks/(?P<uuid>[^/]+)/snapshot/periodic", self.periodic_snapshot)
         r("POST", r"/tasks/(?P<uuid>[^/]+)/snapshot", self.instant_snapshot)
         r("GET", r"/tasks/(?P<uuid>[^/]+)/snapshot/(?P<sid>[^/]+)", self.snapshot_status)
+        # what tasks cost and emitted (an emulated model: footprint.py); QTRAIN_EMULATOR_FOOTPRINT=0
+        # answers 404 there, as a cluster without those services does
+        if footprint.enabled():
+            r("GET", r"/credits/v1/accounts/credits", lambda body: {"credits": footprint.account_credits(self.manager)})
+            r("GET", r"/credits/v1/tasks/(?P<uuid>[^/]+)/credits",
+              lambda body, uuid: footprint.task_credits(self.manager.get(uuid)))
+            r("GET", r"/carbon/v1/tasks/(?P<uuid>[^/]+)/carbon-facts",
+              lambda body, uuid, query: footprint.carbon_facts(self.manager.get(uuid),
+                                                               (query.get("comparisonDatacenter") or [None])[0]),
+              query=True)
+        else:
+            r("GET", r"/(?:credits|carbon)/v1/.*", lambda body: footprint.missing())
         # pools
         r("POST", r"/pools", lambda body: self.pools.submit(body))
         r("GET", r"/pools", lambda body: [p.json() for p in self.pools.listing()])
@@ -138,7 +151,7 @@ class Api:
             return 405, {"message": f"{method} {path}: the emulator accepts {', '.join(allowed)} here"}
         what = path.strip("/").split("/")[0] or path
         return 400, {"message": f"{method} {path}: {what} not supported by the local Qarnot emulator "
-                                f"(it implements tasks, pools, profiles, buckets and hardware constraints)"}
+                                f"(it implements tasks, pools, profiles, buckets, hardware constraints, task credits and carbon facts)"}
 
     # ------------------------------------------------------------------------------ handlers
     def profile(self, body: Any, name: str) -> dict[str, Any]:

@@ -481,6 +481,7 @@ class TaskManager:
         self.hardware_mode = hardware.mode(hardware_mode)
         self.running_tasks = threading.BoundedSemaphore(self.limits.max_running_tasks)
         self.pools: dict[str, Any] = {}  # uuid -> pools.Pool
+        self.credits_spent = 0.0  # by tasks deleted since the daemon started (footprint.py)
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(executor, "set_root"):  # the docker executor mounts it into warm containers
@@ -588,6 +589,11 @@ class TaskManager:
                 raise RequestError(400, f"poolUuid: pool {pool.uuid} is {pool.state}: it takes no more tasks")
         task = Task(self, TaskBody.parse(body, self.limits, pool.body if pool else None),
                     pool_body=pool.body if pool else None)
+        from submit.emulator.footprint import account_credits
+
+        if account_credits(self) <= 0:
+            raise RequestError(402, "Not enough credits: the account's emulated credits are spent "
+                                    "(QTRAIN_EMULATOR_CREDITS; qtrain emulator reset starts afresh)")
         if len(self.tasks) >= self.limits.max_tasks:
             raise RequestError(403, f"Maximum number of tasks reached ({self.limits.max_tasks}, maxTask): "
                                     f"delete tasks you no longer need")
@@ -633,8 +639,11 @@ class TaskManager:
         return task
 
     def delete(self, uuid: str) -> None:
+        from submit.emulator.footprint import task_credits
+
         task = self.get(uuid)
         task.abort()
+        self.credits_spent += task_credits(task)["credits"]  # what it cost stays spent
         with self.lock:
             self.tasks.pop(uuid, None)  # its thread removes its folder once the instances stop
         if self.store is not None:

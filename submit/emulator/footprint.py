@@ -1,0 +1,89 @@
+"""What a task cost and emitted, as Qarnot's credits and carbon APIs answer it (the SDK's
+`task.credits()`, `conn.credits()`, `task.carbon_facts()`), computed by an emulated model so that
+the whole path is tested here.  Nothing in it is Qarnot's figure: qtrain marks every run of the
+local backend `emulated`.
+
+The model: an instance holds `cores` (its share of the machine: cores / concurrent instances)
+for its wall time, so it uses `core_hours` = wall time x cores (an upper bound of its CPU time).
+- Credits (euros): core_hours x QTRAIN_EMULATOR_EUR_PER_CORE_HOUR (default 0.05, a placeholder:
+  set your contract's rate).  The account starts with QTRAIN_EMULATOR_CREDITS (default 100) and
+  every task's credits are taken from it; once it is spent, a submission answers 402 (the SDK's
+  NotEnoughCreditsException).
+- Energy: core_hours x QTRAIN_EMULATOR_WATTS_PER_CORE (default 12 W, a loaded desktop core) is
+  the IT energy; this machine is counted with a PUE of 1.0 and no heat reused (it warms the room
+  it is in, but nobody counts that).
+- Carbon: energy x QTRAIN_EMULATOR_GRID_G_PER_KWH (default 56 gCO2eq/kWh, France's grid mean),
+  compared with the same IT energy in an average datacenter (PUE 1.5, same grid).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from submit.emulator.tasks import Task, TaskManager
+
+DATACENTER = "emulated average datacenter (PUE 1.5)"
+DATACENTER_PUE = 1.5
+
+
+def _rate(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def enabled() -> bool:
+    """QTRAIN_EMULATOR_FOOTPRINT=0: the emulator acts as a cluster without credits and carbon
+    services (they answer 404), to see what a client does then."""
+    return os.environ.get("QTRAIN_EMULATOR_FOOTPRINT", "1") != "0"
+
+
+def missing() -> None:
+    from submit.emulator.wire import RequestError
+
+    raise RequestError(404, "not found: this cluster has no credits or carbon service "
+                            "(QTRAIN_EMULATOR_FOOTPRINT=0)")
+
+
+def core_hours(task: "Task") -> float:
+    cores = task.manager.threads_per_instance(len(task.ids))
+    now = time.time()
+    with task.lock:
+        seconds = sum(((i.ended or now) - i.started) for i in task.instances.values() if i.started)
+    return seconds * cores / 3600
+
+
+def task_credits(task: "Task") -> dict[str, float]:
+    """GET /credits/v1/tasks/{uuid}/credits."""
+    return {"credits": core_hours(task) * _rate("QTRAIN_EMULATOR_EUR_PER_CORE_HOUR", 0.05)}
+
+
+def account_credits(manager: "TaskManager") -> float:
+    """What the account has left: its starting credits minus every task's (deleted ones too)."""
+    spent = manager.credits_spent + sum(task_credits(t)["credits"] for t in manager.list())
+    return _rate("QTRAIN_EMULATOR_CREDITS", 100.0) - spent
+
+
+def carbon_facts(task: "Task", datacenter: str | None = None) -> dict[str, Any]:
+    """GET /carbon/v1/tasks/{uuid}/carbon-facts[?comparisonDatacenter=NAME] (the name is echoed:
+    the emulator knows one datacenter)."""
+    it_wh = core_hours(task) * _rate("QTRAIN_EMULATOR_WATTS_PER_CORE", 12.0)
+    per_wh = _rate("QTRAIN_EMULATOR_GRID_G_PER_KWH", 56.0) / 1000
+    here = it_wh * per_wh  # PUE 1.0, nothing reused
+    there = it_wh * DATACENTER_PUE * per_wh
+    saved = there - here
+    return {
+        "total_consumed_energy_Wh": it_wh, "total_energy_it_Wh": it_wh,
+        "total_reused_energy_Wh": 0.0, "qarnot_carbon_footprint": here,
+        "equivalent_datacenter_name": datacenter or DATACENTER,
+        "equivalent_DC_carbon_footprint": there,
+        "saved_carbon_footprint_compute": saved, "saved_carbon_footprint_heat": 0.0,
+        "saved_carbon_footprint_compute_heat": saved,
+        "saved_carbon_footprint_percent": round(100 * saved / there, 3) if there else 0.0,
+        "PUE": 1.0, "ERE": 1.0, "ERF": 0.0, "WUE": 0.0,
+    }
