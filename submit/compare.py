@@ -15,6 +15,7 @@ from typing import Any
 
 from jobs.results import HISTORY, headline
 from jobs.load import format_trial, sweep_trials
+from submit.footprint import FIELDS as FOOTPRINT_FIELDS
 from submit.query import flatten, lower_is_better, user_job
 from submit.store import RunRecord, Store
 
@@ -74,8 +75,14 @@ def compare_runs(records: list[RunRecord], store: Store) -> dict[str, Any]:
         metrics[f"test {name}"] = [(c.metrics.get("test") or {}).get(name) for c in cols]
     metrics["epochs run"] = [c.metrics.get("epochs_run") for c in cols]
     metrics["train seconds"] = [(c.metrics.get("timings") or {}).get("train_seconds") for c in cols]
+    if len({id(c.run) for c in cols}) == len(cols):  # what each run cost (a sweep's trials share one task)
+        prints = [c.run.info.get("footprint") or {} for c in cols]
+        if any(prints):
+            for name in FOOTPRINT_FIELDS:
+                metrics[name] = [p.get(name) for p in prints]
     best = {name: best_of(name, values) for name, values in metrics.items()
-            if name.startswith(("val ", "test ", "train seconds")) and not name.endswith(" n")}
+            if (name.startswith(("val ", "test ", "train seconds")) or name in FOOTPRINT_FIELDS)
+            and not name.endswith(" n")}
 
     flat = [flatten({k: v for k, v in c.job.items() if k != "description"}) for c in cols]
     keys = sorted(set().union(*flat), key=lambda k: (k not in KEY_SETTINGS, k))

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 from jobs.errors import QtrainError
 from jobs.results import HISTORY, MODEL, parse_metrics
+from submit.footprint import FIELDS as FOOTPRINT_FIELDS
 from submit.query import flatten, resolved, trial_job
 from submit.store import RunRecord, Store
 
@@ -182,6 +183,14 @@ def _fill(mlflow, client, uri: str, run_id: str, record: RunRecord, params: dict
                            ("train_seconds", (metrics.get("timings") or {}).get("train_seconds"))):
             if key not in logged and _finite(value):
                 series.append(Metric(key, float(value), stamp, 0))
+    if trial is None:  # what the run's task cost and emitted (a sweep: on its parent run); unknown: not logged
+        footprint = record.info.get("footprint") or {}
+        for name in FOOTPRINT_FIELDS:
+            key = f"footprint/{name}"
+            if key not in logged and _finite(footprint.get(name)):
+                series.append(Metric(key, float(footprint[name]), stamp, 0))
+        if footprint.get("source"):
+            extra_tags = {**(extra_tags or {}), "qtrain.footprint_source": footprint["source"]}
     tags = [RunTag(k, v) for k, v in {**_tags(record, trial), **(extra_tags or {})}.items()]
     for start in range(0, len(series), 1000):  # MLflow's batch limits: 1000 metrics, 100 params/tags
         client.log_batch(run_id, metrics=series[start:start + 1000])

@@ -7,6 +7,8 @@ A field is one of:
     SPLIT.METRIC   (train|val|test|baseline . accuracy, f1_macro, r2, rmse, loss, ...)
                    of the run's model (a sweep: the trial chosen on validation)
     epochs_run, train_seconds                                            of that model
+    cost_eur, energy_wh, co2_g, co2_saved_g                              what the run's task cost
+                                                                         and emitted (submit/footprint.py)
     job.PATH or PATH  (train.lr, model.hidden, ...)                      the resolved job setting
 """
 
@@ -20,12 +22,13 @@ from typing import Any
 from jobs.errors import QtrainError
 from jobs.files import get_dotted
 from jobs.load import set_dotted, sweep_trials
+from submit.footprint import FIELDS as FOOTPRINT_FIELDS
 from submit.store import RunRecord
 
 SPLITS = ("train", "val", "test", "baseline")
 RUN_FIELDS = ("state", "job", "backend", "profile", "trials", "created", "retrieved", "executor",
               "run_id", "note")
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds", "cost_eur", "energy_wh", "co2_g")
 # The columns `results list` shows per task (test split of the run's model).
 TASK_COLUMNS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "rmse")}
 
@@ -96,6 +99,8 @@ class Fields:
             return getattr(run, field)
         if field.startswith(("tag.", "tags.")):
             return run.tags.get(field.split(".", 1)[1])
+        if field in FOOTPRINT_FIELDS:
+            return (run.info.get("footprint") or {}).get(field)
         metrics = run.chosen()[1] or {}
         split, _, name = field.partition(".")
         if split in SPLITS and name and name in (metrics.get(split) or {}):
@@ -108,7 +113,7 @@ class Fields:
 
     def known(self, runs: list[RunRecord]) -> list[str]:
         """Every field some run has (for "did you mean")."""
-        names = list(RUN_FIELDS) + ["epochs_run", "train_seconds"]
+        names = list(RUN_FIELDS) + ["epochs_run", "train_seconds", *FOOTPRINT_FIELDS]
         for run in runs[:50]:
             metrics = run.chosen()[1] or {}
             names += [f"{s}.{k}" for s in SPLITS for k in (metrics.get(s) or {})]

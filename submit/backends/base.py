@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable
 
 from jobs.errors import QtrainError
 
@@ -229,6 +229,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def abort(self, uuid: str) -> None:
         """Stop the task (a finished task stays as it is)."""
+
+    def footprint(self, uuid: str) -> dict[str, Any] | None:
+        """What the task cost and emitted (`submit.footprint`), each figure None when the backend
+        does not say; None when it reports nothing at all.  Never raises for a missing figure."""
+        return None
+
+    def credits_left(self) -> float | None:
+        """The account's remaining credits (euros), or None when unknown."""
+        return None
 
     @abc.abstractmethod
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,

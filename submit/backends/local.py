@@ -13,6 +13,7 @@ class LocalBackend(QarnotBackend):
     """The local Qarnot emulator, started on first use (`qtrain emulator start`)."""
 
     name = "local"
+    footprint_source = "emulated"  # the emulator's model of cost and carbon, never Qarnot's figures
     poll_seconds = 0.2
     token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
     unreachable_hint = "qtrain emulator status; qtrain emulator start"

@@ -255,6 +255,24 @@ class QarnotBackend(Backend):
             if "running" not in str(exc).lower():
                 raise
 
+    # ------------------------------------------------------------------------- cost & carbon
+    footprint_source = "qarnot"
+
+    @_translate
+    def footprint(self, uuid: str) -> dict[str, Any] | None:
+        """The task's credits and carbon facts through the SDK; a figure the API will not give
+        (no access, an older cluster: 403, 404, 400) stays unknown."""
+        from submit.footprint import from_sdk
+
+        task = self._task(uuid)
+        return from_sdk(_optional(task.credits), _optional(task.carbon_facts), self.footprint_source)
+
+    @_translate
+    def credits_left(self) -> float | None:
+        credits = _optional(lambda: self.conn.credits())
+        value = getattr(credits, "amount_in_euros", None)
+        return float(value) if isinstance(value, (int, float)) else None
+
     # ------------------------------------------------------------------------------- results
     @_translate
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,
@@ -278,6 +296,18 @@ class QarnotBackend(Backend):
             if progress:
                 progress(o.size)
         return done
+
+
+def _optional(call: Callable[[], Any]) -> Any:
+    """The SDK call's answer, or None when the API refuses or lacks it (never a failed run)."""
+    import qarnot.exceptions as qx
+    import requests
+
+    try:
+        return call()
+    except (qx.QarnotGenericException, qx.UnauthorizedException, qx.MissingTaskException,
+            requests.RequestException, ValueError, TypeError, AttributeError):
+        return None
 
 
 def results_bucket(run_id: str) -> str:

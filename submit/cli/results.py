@@ -49,13 +49,16 @@ def results_list(
         help="Only runs where this holds, e.g. 'test.r2>0.9', state=succeeded, train.lr<=0.01, "
              "tag.owner=ana (OP: = != > >= < <= ~; repeatable: all must hold). FIELD: state, job, "
              "backend, profile, executor, tag.KEY, SPLIT.METRIC (train|val|test|baseline of the "
-             "run's model; a sweep: its best trial), epochs_run, train_seconds, or a job setting."),
+             "run's model; a sweep: its best trial), epochs_run, train_seconds, cost_eur, energy_wh, "
+             "co2_g, co2_saved_g, or a job setting."),
     sort: Optional[str] = typer.Option(None, "--sort", metavar="[-]FIELD",
                                        help="Sort by FIELD (-FIELD: descending; runs without it last). "
                                             "Default: newest first."),
     refresh: bool = typer.Option(True, help="Bring pending runs up to date first (their ended "
                                             "tasks are retrieved); --no-refresh reads the store only."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of runs."),
+    footprint: bool = typer.Option(False, "--footprint", help="Also show what each run cost and emitted "
+                                                               "(cost_eur, energy_wh, co2_g; * emulated)."),
     store_dir: Optional[Path] = StoreOption,
 ) -> None:
     """The runs in the store, newest first, with the test metrics that fit each run's task
@@ -79,7 +82,8 @@ def results_list(
                      "job_name": r.job_name, "task": r.task, "backend": r.backend, "profile": r.profile,
                      "task_uuid": r.task_uuid, "trials": r.trials, "tags": r.tags, "note": r.note,
                      "headline": {"metric": name, "value": value},
-                     "test": {m: test.get(m) for m in TASK_COLUMNS.get(r.task, ())}})
+                     "test": {m: test.get(m) for m in TASK_COLUMNS.get(r.task, ())},
+                     "footprint": r.info.get("footprint")})
     if as_json:
         print(json.dumps(rows))
         return
@@ -97,13 +101,27 @@ def results_list(
     t = Table(Column("run", no_wrap=True, min_width=longest), Column("state", no_wrap=True, min_width=9),
               *([Column("backend", no_wrap=True), "tags"] if wide else []),
               *(Column(m, justify="right", no_wrap=True, min_width=max(len(m), 6)) for m in metrics),
+              *(Column(f, justify="right", no_wrap=True, min_width=9) for f in (FOOTPRINT_COLUMNS if footprint else ())),
               box=box.SIMPLE_HEAD, pad_edge=False,
-              caption="metrics: test split of each run's model (a sweep: its best trial)")
+              caption="metrics: test split of each run's model (a sweep: its best trial)"
+                      + ("; * emulated figures (the local emulator's model, not Qarnot's)" if footprint else ""))
     for row, r in zip(rows, runs):
         t.add_row(row["run_id"], _state(r),
                   *([f"{r.backend}/{r.profile}", _tags(r.tags)] if wide else []),
-                  *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics))
+                  *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics),
+                  *(_footprint_cells(r) if footprint else ()))
     console.print(t)
+
+
+FOOTPRINT_COLUMNS = ("cost_eur", "energy_wh", "co2_g")
+
+
+def _footprint_cells(run) -> list[str]:
+    from submit.footprint import show
+
+    fp = run.info.get("footprint") or {}
+    mark = "*" if fp.get("source") == "emulated" else ""
+    return [show(fp.get(f)) + (mark if fp.get(f) is not None else "") for f in FOOTPRINT_COLUMNS]
 
 
 def _tag_filter(item: str) -> tuple[str, str | None]:
@@ -169,6 +187,8 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
         t.add_row("note", record.note)
     t.add_row("job / dataset hash", f"{record.job_hash[:12]} / {record.dataset_hash[:12]}")
     t.add_row("uploaded", f"{record.uploaded_bytes:,} bytes")
+    if record.done:
+        t.add_row("cost & carbon", _footprint_line(info.get("footprint")))
     t.add_row("states", "  ".join(f"{h['state']} {h['at'][11:19]}" for h in record.history))
     timings = (metrics or {}).get("timings") or {}
     if timings:
@@ -192,6 +212,27 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
         table = confusion_table(store.artifacts_dir(record.run_id, trial))
         if table is not None:
             console.print(table)
+
+
+def _footprint_line(fp: dict | None) -> str:
+    """One line of what the run cost and emitted; unknown where the backend did not say."""
+    from submit.footprint import FIELDS, show
+
+    if not fp:
+        return "unknown (the backend reported no figures)"
+    labels = {"cost_eur": "cost", "energy_wh": "energy", "co2_g": "CO2", "co2_saved_g": "CO2 saved"}
+    parts = [f"{labels[name]} {show(fp.get(name), unit)}" for name, unit in FIELDS.items()]
+    if fp.get("co2_saved_percent") is not None:
+        parts[-1] += f" ({fp['co2_saved_percent']:.0f}% less than {fp.get('datacenter') or 'a datacenter'})"
+    if fp.get("erf") is not None:
+        parts.append(f"heat reused (ERF) {fp['erf']:.2f}")
+    estimate = fp.get("estimate") or {}
+    if estimate.get("cost_eur") is not None:
+        parts.append(f"estimated before: {show(estimate['cost_eur'], 'EUR')}, "
+                     f"{show(estimate.get('wall_seconds'), 's')}")
+    source = "emulated: the local emulator's model, not Qarnot's figures" if fp.get("source") == "emulated" \
+        else f"from {fp.get('source') or 'the backend'}"
+    return ", ".join(parts) + f"  ({source})"
 
 
 # ---------------------------------------------------------------------------------- compare
@@ -227,10 +268,12 @@ def results_compare(
         return
     t = Table("", *(Column(short(label), justify="right") for label in table["runs"]),
               title="compare (best value in green; * setting differs)", title_justify="left")
+    from submit.footprint import FIELDS as FOOTPRINT_FIELDS
+
     for name, values in table["metrics"].items():
         best = set(table["best"].get(name, []))
-        t.add_row(name, *(f"[bold green]{fmt(v)}[/]" if i in best else fmt(v)
-                          for i, v in enumerate(values)))
+        shown = ["unknown" if v is None and name in FOOTPRINT_FIELDS else fmt(v) for v in values]
+        t.add_row(name, *(f"[bold green]{text}[/]" if i in best else text for i, text in enumerate(shown)))
     t.add_section()
     for key, values in table["settings"].items():
         differs = key in table["differs"]
