@@ -331,3 +331,18 @@ class Job(Spec):
         if self.task == "regression" and self.train.class_weights != "none":
             raise ValueError("train.class_weights only applies to classification")
         return self
+
+
+AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
+
+
+def resolve_batch_size(batch_size: int | str, n: int, images: bool = False) -> int:
+    """The samples per step: `full` -> n; `auto` -> 64, or for a large table 128 / 256 (see
+    TrainSpec.batch_size); a number -> itself (at most n)."""
+    if batch_size == "full":
+        return max(n, 1)
+    if batch_size == "auto":
+        batch_size = 64
+        if not images:
+            batch_size = next((bs for rows, bs in AUTO_BATCH if n > rows), 64)
+    return max(1, min(int(batch_size), n))

@@ -332,6 +332,24 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         if not np.isfinite(loss):
             raise QtrainError(f"check: the first training step gave loss {loss}",
                               hint="lower train.lr or check the data for extreme values")
+        # steps at the training's batch size, timed: the fastest of 2 to 5 within 0.2 s (the first
+        # pays one-off costs, and a busy machine slows some) is what `qtrain run --estimate` scales
+        # on one thread: threads that wait on each other make a step on a busy machine 100x slower,
+        # where one thread is at most as many times slower as the training has threads
+        timed: list[float] = []
+        batch = trainer.batch_size  # the training's own batch: a step's fixed costs do not scale
+        xt, yt = trainer.data.x["train"][:batch], trainer.data.y["train"][:batch]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            budget = time.perf_counter() + 0.2
+            while len(timed) < 5 and (len(timed) < 2 or time.perf_counter() < budget):
+                t_step = time.perf_counter()
+                trainer.check_step(xt, yt)
+                timed.append(time.perf_counter() - t_step)
+        finally:
+            torch.set_num_threads(threads)
+        step_seconds = min(timed)
         for split in p.splits:
             predict_split(b.model, p, trainer.data.x[split])
         total, trainable = count_parameters(b.model)
@@ -341,7 +359,8 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         report.setdefault("models", []).append({
             "trial": i if loaded.trials else None,
             "overrides": loaded.trials[i] if loaded.trials else None,
-            "parameters": total, "trainable": trainable, "first_step_loss": loss})
+            "parameters": total, "trainable": trainable, "first_step_loss": loss,
+            "step_seconds": step_seconds, "step_rows": int(len(xt))})
         report["device"] = str(b.device)
     return report
 

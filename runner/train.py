@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from jobs.errors import JobError, QtrainError
-from jobs.spec import Job, TrainSpec
+from jobs.spec import Job, TrainSpec, resolve_batch_size
 from runner import log
 from runner.prepare import Prepared
 
@@ -66,21 +66,6 @@ def _env_threads() -> int | None:
     except ValueError:
         return None
     return n if n > 0 else None
-
-
-AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
-
-
-def resolve_batch_size(batch_size: int | str, n: int, images: bool = False) -> int:
-    """The samples per step: `full` -> n; `auto` -> 64, or for a large table 128 / 256 (see
-    TrainSpec.batch_size); a number -> itself (at most n)."""
-    if batch_size == "full":
-        return max(n, 1)
-    if batch_size == "auto":
-        batch_size = 64
-        if not images:
-            batch_size = next((bs for rows, bs in AUTO_BATCH if n > rows), 64)
-    return max(1, min(int(batch_size), n))
 
 
 def autocast_for(device: torch.device, spec: TrainSpec):

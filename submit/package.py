@@ -48,6 +48,7 @@ class Package:
     # shipped beside job.json, at their place in the task: a resumed run's checkpoints
     # (out/checkpoint.pt, out/trial-<i>/checkpoint.pt), from which the runner continues
     extras: list[PackageFile] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)  # the check's report (what the estimate reads)
 
     @property
     def dataset_prefix(self) -> str:

@@ -43,7 +43,7 @@ LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}
 def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                profile: str | None = None, recheck: bool = False,
                tags: dict[str, str] | None = None, note: str | None = None,
-               resume: RunRecord | None = None) -> RunRecord:
+               resume: RunRecord | None = None, max_cost: float | None = None) -> RunRecord:
     job = loaded.job
     store.ensure_writable()  # before anything is uploaded
     backend.check_image(job.resources.image)
@@ -57,11 +57,13 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
     backend.check_capacity(max(1, package.trials), gpu)
+    est = estimate_run(loaded, package, backend, gpu, ui, max_cost)
     constants = image_constants(job.resources.image)
     info = {"data": user_paths(loaded), "image": job.resources.image,
             "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),
             "executor": backend.executor_name(),
-            "resumed_from": resume.run_id if resume is not None else None}
+            "resumed_from": resume.run_id if resume is not None else None,
+            "footprint": {"estimate": est.record()}}
     # the intent first: from here on, whatever happens, the run is in the store under its id, and
     # its task (if one was made) carries the run's tags, by which `recover` finds it
     run = store.create_run(job_name=job.name, job_hash=package.job_hash,
@@ -98,6 +100,19 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     return store.get(run.run_id)
 
 
+def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: bool, ui: Ui,
+                 max_cost: float | None = None):
+    """The run's estimate, said in one line with the account's credits left; refused (nothing
+    sent) over `max_cost` or the credits left."""
+    from submit.estimate import estimate, refuse_over
+
+    est = estimate(loaded, package.check, gpu, local=backend.name == "local")
+    credits = backend.credits_left()
+    ui.say(est.line() + (f"; credits left {credits:.4g} EUR" if credits is not None else ""), style="dim")
+    refuse_over(est, max_cost, credits)
+    return est
+
+
 def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
     """Check the job (a verdict remembered for this job, data and code is not redone) and
     package it.  Nothing leaves the machine: every mistake is caught here, before any upload."""
@@ -109,7 +124,9 @@ def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
         ui.warn(line)
     ui.say(f"{how}: {loaded.job.name}, {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
-    return build_package(loaded)
+    package = build_package(loaded)
+    package.check = report
+    return package
 
 
 def upload_plan(package: Package) -> dict[str, Any]:
@@ -427,6 +444,8 @@ def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
     store.update(run.run_id, retrieved=status.done or None,
                  info={k: info.get(k) for k in ("execution", "image_digest", "host", "device", "threads",
                                                 "cuda") if info.get(k)})
+    if status.done:
+        _record_footprint(run, uuid, backend, store, ui)
     if run.trials:
         sweep = store.get(run.run_id).sweep()
         if any(r.metrics for r in sweep.trials):
@@ -436,6 +455,18 @@ def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
     if status.done and config.mlflow_export_enabled():
         _auto_export(record, store, ui)
     return record
+
+
+def _record_footprint(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui) -> None:
+    """What the ended task cost and emitted, into the run's info (unknown figures stay None)."""
+    try:
+        footprint = backend.footprint(uuid)
+    except QtrainError as exc:  # a backend that cannot say: the run is not the worse for it
+        ui.warn(f"run {run.run_id}: its cost and carbon figures could not be read ({exc.one_line()})")
+        return
+    if footprint is not None:
+        estimate = (run.info.get("footprint") or {}).get("estimate")
+        store.update(run.run_id, info={"footprint": {**footprint, **({"estimate": estimate} if estimate else {})}})
 
 
 def _sweep_report(dest: Path, sweep, run: RunRecord) -> None:
@@ -613,6 +644,7 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
         "job_name": run.job_name, "created": run.created, "job_hash": run.job_hash,
         "dataset_hash": run.dataset_hash, "error": run.error, "retrieved": run.retrieved,
         "tags": run.tags, "note": run.note, "info": run.info, "resumed_from": run.info.get("resumed_from"),
+        "footprint": run.info.get("footprint"),
         "metrics": run.metrics.get(-1), "artifacts_dir": str(store.artifacts_dir(run.run_id)),
         "history": run.history,
     }

@@ -95,6 +95,12 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and package the job, list every file "
                                                           "and byte an upload would send, and stop: "
                                                           "nothing is sent or recorded."),
+    estimate: bool = typer.Option(False, "--estimate", help="Check the job and print what the run would take: "
+                                                            "wall time, cost (EUR) and energy, with the "
+                                                            "account's credits left; nothing is sent."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", metavar="EUR", min=0,
+                                             help="Refuse to submit (nothing sent) when the estimated "
+                                                  "cost is over this many euros."),
     as_json: bool = JsonOption,
     store_dir: Optional[Path] = StoreOption,
 ) -> None:
@@ -116,16 +122,35 @@ def run(
     if dry_run:
         _dry_run(loaded, ui, recheck, as_json)
         return
+    if estimate:
+        _estimate(loaded, get_backend(backend), ui, profile, recheck, max_cost, as_json)
+        return
     store = _store(store_dir)
     be = get_backend(backend)
     record = submit_run(loaded, be, store, ui, profile=profile, recheck=recheck, tags=tags,
-                        note=(note or "").strip() or None)
+                        note=(note or "").strip() or None, max_cost=max_cost)
     if detach:
         ui.say(f"detached: qtrain status {record.run_id}  |  qtrain fetch {record.run_id}")
         if as_json:
             print(json.dumps(summary(record, store)), flush=True)
         return
     _follow_and_retrieve(record, be, store, ui, as_json)
+
+
+def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: float | None, as_json: bool) -> None:
+    """`run --estimate`: the check, then the estimate; nothing is sent or recorded."""
+    from submit import config
+    from submit.runs import estimate_run, prepare
+
+    package = prepare(loaded, ui, recheck)
+    _, gpu = be.resolve_profile(profile or loaded.job.resources.profile, config.PROFILE_CPU, config.PROFILE_GPU)
+    est = estimate_run(loaded, package, be, gpu, ui, max_cost)
+    if as_json:
+        print(json.dumps({"estimate": est.record(), "credits_left": be.credits_left(),
+                          "backend": be.name}), flush=True)
+        return
+    for line in est.basis:
+        ui.say(f"  {line}", style="dim")
 
 
 def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
