@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -47,3 +51,26 @@ def kill_instance(task_uuid: str) -> None:
     if not pids:
         raise AssertionError(f"no process runs task {task_uuid}")
     os.kill(pids[0], signal.SIGKILL)
+
+
+@contextmanager
+def foreground_emulator(tmp_path, **env):
+    """An emulator of its own (`qtrain emulator serve`, process executor) with `env` (its modes and
+    limits), its state under `tmp_path`; yields a `qarnot` SDK connection to it."""
+    import qarnot
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full = {**os.environ, "QTRAIN_STATE_DIR": str(tmp_path / "state"), "QTRAIN_CONFIG_DIR": str(tmp_path / "config"),
+            **env}
+    proc = subprocess.Popen([sys.executable, "-m", "submit", "emulator", "serve", "--port", str(port),
+                             "--token", "mode-token", "--executor", "process"], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "qtrain emulator: API" in line, line
+        yield qarnot.connection.Connection(client_token="mode-token", cluster_url=f"http://127.0.0.1:{port}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)

@@ -7,23 +7,17 @@ user_info, pools, and what the emulator does not implement."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
-import qarnot
 import requests
 from qarnot.exceptions import (MaxTaskException, QarnotGenericException, UnauthorizedException)
 from qarnot.hardware_constraint import GpuHardware, MinimumCoreHardware
 
 from submit.emulator.executors import command_argv, host_has_gpu
-from tests.helpers import sh, wait_for
+from tests.helpers import foreground_emulator, sh, wait_for
 
 
 def test_the_sdk_readme_hello_world(conn, wait_task):
@@ -252,25 +246,6 @@ def test_jobs_are_refused_with_a_clear_message(conn):
 
 
 # ------------------------------------------------------------------- modes of another daemon
-@contextmanager
-def foreground_emulator(tmp_path, **env):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    full = {**os.environ, "QTRAIN_STATE_DIR": str(tmp_path / "state"), "QTRAIN_CONFIG_DIR": str(tmp_path / "config"),
-            **env}
-    proc = subprocess.Popen([sys.executable, "-m", "submit", "emulator", "serve", "--port", str(port),
-                             "--token", "mode-token", "--executor", "process"], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert "qtrain emulator: API" in line, line
-        yield qarnot.connection.Connection(client_token="mode-token", cluster_url=f"http://127.0.0.1:{port}")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-
-
 @pytest.mark.skipif(host_has_gpu(), reason="checks what a machine without a GPU does")
 def test_hardware_modes_strict_refuses_and_lenient_runs(tmp_path, wait_task):
     with foreground_emulator(tmp_path / "strict", QTRAIN_EMULATOR_HARDWARE="strict") as conn:
