@@ -39,6 +39,10 @@ def test_a_run_exported_twice_is_one_mlflow_run_with_everything(qtrain, store_di
     assert params["data.path"] == "palmerpenguins" and params["model.hidden"] == "[32, 32]"
     assert metrics["test/accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
     assert metrics["baseline/accuracy"] == pytest.approx(run["metrics"]["baseline"]["accuracy"])
+    # what it cost and emitted (the emulator's model, said in a tag)
+    assert metrics["footprint/cost_eur"] == pytest.approx(run["footprint"]["cost_eur"])
+    assert metrics["footprint/co2_g"] == pytest.approx(run["footprint"]["co2_g"])
+    assert exported.data.tags["qtrain.footprint_source"] == "emulated"
     history = client.get_metric_history(exported.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert tags["qtrain.run_id"] == run["run_id"] and tags["qtrain.task_uuid"] == run["task_uuid"]
