@@ -21,7 +21,8 @@ import socket
 import sys
 import threading
 
-PRELOAD = ("numpy", "pandas", "sklearn", "torch", "torch._dynamo", "matplotlib.pyplot", "runner.run")
+# (not torch._dynamo: training never imports it, see runner.train._step_without_dynamo)
+PRELOAD = ("numpy", "pandas", "sklearn", "torch", "matplotlib.pyplot", "runner.run")
 
 
 def become(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str, threads: int,

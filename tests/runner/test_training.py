@@ -197,3 +197,28 @@ def test_timed_checkpoints_keep_within_two_percent_of_the_training_time(tmp_path
     quiet = Trainer(b.model, b.prepared, off.job, b.device, "h", tmp_path / "c2.pt")
     quiet._saved_at -= 3600
     assert not quiet.checkpoint_due()
+
+
+def test_training_imports_no_dynamo_and_steps_as_torch_does(tmp_path):
+    """The optimiser's step without torch's `_use_grad` wrapper (which imports torch._dynamo, 0.8 s,
+    for torch.compile only) gives the same model, bit for bit, as torch's own step."""
+    import json as json_module
+    import subprocess
+    import sys
+    from unittest import mock
+
+    from jobs.load import load_job
+    from runner import train
+    from runner.run import run_job
+
+    code = ("import sys, pathlib; from jobs.load import load_job; from runner.run import run_job; "
+            f"run_job(load_job('penguins', ['train.epochs=3', 'train.optimizer=adamw']), pathlib.Path({str(tmp_path / 'fresh')!r})); "
+            "print('torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split()[-1:] == ["False"], proc.stderr[-2000:]
+    for optimizer in ("adam", "sgd", "rmsprop"):
+        over = ["train.epochs=5", f"train.optimizer={optimizer}", "train.schedule=cosine"]
+        ours = run_job(load_job("penguins", over), tmp_path / f"ours-{optimizer}")
+        with mock.patch.object(train, "_step_without_dynamo", lambda optimizer: None):
+            torchs = run_job(load_job("penguins", over), tmp_path / f"torch-{optimizer}")
+        assert json_module.dumps(ours["test"], sort_keys=True) == json_module.dumps(torchs["test"], sort_keys=True)
