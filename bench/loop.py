@@ -15,6 +15,9 @@ invocation, medians over --pairs pairs, with the spread (min..max of the ratios)
     test r2 of each (goal: no worse than 0.005).
 (e) cold start: wall(`qtrain run penguins` with no emulator running: it starts the daemon) minus
     wall(the same run on the warm emulator), paired; goal <= +2 s.
+(g) the emulator's API: the median GET /info on one kept-alive connection (as the SDK's session
+    sends every request) / the same on a fresh connection each; goal <= 1.0 (a connection kept
+    open must not be slower than a new one: with Nagle's algorithm on, it was 40 ms a request).
 (d) the tabular training loop: steps/s of the runner's Trainer / steps/s of a minimal hand-written
     PyTorch loop over the same tensors, model, optimizer and batch size (in this process, a
     50k-row, 10-feature regression table); goal >= 0.9.
@@ -66,6 +69,33 @@ def paired(a: list[str], b: list[str], env: dict[str, str], pairs: int) -> dict:
     return {"ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
             "seconds": statistics.median(sa), "reference_seconds": statistics.median(sb),
             "samples": sa, "reference_samples": sb}
+
+
+def api_latency(env: dict[str, str], requests_each: int = 60) -> dict:
+    """(g): GET /info alternately on a kept-alive session and on a fresh connection."""
+    import requests
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.update({k: env[k] for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")})
+    from submit.emulator import daemon
+
+    endpoint = daemon.running()
+    headers = {"Authorization": endpoint.token}
+    session = requests.Session()
+    session.get(f"{endpoint.url}/info", headers=headers).raise_for_status()
+    kept, fresh = [], []
+    for _ in range(requests_each):
+        t0 = time.perf_counter()
+        session.get(f"{endpoint.url}/info", headers=headers).raise_for_status()
+        kept.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        requests.get(f"{endpoint.url}/info", headers={**headers, "Connection": "close"}).raise_for_status()
+        fresh.append(time.perf_counter() - t0)
+    ratios = sorted(a / b for a, b in zip(kept, fresh))
+    return {"ratio": statistics.median(ratios), "ratio_min": ratios[len(ratios) // 10],
+            "ratio_max": ratios[-1 - len(ratios) // 10], "seconds": statistics.median(kept),
+            "reference_seconds": statistics.median(fresh), "requests": requests_each, "goal": 1.0,
+            "spread": "10th..90th percentile of the paired ratios"}
 
 
 def loop_speed(pairs: int, epochs: int = 3) -> dict:
@@ -152,7 +182,7 @@ def docker_ready() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--parts", default="check,run,sweep,loop,docker,cold,table")
+    parser.add_argument("--parts", default="check,run,api,sweep,loop,docker,cold,table")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -175,9 +205,11 @@ def main() -> None:
                 results["check"]["goal"] = 1.15
                 results["check_remembered"] = paired(qtrain("check", "penguins"), imports, env, args.pairs)
                 results["check_remembered"]["goal"] = 0.3
-            if parts & {"run", "sweep"}:
+            if parts & {"run", "sweep", "api"}:
                 wall(qtrain("emulator", "start"), env)
                 wall(qtrain("run", "penguins", *store), env)  # warm-up: fork server, caches
+            if "api" in parts:
+                results["api"] = api_latency(env)
             if "run" in parts:
                 results["run_process"] = paired(qtrain("run", "penguins", *store),
                                                 qtrain("train", "penguins", "--out", str(tmp / "train")),
@@ -222,6 +254,7 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     for key, label in (("check", "check / import torch+pandas+sklearn"),
                        ("check_remembered", "remembered check / import"),
+                       ("api", "emulator API request, kept-alive / fresh connection"),
                        ("run_process", "run (process executor) / train"),
                        ("run_docker", "run (docker executor, warm) / train"),
                        ("run_docker_fresh_container", "run (docker, fresh container) / train"),
@@ -233,8 +266,9 @@ def main() -> None:
             continue
         sign = ">=" if key == "loop" else "<="
         goal = f" (goal {sign} {r['goal']:.2f})" if "goal" in r else ""
+        fmt = (lambda t: f"{t * 1000:.1f}ms") if r["reference_seconds"] < 0.1 else (lambda t: f"{t:.2f}s")
         print(f"{label}: {r['ratio']:.2f} [{r['ratio_min']:.2f}..{r['ratio_max']:.2f}]{goal}  "
-              f"{r['seconds']:.2f}s vs {r['reference_seconds']:.2f}s")
+              f"{fmt(r['seconds'])} vs {fmt(r['reference_seconds'])}")
     if "table" in results:
         t = results["table"]
         print(f"50k-row table, qtrain train defaults (batch {t['batch_size']}) / batch 64: {t['ratio']:.2f} "

@@ -269,6 +269,9 @@ def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "qtrain-emulator"
+        # an answer goes out at once: with Nagle's algorithm, the body written after the headers
+        # waits for the client's delayed ACK, 40 ms on every request of a kept-alive connection
+        disable_nagle_algorithm = True
         timeout = request_timeout()  # a stalled client is dropped, its thread freed
 
         def _serve(self) -> None:
