@@ -49,7 +49,10 @@ def main() -> int:
         if loaded.trials:
             trial = int(os.environ.get("INSTANCE_ID", "0"))
             out = out / trial_dir(trial)
-        from runner.run import run_job  # torch: only once the job is known to be readable
+        from runner.imports import heavy_imports
+
+        with heavy_imports():
+            from runner.run import run_job  # torch: only once the job is known to be readable
 
         run_job(loaded, out, resume=(out / CHECKPOINT).exists(), trial=trial)
         return 0

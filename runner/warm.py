@@ -21,8 +21,9 @@ import socket
 import sys
 import threading
 
-# (not torch._dynamo: training never imports it, see runner.train._step_without_dynamo)
-PRELOAD = ("numpy", "pandas", "sklearn", "torch", "matplotlib.pyplot", "runner.run")
+from runner.imports import PRELOAD, preload
+
+__all__ = ["PRELOAD", "become", "main", "serve"]
 
 
 def become(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str, threads: int,
@@ -84,11 +85,7 @@ def serve(conn: socket.socket) -> None:
 
 def main() -> int:
     path = sys.argv[1]
-    for name in PRELOAD:
-        __import__(name)
-    import gc
-
-    gc.freeze()  # what the imports made is shared with every child: never traversed by its collections
+    preload()
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -65,7 +65,10 @@ def check(loaded: LoadedJob, recheck: bool = False) -> tuple[dict[str, Any], boo
         report = read_json(path)
         if report is not None:
             return report, True
-    from runner.run import check_job
+    from runner.imports import heavy_imports
+
+    with heavy_imports():
+        from runner.run import check_job
 
     report = check_job(loaded)
     try:

@@ -80,8 +80,10 @@ def train(
 ) -> None:
     """Train here, in this process, with no submission: the quickest local dry run.  Writes the
     results contract (metrics.json, confusion matrix, curves, model.pt, ...) to --out."""
-    from runner.run import run_job
+    from runner.imports import heavy_imports
 
+    with heavy_imports():
+        from runner.run import run_job
     loaded = _load(job, set_)
     run_job(loaded, out, resume=resume, trial=trial)
 
@@ -106,7 +108,10 @@ def predict(
     counted), unseen categories named.  The output keeps each input row's number (`row`).  When
     the file holds the target column, its metrics are printed as a run's are."""
     from jobs.results import atomic_write
-    from runner.predict import load_model, read_input
+    from runner.imports import heavy_imports
+
+    with heavy_imports():
+        from runner.predict import load_model, read_input
     from submit.ui import metrics_table
 
     is_path = Path(run).exists() or "/" in run or run.endswith(".pt")

@@ -27,7 +27,6 @@ from typing import Iterator
 
 # the modules a warm interpreter imports once (seconds an instance does not pay): the same for the
 # process executor's fork server as for the warm containers' one
-from runner.warm import PRELOAD
 
 # Where `python -m runner` finds the runner when the process executor stands in for the image.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -182,7 +181,7 @@ class ProcessExecutor:
             import multiprocessing
 
             self._ctx = multiprocessing.get_context("forkserver")
-            self._ctx.set_forkserver_preload(list(PRELOAD))
+            self._ctx.set_forkserver_preload(["runner.preloaded"])  # runner.imports.PRELOAD
             threading.Thread(target=self._warm_up, daemon=True).start()
 
     def _warm_up(self) -> None:
