@@ -89,15 +89,24 @@ class Running:
         """Stop the instance and everything it started (its own process group)."""
         if not self.alive():
             return
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
         try:
-            os.killpg(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.alive():
-                os.killpg(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, sig)
         except ProcessLookupError:
-            pass
+            # no group yet: an instance forked from a warm interpreter calls setsid() first
+            # thing, and an abort may come before (the signal then reaches it alone, which has
+            # started nothing yet); a group never made would leave it running for good
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 class WarmRunning(Running):
@@ -107,10 +116,19 @@ class WarmRunning(Running):
         self.proc = proc
         self.pid = proc.pid
         self.status = status
-        self.streams = {"stdout": _tail(out, self.alive), "stderr": _tail(err, self.alive)}
+        # only `wait` (the instance's thread) asks the process for its state: two threads that
+        # poll a forkserver child at once race to read its exit status, and the loser overwrites
+        # it with 255 or blocks (python/cpython#130895); the others learn the end from this event,
+        # which also wakes the tails at once, so the last lines are not 0.05 s late
+        self.ended = threading.Event()
+        self.streams = {"stdout": _tail(out, self.alive, self.ended.wait),
+                        "stderr": _tail(err, self.alive, self.ended.wait)}
 
     def wait(self) -> int:
-        self.proc.join()
+        try:
+            self.proc.join()
+        finally:
+            self.ended.set()
         code = self.proc.exitcode
         if code == 255:
             # multiprocessing's forkserver can fail to report a child's status under load and say
@@ -122,11 +140,12 @@ class WarmRunning(Running):
         return 128 - code if code is not None and code < 0 else int(code or 0)
 
     def alive(self) -> bool:
-        return self.proc.is_alive()
+        return not self.ended.is_set()
 
 
-def _tail(path: Path, alive) -> Iterator[bytes]:
-    """Lines appended to `path` until the writer is gone and the file is read to its end."""
+def _tail(path: Path, alive, nap=time.sleep) -> Iterator[bytes]:
+    """Lines appended to `path` until the writer is gone and the file is read to its end;
+    `nap(seconds)` waits between reads (returning early when the writer ends)."""
     with open(path, "rb") as fh:
         partial = b""
         while True:
@@ -141,7 +160,7 @@ def _tail(path: Path, alive) -> Iterator[bytes]:
                     yield partial
                 return
             else:
-                time.sleep(0.05)
+                nap(0.05)
 
 
 def python_module_argv(argv: list[str] | None) -> list[str] | None:
@@ -485,7 +504,8 @@ class WarmDockerRunning(Running):
         self.code: int | None = None
         self.ended = threading.Event()
         threading.Thread(target=self._wait_exit, daemon=True).start()
-        self.streams = {"stdout": _tail(out, self.alive), "stderr": _tail(err, self.alive)}
+        self.streams = {"stdout": _tail(out, self.alive, self.ended.wait),
+                        "stderr": _tail(err, self.alive, self.ended.wait)}
 
     def _wait_exit(self) -> None:
         import json

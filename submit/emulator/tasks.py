@@ -348,11 +348,16 @@ class Task(TaskFiles):
             inst.state = "Running"
             self._update_running_state()
             try:
-                inst.running = self.manager.executor.start(spec)
+                running = self.manager.executor.start(spec)
             except Exception as exc:  # noqa: BLE001
                 self.log(inst.id, f"[emulator] the instance could not start: {exc}", "stderr")
                 self._finish_instance(inst, 127)
                 return
+            with self.lock:  # an abort (or delete) that came while it started has not seen it: stop it here
+                inst.running = running
+                aborted = self.aborted
+            if aborted:  # (in a thread of its own: the kill waits for the end that `wait` below sees)
+                threading.Thread(target=running.kill, daemon=True, name=f"kill-{self.uuid[:8]}").start()
             inst.pid = inst.running.pid
             self.manager.persist(self)
             for note in spec.notes:

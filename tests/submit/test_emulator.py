@@ -265,3 +265,20 @@ def test_concurrent_starts_share_one_daemon(tmp_path):
         assert sorted(a["state"] for a in answers) == ["already running", "already running", "started"]
     finally:
         subprocess.run([sys.executable, "-m", "submit", "emulator", "stop"], env=env, capture_output=True)
+
+
+def test_an_instance_stopped_before_it_has_a_process_group_of_its_own_stops():
+    """An abort or delete that comes as an instance starts: a forked instance calls setsid() first
+    thing, and until then there is no group to signal.  It must stop anyway (it used to run on for
+    good, holding a core the next tasks waited for)."""
+    import subprocess
+
+    from submit.emulator.executors import Running
+
+    proc = subprocess.Popen(["sleep", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # no group of its own
+    try:
+        Running(proc).kill()
+        assert proc.wait(timeout=10) == -15  # SIGTERM reached it
+    finally:
+        proc.kill()
+        proc.wait()

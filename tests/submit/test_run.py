@@ -18,7 +18,7 @@ import pytest
 
 from jobs.results import CLASSIFICATION_FILES, RESULT_FILES
 from submit.store import Store
-from tests.helpers import wait_for
+from tests.helpers import processes_in, wait_for
 
 pytestmark = pytest.mark.usefixtures("emulator")
 
@@ -359,6 +359,8 @@ def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
                      "--store", store_dir).json()
     for run in (done, waiting):
         conn.retrieve_task(run["task_uuid"]).delete()
+    # its instance stops, even when the delete came as it started (before it had a process group)
+    wait_for(lambda: not processes_in(waiting["task_uuid"]), timeout=15)
     again = qtrain("fetch", done["run_id"], "--json", "--store", store_dir)  # retrieved before: fine
     assert again.code == 0 and again.json()["metrics"] == done["metrics"]
     lost = qtrain("fetch", waiting["run_id"], "--store", store_dir)
