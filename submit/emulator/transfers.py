@@ -56,7 +56,7 @@ class TaskFiles:
                 rel = safe_relpath(key[len(strip):] if strip and key.startswith(strip) else key)
                 if rel is None:
                     continue
-                staged.append((rel, storage.cached(name, key, obj["ETag"])))
+                staged.append((rel, storage.cached(name, key, obj["ETag"], obj.get("Size"))))
         added = 0
         for inst in self.instances.values():
             if only_new and inst.state != "Running":
