@@ -10,6 +10,7 @@ import abc
 import errno
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -131,6 +132,42 @@ def plan_download(objects: list[RemoteFile], dest: Path,
 
 # errors of one file that say "this key cannot be a file here" (not a full or read-only disk)
 UNWRITABLE = (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL, errno.EILSEQ)
+
+
+def fetch_all(todo: list[tuple[RemoteFile, Path]], fetch: Callable[[str, Path], None], done: Downloaded,
+              progress: Progress | None = None, workers: int = 8) -> None:
+    """`write_object` for each (object, local path) of `todo`, up to `workers` at a time: each
+    object costs a round trip or two before its first byte (milliseconds here, tens of them to a
+    cloud), and a run's results are many small files.  The first error stops what has not
+    started and is raised once the started ones end (each cleans up after itself)."""
+    lock = threading.Lock()
+
+    def one(item: tuple[RemoteFile, Path]) -> None:
+        o, local = item
+        mine = Downloaded(0, 0, 0)
+        write_object(local, lambda tmp: fetch(o.key, tmp), mine, o.key, o.size)
+        with lock:
+            done.files += mine.files
+            done.bytes += mine.bytes
+            done.refused.extend(mine.refused)
+            if progress:
+                progress(o.size)
+
+    if len(todo) <= 1 or workers <= 1:
+        for item in todo:
+            one(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="download") as pool:
+        futures = [pool.submit(one, item) for item in todo]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def write_object(local: Path, fetch: Callable[[Path], None], done: Downloaded, key: str, size: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from submit import config
 from submit.backends.base import (Backend, BackendError, BackendUnreachable, Downloaded, Progress, RemoteFile,
-                                  TaskRequest, TaskStatus, plan_download, write_object)
+                                  TaskRequest, TaskStatus, fetch_all, plan_download)
 from submit.backends.errors import translate
 
 PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
@@ -291,10 +291,7 @@ class QarnotBackend(Backend):
         todo, done = plan_download(objects, dest, replace)
         if on_total:
             on_total(sum(o.size for o, _ in todo))
-        for o, local in todo:
-            write_object(local, lambda tmp, key=o.key: bucket.get_file(key, local=str(tmp)), done, o.key, o.size)
-            if progress:
-                progress(o.size)
+        fetch_all(todo, lambda key, tmp: bucket.get_file(key, local=str(tmp)), done, progress)
         return done
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from submit.backends.base import (Backend, BackendUnreachable, Downloaded, RemoteFile, TaskNotFound, TaskRequest,
-                                  TaskStatus, plan_download, write_object)
+                                  TaskStatus, fetch_all, plan_download)
 
 
 @dataclass
@@ -88,6 +88,5 @@ class FakeBackend(Backend):
         objects = [RemoteFile(key, len(data), lambda local, data=data: local.read_bytes() == data)
                    for key, data in self.script.results.items()]
         todo, done = plan_download(objects, dest, replace)
-        for o, local in todo:
-            write_object(local, lambda tmp, key=o.key: tmp.write_bytes(self.script.results[key]), done, o.key, o.size)
+        fetch_all(todo, lambda key, tmp: tmp.write_bytes(self.script.results[key]), done, progress)
         return done
