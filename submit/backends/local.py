@@ -14,7 +14,7 @@ class LocalBackend(QarnotBackend):
 
     name = "local"
     footprint_source = "emulated"  # the emulator's model of cost and carbon, never Qarnot's figures
-    poll_seconds = 0.2
+    poll_seconds = 0.1  # three loopback requests of ~2 ms each: a task's end is seen 0.05 s sooner on average
     token_hint = "the emulator's token is in its config folder: qtrain emulator status shows where"
     unreachable_hint = "qtrain emulator status; qtrain emulator start"
 
