@@ -67,9 +67,15 @@ def serve(conn: socket.socket) -> None:
     with conn, conn.makefile("rwb", buffering=0) as stream:
         request = json.loads(stream.readline())
         if "signal" in request:
+            pid, sig = int(request["pid"]), int(request["signal"])
             try:
-                os.killpg(int(request["pid"]), int(request["signal"]))
-            except (ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+            except ProcessLookupError:  # not yet in its own session (become() calls setsid first)
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            except PermissionError:
                 pass
             stream.write(b'{"ok": true}\n')
             return
