@@ -22,7 +22,7 @@ invocation, medians over --pairs pairs, with the spread (min..max of the ratios)
     PyTorch loop over the same tensors, model, optimizer and batch size (in this process, a
     50k-row, 10-feature regression table); goal >= 0.9.
 
-    python bench/loop.py [--pairs 5] [--parts check,run,sweep,loop]
+    python bench/loop.py [--pairs 5] [--parts check,run,api,sweep,loop,docker,cold,table]
         -> prints the figures, writes bench/results/loop.json (parts not run keep their old figures)
 
 It uses its own emulator (state and config in a temporary folder) and stops it at the end.
@@ -117,7 +117,7 @@ def loop_speed(pairs: int, epochs: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="qtrain-loop-") as d:
         frame.to_csv(Path(d) / "t.csv", index=False)
         loaded = load_job_dict({"name": "loop", "task": "regression", "data": {"path": "t.csv", "target": "y"},
-                                "train": {"epochs": epochs, "threads": 1}}, Path(d))
+                                "train": {"epochs": epochs, "threads": 1, "batch_size": 64}}, Path(d))
         b = build(loaded)
     ours, minimal, steps = [], [], 0
     for _ in range(pairs):
