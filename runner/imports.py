@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator
 
 # what a warm interpreter imports before forking instances (not torch._dynamo: training never
@@ -22,13 +23,22 @@ PRELOAD = ("numpy", "pandas", "sklearn", "torch", "matplotlib.pyplot", "runner.r
 @contextlib.contextmanager
 def heavy_imports() -> Iterator[None]:
     enabled = gc.isenabled()
+    modules = len(sys.modules)
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if len(sys.modules) > modules:  # already imported (a fork server's child): nothing to freeze
+            gc.freeze()
         if enabled:
             gc.enable()
+
+
+def exit_fast() -> None:
+    """At the end of a process that imported torch, pandas and sklearn: skip the interpreter's
+    last garbage collections over everything they made (0.4 to 0.6 s of a 2 s command here);
+    the process frees it all anyway.  Files are closed by their `with` blocks before this."""
+    gc.freeze()
 
 
 def preload() -> None:

@@ -21,9 +21,23 @@ import socket
 import sys
 import threading
 
-from runner.imports import PRELOAD, preload
+from runner.imports import preload
 
-__all__ = ["PRELOAD", "become", "main", "serve"]
+
+def signal_instance(pid: int, sig: int) -> None:
+    """`sig` to the instance's process group: all it started.  An instance forked from a warm
+    interpreter calls setsid() first thing (`become`), and an abort may come before: then the
+    signal goes to the process itself, which has started nothing yet (a group never found would
+    leave it running for good)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    except PermissionError:
+        pass
 
 
 def become(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str, threads: int,
@@ -67,16 +81,7 @@ def serve(conn: socket.socket) -> None:
     with conn, conn.makefile("rwb", buffering=0) as stream:
         request = json.loads(stream.readline())
         if "signal" in request:
-            pid, sig = int(request["pid"]), int(request["signal"])
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:  # not yet in its own session (become() calls setsid first)
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            except PermissionError:
-                pass
+            signal_instance(int(request["pid"]), int(request["signal"]))
             stream.write(b'{"ok": true}\n')
             return
         pid = os.fork()

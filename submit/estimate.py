@@ -70,11 +70,11 @@ def prices() -> dict[str, dict[str, float]]:
     """The defaults, with what the price table sets (a bad table is one clear error)."""
     import tomllib
 
+    from submit.emulator import footprint as emulated
+
     table = {k: dict(v) for k, v in DEFAULTS.items()}
-    table["local"].update({
-        "eur_per_core_hour": _env_rate("QTRAIN_EMULATOR_EUR_PER_CORE_HOUR", 0.05),
-        "watts_per_core": _env_rate("QTRAIN_EMULATOR_WATTS_PER_CORE", 12.0),
-        "cores": float(os.cpu_count() or 1)})
+    table["local"].update({"eur_per_core_hour": emulated.eur_per_core_hour(),
+                           "watts_per_core": emulated.watts_per_core(), "cores": float(os.cpu_count() or 1)})
     path = prices_file()
     if not path.is_file():
         return table
@@ -93,13 +93,6 @@ def prices() -> dict[str, dict[str, float]]:
                                   hint="e.g. eur_per_core_hour = 0.04")
             table[section][key] = float(value)
     return table
-
-
-def _env_rate(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
 
 
 @dataclass

@@ -26,11 +26,16 @@ def unknown(source: str) -> dict[str, Any]:
     return {**{k: None for k in (*FIELDS, *DETAILS)}, "datacenter": None, "source": source}
 
 
+def euros(credits: Any) -> float | None:
+    """The amount of the SDK's `Credits` (a task's, or the account's), None when it says none."""
+    value = getattr(credits, "amount_in_euros", None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def from_sdk(credits: Any, facts: Any, source: str) -> dict[str, Any]:
     """The footprint from the SDK's `Credits` and `CarbonFacts` (either may be None: unknown)."""
     out = unknown(source)
-    if credits is not None and isinstance(getattr(credits, "amount_in_euros", None), (int, float)):
-        out["cost_eur"] = float(credits.amount_in_euros)
+    out["cost_eur"] = euros(credits)
     if facts is not None:
         def number(name: str) -> float | None:
             value = getattr(facts, name, None)

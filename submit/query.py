@@ -23,12 +23,13 @@ from jobs.errors import QtrainError
 from jobs.files import get_dotted
 from jobs.load import set_dotted, sweep_trials
 from submit.footprint import FIELDS as FOOTPRINT_FIELDS
+from submit.footprint import LOWER_IS_BETTER as FOOTPRINT_LOWER_IS_BETTER
 from submit.store import RunRecord
 
 SPLITS = ("train", "val", "test", "baseline")
 RUN_FIELDS = ("state", "job", "backend", "profile", "trials", "created", "retrieved", "executor",
               "run_id", "note")
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds", "cost_eur", "energy_wh", "co2_g")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds", *FOOTPRINT_LOWER_IS_BETTER)
 # The columns `results list` shows per task (test split of the run's model).
 TASK_COLUMNS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "rmse")}
 

@@ -57,7 +57,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile,
                                                 config.PROFILE_CPU, config.PROFILE_GPU)
     backend.check_capacity(max(1, package.trials), gpu)
-    est = estimate_run(loaded, package, backend, gpu, ui, max_cost)
+    est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost)
     constants = image_constants(job.resources.image)
     info = {"data": user_paths(loaded), "image": job.resources.image,
             "image_digest": constants.get("QTRAIN_IMAGE_DIGEST"), "where": backend.describe(),
@@ -102,15 +102,15 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
 
 def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: bool, ui: Ui,
                  max_cost: float | None = None):
-    """The run's estimate, said in one line with the account's credits left; refused (nothing
-    sent) over `max_cost` or the credits left."""
+    """(the run's estimate, the account's credits left or None), said in one line; refused
+    (nothing sent) over `max_cost` or the credits left."""
     from submit.estimate import estimate, refuse_over
 
     est = estimate(loaded, package.check, gpu, local=backend.name == "local")
     credits = backend.credits_left()
     ui.say(est.line() + (f"; credits left {credits:.4g} EUR" if credits is not None else ""), style="dim")
     refuse_over(est, max_cost, credits)
-    return est
+    return est, credits
 
 
 def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:

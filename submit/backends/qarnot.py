@@ -269,9 +269,9 @@ class QarnotBackend(Backend):
 
     @_translate
     def credits_left(self) -> float | None:
-        credits = _optional(lambda: self.conn.credits())
-        value = getattr(credits, "amount_in_euros", None)
-        return float(value) if isinstance(value, (int, float)) else None
+        from submit.footprint import euros
+
+        return euros(_optional(lambda: self.conn.credits()))
 
     # ------------------------------------------------------------------------------- results
     @_translate

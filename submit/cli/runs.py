@@ -144,9 +144,9 @@ def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: floa
 
     package = prepare(loaded, ui, recheck)
     _, gpu = be.resolve_profile(profile or loaded.job.resources.profile, config.PROFILE_CPU, config.PROFILE_GPU)
-    est = estimate_run(loaded, package, be, gpu, ui, max_cost)
+    est, credits = estimate_run(loaded, package, be, gpu, ui, max_cost)
     if as_json:
-        print(json.dumps({"estimate": est.record(), "credits_left": be.credits_left(),
+        print(json.dumps({"estimate": est.record(), "credits_left": credits,
                           "backend": be.name}), flush=True)
         return
     for line in est.basis:

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-# the modules a warm interpreter imports once (seconds an instance does not pay): the same for the
-# process executor's fork server as for the warm containers' one
 
 # Where `python -m runner` finds the runner when the process executor stands in for the image.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -87,26 +85,16 @@ class Running:
 
     def kill(self) -> None:
         """Stop the instance and everything it started (its own process group)."""
+        from runner.warm import signal_instance
+
         if not self.alive():
             return
-        self._signal(signal.SIGTERM)
+        signal_instance(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.alive():
-            self._signal(signal.SIGKILL)
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            # no group yet: an instance forked from a warm interpreter calls setsid() first
-            # thing, and an abort may come before (the signal then reaches it alone, which has
-            # started nothing yet); a group never made would leave it running for good
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_instance(self.pid, signal.SIGKILL)
 
 
 class WarmRunning(Running):

