@@ -25,16 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.docker.test_docker_executor import emulator_at  # noqa: E402
+from bench.common import ROOT, emulator_at  # noqa: E402
 
 
 def first_epoch_seconds(executor: str, home: Path, repeat: int) -> list[float]:
     from jobs.load import load_job
     from submit.backends.local import LocalBackend
-    from submit.runs import follow, submit_run
+    from submit.run.follow import follow
+    from submit.run.submission import submit_run
     from submit.store import Store
     from submit.ui import Ui
 

@@ -8,11 +8,12 @@ has a default chosen to work for a small tabular dataset on a laptop.
 from __future__ import annotations
 
 import math
-import os
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
                       model_validator)
+
+from jobs import settings
 
 Task = Literal["classification", "regression"]
 
@@ -28,10 +29,7 @@ def is_builtin_source(value: str) -> bool:
 
 def max_trials() -> int:
     """QTRAIN_MAX_TRIALS: the most trials a sweep may make (default 1000)."""
-    try:
-        return max(1, int(os.environ.get("QTRAIN_MAX_TRIALS") or 1000))
-    except ValueError:
-        return 1000
+    return settings.submission().max_trials
 
 
 class Spec(BaseModel):

@@ -11,11 +11,11 @@ imported, in well under a second.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 
+from jobs import settings
 from jobs.errors import QtrainError
 from jobs.files import JOB_FILE
 
@@ -36,9 +36,9 @@ def read_job(resources: Path) -> dict:
 
 
 def main() -> int:
-    resources = Path(os.environ.get("QARNOT_RESOURCES_DIRECTORY") or "/job")
-    results = Path(os.environ.get("QARNOT_RESULTS_DIRECTORY") or str(resources))
     try:
+        env = settings.task()
+        resources, results = env.resources, env.results_dir()
         raw = read_job(resources)
         from jobs.load import load_job_dict
         from jobs.results import CHECKPOINT, OUT, trial_dir
@@ -47,7 +47,7 @@ def main() -> int:
         out = results / OUT
         trial = None
         if loaded.trials:
-            trial = int(os.environ.get("INSTANCE_ID", "0"))
+            trial = env.instance_id
             out = out / trial_dir(trial)
         from runner.imports import heavy_imports
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from jobs import settings
 from jobs.errors import DataError, QtrainError
 from jobs.files import job_files
 from jobs.load import LoadedJob, format_trial
@@ -205,14 +205,14 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     timings["total_seconds"] = time.perf_counter() - t_start
     Metrics.model_validate(metrics)  # the contract, checked where it is written
     write_json(out_dir / METRICS, metrics)
+    env = settings.task()
     info = RunInfo(
         job_name=job.name, job_hash=jhash, dataset_hash=dhash,
         dataset_files=[f.remote for f in files], trial=trial, overrides=overrides,
         seed=job.train.seed, device=str(b.device), threads=torch.get_num_threads(),
         cuda=torch.cuda.get_device_name(0) if b.device.type == "cuda" else None,
         host=socket.gethostname(), image_digest=_image_digest(),
-        image_source_digest=os.environ.get("QTRAIN_SOURCE_DIGEST") or None,
-        execution=os.environ.get("QTRAIN_EXECUTION") or None,
+        image_source_digest=env.source_digest, execution=env.execution,
         versions=versions(), timings=timings, job=job.model_dump(mode="json"))
     write_json(out_dir / RUN_INFO, info.model_dump())
     test = metrics.get("test", {})
@@ -246,7 +246,7 @@ def plot_title(job_name: str, out_dir: Path, trial: int | None = None,
                overrides: dict[str, Any] | None = None) -> str:
     """What every plot is titled with: the job, the run (the store's id on a backend, else the
     results folder) and the trial."""
-    run = os.environ.get("QTRAIN_RUN_ID") or (out_dir.parent.name if trial is not None else out_dir.name)
+    run = settings.task().run_id or (out_dir.parent.name if trial is not None else out_dir.name)
     text = f"{job_name} · run {run}"
     if trial is not None:
         text += f" · trial {trial}" + (f" ({format_trial(overrides)})" if overrides else "")
@@ -302,7 +302,7 @@ def _image_digest() -> str | None:
     """The runner image's digest: the task constant QTRAIN_IMAGE_DIGEST that `qtrain run` sets
     (the pushed digest, or the local image id), which the emulator's docker executor sets to the
     id of the image it really ran."""
-    return os.environ.get("QTRAIN_IMAGE_DIGEST") or None
+    return settings.task().image_digest
 
 
 # -------------------------------------------------------------------------------------- check

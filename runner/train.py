@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs import settings
 from jobs.errors import JobError, QtrainError
 from jobs.spec import Job, TrainSpec, resolve_batch_size
 from runner import log
@@ -62,11 +63,7 @@ def set_threads(spec: TrainSpec) -> None:
 
 
 def _env_threads() -> int | None:
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        return None
-    return n if n > 0 else None
+    return settings.task().threads
 
 
 def autocast_for(device: torch.device, spec: TrainSpec):

@@ -16,22 +16,25 @@ from tests import datagen
 
 @pytest.fixture(scope="session", autouse=True)
 def private_state(tmp_path_factory):
-    """qtrain's state (remembered checks, the emulator's files) in a throwaway folder, never the
-    user's; the emulator fixture narrows it further for its daemon."""
-    import os
+    """qtrain as a new user has it, whoever runs the tests: every variable qtrain reads unset (a
+    user's QARNOT_CLIENT_TOKEN would send runs to Qarnot), and its config, state and store in
+    throwaway folders, never the user's (nor their running emulator's); the emulator fixture
+    narrows them further for its daemon."""
+    from jobs import settings
 
-    saved = os.environ.get("QTRAIN_STATE_DIR")
-    os.environ["QTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("qtrain-state"))
+    saved = dict(os.environ)
+    for row in settings.describe():
+        os.environ.pop(row["name"], None)
+    home = tmp_path_factory.mktemp("qtrain-user")
+    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
+    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
+    os.environ["QTRAIN_STORE"] = str(home / "store")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests send nothing anywhere
-    os.environ.pop("QTRAIN_MLFLOW_EXPORT", None)
     # MLflow's own default is ./mlflow.db in the current folder: never the checkout
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/default.db"
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if saved is None:
-        os.environ.pop("QTRAIN_STATE_DIR", None)
-    else:
-        os.environ["QTRAIN_STATE_DIR"] = saved
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

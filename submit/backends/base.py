@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from jobs import settings
 from jobs.errors import QtrainError
 
 # Qarnot's task states -> the run states of the results store.
@@ -27,6 +28,36 @@ RUN_STATE = {
 DONE_STATES = ("Success", "Failure", "Cancelled", "PendingDelete")
 
 Progress = Callable[[int], None]  # called with a number of bytes moved
+
+
+class ProgressReader:
+    """A read-only file object that reports the bytes read (for upload progress bars)."""
+
+    def __init__(self, path: Path, advance):
+        self._fh = open(path, "rb")
+        self._advance = advance
+        self.name = os.fspath(path)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        if data:
+            self._advance(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class BackendError(QtrainError):
@@ -53,6 +84,18 @@ class TaskRequest:
     constants: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     results_whitelist: str | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a backend's instances are priced and timed, for the estimate: the price table's
+    section, and, where the instances share one machine's cores (the local emulator), how many."""
+
+    name: str  # who runs them, for the estimate's basis
+    section: str  # cpu | gpu | local
+    gpu: bool = False
+    shared_cores: int | None = None  # None: each instance has a node of its own
+    emulated: bool = False  # the emulator's own rates, not a price
 
 
 @dataclass
@@ -226,10 +269,21 @@ class Backend(abc.ABC):
     def profiles(self) -> list[str]:
         """The profile names the account offers."""
 
-    def resolve_profile(self, profile: str, cpu_profile: str, gpu_profile: str) -> tuple[str, bool]:
+    def profile_aliases(self) -> dict[str, str]:
+        """What `resources.profile: cpu|gpu` means here (QTRAIN_PROFILE_CPU, QTRAIN_PROFILE_GPU)."""
+        given = settings.submission()
+        return {"cpu": given.profile_cpu, "gpu": given.profile_gpu}
+
+    def pricing(self, gpu: bool) -> Pricing:
+        """How the estimate prices this backend's instances (one node each, by default)."""
+        return Pricing(self.describe(), "gpu" if gpu else "cpu", gpu)
+
+    def resolve_profile(self, profile: str) -> tuple[str, bool]:
         """`cpu`/`gpu` or a profile name -> (the backend's profile, GPU wanted).  An unknown
         profile is refused with the list of those the account offers."""
-        wanted = {"cpu": cpu_profile, "gpu": gpu_profile}.get(profile, profile)
+        aliases = self.profile_aliases()
+        gpu_profile = aliases["gpu"]
+        wanted = aliases.get(profile, profile)
         available = self.profiles()
         if wanted not in available:
             raise BackendError(f"profile {wanted!r} is not offered by {self.describe()}",
@@ -268,7 +322,7 @@ class Backend(abc.ABC):
         """Stop the task (a finished task stays as it is)."""
 
     def footprint(self, uuid: str) -> dict[str, Any] | None:
-        """What the task cost and emitted (`submit.footprint`), each figure None when the backend
+        """What the task cost and emitted (`submit.backends.footprint`), each figure None when the backend
         does not say; None when it reports nothing at all.  Never raises for a missing figure."""
         return None
 

@@ -3,7 +3,7 @@
 Each row names an exception class (imported only when an error is translated), the qtrain error
 it becomes, and the message and next step shown to the user.  The first row whose class the
 exception is an instance of wins, so a subclass comes before its base.  `tests/submit/
-test_backend_errors.py` checks that every class of `qarnot.exceptions`, and botocore's
+backends/test_errors.py` checks that every class of `qarnot.exceptions`, and botocore's
 `ClientError`, has a row of its own.
 
 Placeholders: {where} (e.g. "Qarnot", "the local Qarnot emulator"), {msg} (the exception's text),
@@ -12,9 +12,10 @@ Placeholders: {where} (e.g. "Qarnot", "the local Qarnot emulator"), {msg} (the e
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from submit.backends.base import BackendError, BackendUnreachable, TaskNotFound
 
@@ -107,3 +108,23 @@ def rule_error(rule: Rule, exc: BaseException, backend: Any) -> BackendError:
               "unreachable_hint": getattr(backend, "unreachable_hint", "")}
     hint = rule.hint.format(**fields) if rule.hint else None
     return rule.error(rule.message.format(**fields), hint=hint or None)
+
+
+def translated(fn: Callable) -> Callable:
+    """A backend method whose SDK, HTTP and S3 errors become BackendErrors with a next step (the
+    table above): no SDK type leaves a backend.  A lost connection is what the backend's
+    `unreachable` says it means there."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args: Any, **kwargs: Any):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - translated when known, else re-raised as is
+            error = translate(exc, self)
+            if error is None or error is exc:
+                raise
+            if isinstance(error, BackendUnreachable):
+                error = self.unreachable(error)
+            raise error from exc
+
+    return wrapper

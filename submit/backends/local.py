@@ -6,7 +6,13 @@ class only starts the daemon (on first use) and hands the SDK connection to `Qar
 
 from __future__ import annotations
 
-from submit.backends.qarnot import QarnotBackend, _translate
+import os
+
+from submit.backends.base import BackendError, BackendUnreachable, Pricing
+from submit.backends.errors import translated
+from submit.backends.qarnot import QarnotBackend
+from submit.emulator import daemon
+from submit.emulator.processes import pid_alive
 
 
 class LocalBackend(QarnotBackend):
@@ -30,12 +36,14 @@ class LocalBackend(QarnotBackend):
     def check_image(self, image: str) -> None:
         """The emulator runs local images (docker executor) or none at all (process)."""
 
-    @_translate
+    def pricing(self, gpu: bool) -> Pricing:
+        """The emulator's instances share this machine's cores, at its own emulated rates."""
+        return Pricing(self.describe(), "local", gpu, shared_cores=os.cpu_count() or 1, emulated=True)
+
+    @translated
     def check_capacity(self, instances: int, gpu: bool) -> None:
         super().check_capacity(instances, gpu)
         if gpu and not self._offers_gpu():
-            from submit.backends.base import BackendError
-
             raise BackendError("the job asks for a GPU and the local emulator's machine has none (its "
                                "hardware constraints offer no GpuHardwareConstraint)",
                                hint="run it with --profile cpu; or restart the emulator with "
@@ -56,9 +64,6 @@ class LocalBackend(QarnotBackend):
     def unreachable(self, error):
         """The daemon that answered is gone (killed, stopped): no use waiting for it.  Its running
         task ends as Failure with its uploaded files when an emulator starts again."""
-        from submit.backends.base import BackendError
-        from submit.emulator.executors import pid_alive
-
         if self.endpoint is None or pid_alive(self.endpoint.pid):
             return error
         return BackendError(f"the local emulator stopped (its daemon, pid {self.endpoint.pid}, is gone)",
@@ -68,11 +73,7 @@ class LocalBackend(QarnotBackend):
     def _connect_emulator(self):
         import qarnot
 
-        from submit.emulator import daemon
-
         if not self.start:
-            from submit.backends.base import BackendUnreachable
-
             self.endpoint = daemon.running()
             if self.endpoint is None:
                 raise BackendUnreachable("the local emulator is not running",

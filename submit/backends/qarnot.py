@@ -9,38 +9,19 @@ the results store.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from submit import config
-from submit.backends.base import (Backend, BackendError, BackendUnreachable, Downloaded, Progress, RemoteFile,
+from jobs import settings
+from submit.backends.base import (Backend, BackendError, Downloaded, Progress, ProgressReader, RemoteFile,
                                   TaskRequest, TaskStatus, fetch_all, plan_download)
-from submit.backends.errors import translate
+from submit.backends.errors import translated
+from submit.backends.footprint import euros, from_sdk
+from submit.image import CPU_TAG, GPU_TAG
 
 PART = 8 << 20  # the SDK's (and boto3's) multipart chunk size: S3 ETags of big files depend on it
-
-
-def _translate(fn: Callable) -> Callable:
-    """SDK, HTTP and S3 errors -> BackendError with a next step (`submit.backends.errors`): no
-    SDK type leaves a backend."""
-
-    @functools.wraps(fn)
-    def wrapper(self: "QarnotBackend", *args: Any, **kwargs: Any):
-        try:
-            return fn(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated when known, else re-raised as is
-            error = translate(exc, self)
-            if error is None or error is exc:
-                raise
-            if isinstance(error, BackendUnreachable):
-                error = self.unreachable(error)
-            raise error from exc
-
-    return wrapper
 
 
 def s3_etag(path: Path) -> str:
@@ -71,14 +52,12 @@ class QarnotBackend(Backend):
         self._conn = None
         self._warming: threading.Thread | None = None
         self._tasks: dict[str, Any] = {}
-        self.cluster_url = os.environ.get("QARNOT_CLUSTER_URL") or "https://api.qarnot.com"
+        self.cluster_url = settings.qarnot().cluster_url
 
     def describe(self) -> str:
         return "Qarnot"
 
     def check_image(self, image: str) -> None:
-        from submit.image import CPU_TAG, GPU_TAG
-
         if image in (CPU_TAG, GPU_TAG):
             raise BackendError(f"resources.image is {image}, a local tag that Qarnot cannot pull",
                                hint="qtrain image push REGISTRY/REPO:TAG, then set resources.image "
@@ -87,18 +66,19 @@ class QarnotBackend(Backend):
     @staticmethod
     def configured() -> bool:
         """Is a Qarnot account set up here (token in the environment or the SDK config file)?"""
-        return bool(os.environ.get("QARNOT_CLIENT_TOKEN")) or config.qarnot_config_file().is_file()
+        return bool(settings.qarnot().token()) or settings.paths().qarnot_config().is_file()
 
     def _connect_account(self):
         import qarnot
 
-        cfg = config.qarnot_config_file()
-        if os.environ.get("QARNOT_CLIENT_TOKEN") or not cfg.is_file():
-            if not os.environ.get("QARNOT_CLIENT_TOKEN"):
+        cfg = settings.paths().qarnot_config()
+        token = settings.qarnot().token()
+        if token or not cfg.is_file():
+            if not token:
                 raise BackendError("no Qarnot account is configured",
                                    hint=f"export QARNOT_CLIENT_TOKEN=... or write {cfg}, "
                                         f"or use --backend local")
-            return qarnot.connection.Connection(cluster_url=self.cluster_url)
+            return qarnot.connection.Connection(client_token=token, cluster_url=self.cluster_url)
         return qarnot.connection.Connection(fileconf=str(cfg))
 
     @property
@@ -107,7 +87,7 @@ class QarnotBackend(Backend):
             self._warming.join()
             self._warming = None
         if self._conn is None:
-            self._conn = _translate(lambda self: self._connect())(self)
+            self._conn = translated(lambda self: self._connect())(self)
         return self._conn
 
     def warm_up(self) -> None:
@@ -130,19 +110,17 @@ class QarnotBackend(Backend):
         return task
 
     # ------------------------------------------------------------------------------ profiles
-    @_translate
+    @translated
     def profiles(self) -> list[str]:
         return sorted(self.conn.profiles_names())
 
     # -------------------------------------------------------------------------------- upload
-    @_translate
+    @translated
     def upload(self, package, progress: Progress | None = None) -> int:
         """Dataset files missing under their content-addressed prefix, then job.json."""
         import io
 
-        from submit.package import ProgressReader
-
-        bucket = self.conn.create_bucket(config.DATA_BUCKET)
+        bucket = self.conn.create_bucket(settings.submission().data_bucket)
         present = {o.key: o.size for o in bucket.directory(package.dataset_prefix)}
         sent = 0
         for f in package.files:
@@ -167,7 +145,7 @@ class QarnotBackend(Backend):
         return sent
 
     # -------------------------------------------------------------------------------- submit
-    @_translate
+    @translated
     def check_capacity(self, instances: int, gpu: bool) -> None:
         limit = self.conn.user_info.max_instances
         if isinstance(limit, int) and 0 < limit < instances:
@@ -175,13 +153,14 @@ class QarnotBackend(Backend):
                                f"{self.describe()} runs at most {limit} per task (maxInstances)",
                                hint="narrow the sweep's grid, or split it into several jobs")
 
-    @_translate
+    @translated
     def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:
         from qarnot.advanced_bucket import BucketPrefixFiltering, PrefixResourcesTransformation
         from qarnot.bucket import Bucket
         from qarnot.hardware_constraint import GpuHardware
 
         conn = self.conn
+        given = settings.submission()
         task = conn.create_task(request.name, request.profile, request.instances)
         repo, tag = split_image(request.image)
         task.constants["DOCKER_REPO"] = repo
@@ -191,14 +170,14 @@ class QarnotBackend(Backend):
             task.constants[key] = value
 
         def view(prefix: str, ttl: int | None):
-            b = Bucket(conn, config.DATA_BUCKET, create=False)
+            b = Bucket(conn, given.data_bucket, create=False)
             b = b.with_filtering(BucketPrefixFiltering(prefix))
             b = b.with_resource_transformation(PrefixResourcesTransformation(prefix))
             return b.with_cache_ttl(ttl) if ttl else b
 
         resources = [view(package.job_prefix, None)]
         if package.files:
-            resources.insert(0, view(package.dataset_prefix, config.RESOURCE_CACHE_TTL))
+            resources.insert(0, view(package.dataset_prefix, given.resource_cache_ttl))
         task.resources = resources
         task.results = conn.create_bucket(results_bucket(request.run_id))
         if request.results_whitelist:
@@ -211,17 +190,17 @@ class QarnotBackend(Backend):
         self._tasks[task.uuid] = task
         if on_created is not None:
             on_created(task.uuid)
-        if config.SNAPSHOT_INTERVAL > 0:
-            task.snapshot(config.SNAPSHOT_INTERVAL, whitelist=request.results_whitelist)
+        if given.snapshot_interval > 0:
+            task.snapshot(given.snapshot_interval, whitelist=request.results_whitelist)
         task.auto_update = False
         return task.uuid
 
-    @_translate
+    @translated
     def find_tasks(self, tags: list[str]) -> list[str]:
         return [t.uuid for t in self.conn.all_tasks(summary=True, tags_intersect=list(tags))]
 
     # ---------------------------------------------------------------------------- following
-    @_translate
+    @translated
     def status(self, uuid: str) -> TaskStatus:
         task = self._task(uuid)
         task.update(flushcache=True)
@@ -235,17 +214,17 @@ class QarnotBackend(Backend):
                           instances=instances, progress=task.progress,
                           running=task.running_instance_count or 0)
 
-    @_translate
+    @translated
     def fresh_output(self, uuid: str) -> tuple[str, str]:
         task = self._task(uuid)
         return task.fresh_stdout() or "", task.fresh_stderr() or ""
 
-    @_translate
+    @translated
     def output(self, uuid: str, instance: int | None = None, stderr: bool = False) -> str:
         task = self._task(uuid)
         return (task.stderr(instance) if stderr else task.stdout(instance)) or ""
 
-    @_translate
+    @translated
     def abort(self, uuid: str) -> None:
         import qarnot.exceptions as qx
 
@@ -258,23 +237,19 @@ class QarnotBackend(Backend):
     # ------------------------------------------------------------------------- cost & carbon
     footprint_source = "qarnot"
 
-    @_translate
+    @translated
     def footprint(self, uuid: str) -> dict[str, Any] | None:
         """The task's credits and carbon facts through the SDK; a figure the API will not give
         (no access, an older cluster: 403, 404, 400) stays unknown."""
-        from submit.footprint import from_sdk
-
         task = self._task(uuid)
         return from_sdk(_optional(task.credits), _optional(task.carbon_facts), self.footprint_source)
 
-    @_translate
+    @translated
     def credits_left(self) -> float | None:
-        from submit.footprint import euros
-
         return euros(_optional(lambda: self.conn.credits()))
 
     # ------------------------------------------------------------------------------- results
-    @_translate
+    @translated
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,
                  on_total: Callable[[int], None] | None = None, replace: bool = True) -> Downloaded:
         task = self._task(uuid)

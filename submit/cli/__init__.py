@@ -6,10 +6,11 @@
     results    results list/show/compare/tag/untag/note/rm/gc/export (the store)
     image      image build/push
     emulator   emulator start/stop/status/serve
+    settings   the environment variables qtrain reads
 """
 
 # the order of these imports is the order of `qtrain --help`
-from submit.cli import jobs, runs, results, image, emulator  # noqa: F401, I001 - they register commands
+from submit.cli import jobs, runs, results, image, emulator, settings  # noqa: F401, I001 - they register commands
 from submit.cli.common import app, entrypoint, main
 
 __all__ = ["app", "entrypoint", "main"]

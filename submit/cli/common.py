@@ -141,10 +141,10 @@ RunArgument = typer.Argument(..., help=RUN_HELP, metavar="RUN")
 
 
 def _store(path: Optional[Path]):
-    from submit import config
+    from jobs import settings
     from submit.store import Store
 
-    return Store(config.store_dir(path))
+    return Store(settings.paths().store_dir(path))
 
 
 def _open_run(run_ref: str, store_dir: Optional[Path]):
@@ -176,7 +176,7 @@ def closed_pipe() -> int:
 
 
 def entrypoint() -> None:
-    from runner.imports import exit_fast
+    from runner.api import exit_fast
 
     code = main()
     exit_fast()

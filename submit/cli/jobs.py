@@ -26,7 +26,7 @@ def check(
     """Preflight a job: validate it, load and preprocess the data, build the model and run one
     training step on a small batch.  Catches every mistake that can be caught before paying for a
     cloud task.  A job that passed with the same job, data and code is not checked again."""
-    from submit.checks import check as check_job
+    from submit.run.checks import check as check_job
 
     loaded = _load(job, set_)
     report, remembered = check_job(loaded, recheck=recheck)
@@ -80,10 +80,8 @@ def train(
 ) -> None:
     """Train here, in this process, with no submission: the quickest local dry run.  Writes the
     results contract (metrics.json, confusion matrix, curves, model.pt, ...) to --out."""
-    from runner.imports import heavy_imports
+    from runner.api import run_job
 
-    with heavy_imports():
-        from runner.run import run_job
     loaded = _load(job, set_)
     run_job(loaded, out, resume=resume, trial=trial)
 
@@ -108,10 +106,7 @@ def predict(
     counted), unseen categories named.  The output keeps each input row's number (`row`).  When
     the file holds the target column, its metrics are printed as a run's are."""
     from jobs.results import atomic_write
-    from runner.imports import heavy_imports
-
-    with heavy_imports():
-        from runner.predict import load_model, read_input
+    from runner.api import load_model, read_input
     from submit.ui import metrics_table
 
     is_path = Path(run).exists() or "/" in run or run.endswith(".pt")

@@ -22,7 +22,7 @@ RunsArgument = typer.Argument(..., help=RUN_HELP, metavar="RUN...")
 
 def _refreshed(store, records):
     """The records, with pending runs brought up to date (their ended tasks retrieved)."""
-    from submit.runs import refresh_all
+    from submit.run.retrieve import refresh_all
     from submit.ui import Ui
 
     records, notes = refresh_all(records, store, Ui(json_mode=True))
@@ -64,7 +64,7 @@ def results_list(
     """The runs in the store, newest first, with the test metrics that fit each run's task
     (classification: accuracy, f1_macro; regression: r2, rmse) of its model (a sweep: the trial
     chosen on validation).  Runs whose task has ended are retrieved on the way."""
-    from submit.query import TASK_COLUMNS, select
+    from submit.results.query import TASK_COLUMNS, select
 
     store = _store(store_dir)
     wanted = [_tag_filter(t) for t in tag or []]  # refused before anything is asked of a backend
@@ -117,7 +117,7 @@ FOOTPRINT_COLUMNS = ("cost_eur", "energy_wh", "co2_g")
 
 
 def _footprint_cells(run) -> list[str]:
-    from submit.footprint import show
+    from submit.backends.footprint import show
 
     fp = run.info.get("footprint") or {}
     mark = "*" if fp.get("source") == "emulated" else ""
@@ -144,8 +144,9 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     your data path), its hyperparameters, metrics, confusion matrix, timings, files; a sweep's
     trials with their parameters and metrics."""
     from jobs.results import headline
-    from submit.query import flatten, user_job
-    from submit.runs import backend_for, refresh, summary
+    from submit.results.query import flatten, user_job
+    from submit.run.retrieve import backend_for, refresh
+    from submit.run.summary import summary
     from submit.ui import Ui, confusion_table, fmt, metrics_table, trials_table
 
     store, record = _open_run(run_ref, store_dir)
@@ -216,7 +217,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
 
 def _footprint_line(fp: dict | None) -> str:
     """One line of what the run cost and emitted; unknown where the backend did not say."""
-    from submit.footprint import FIELDS, show
+    from submit.backends.footprint import FIELDS, show
 
     if not fp:
         return "unknown (the backend reported no figures)"
@@ -247,7 +248,7 @@ def results_compare(
     trials side by side: metrics with the best value of each marked, and the settings that
     differ marked with *.  `none`: an empty setting; `n/a`: a setting that model does not have."""
     from jobs.results import headline
-    from submit.compare import compare_runs, curves, short
+    from submit.results.compare import compare_runs, curves, short
     from submit.ui import fmt
 
     store = _store(store_dir)
@@ -257,7 +258,7 @@ def results_compare(
                           "to be compared with", hint="give two or more runs, or a sweep run")
     table = compare_runs(records, store)
     if plot is not None:
-        from runner.report import plot_curves
+        from runner.api import plot_curves
 
         metric = headline(records[0].task).metric
         drawn = plot_curves(plot, curves(records, store), metric,
@@ -268,7 +269,7 @@ def results_compare(
         return
     t = Table("", *(Column(short(label), justify="right") for label in table["runs"]),
               title="compare (best value in green; * setting differs)", title_justify="left")
-    from submit.footprint import FIELDS as FOOTPRINT_FIELDS
+    from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
 
     for name, values in table["metrics"].items():
         best = set(table["best"].get(name, []))
@@ -358,8 +359,11 @@ def results_gc(yes: bool = YesOption,
                as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Clean the store: folders no run owns (left by a crash or by hand), temporary files of
     retrievals that died, and half-written runs (never given a task)."""
+    from submit.store.gc import collect
+    from submit.store.gc import garbage as find_garbage
+
     store = _store(store_dir)
-    garbage = store.garbage(older_than)
+    garbage = find_garbage(store, older_than)
     found = {k: [str(p) for p in v] for k, v in garbage.items()}
     total = sum(len(v) for v in found.values())
     if as_json and (dry_run or not total):
@@ -375,7 +379,7 @@ def results_gc(yes: bool = YesOption,
         return
     if not yes:
         confirm(f"remove these {total} item(s)?")
-    store.collect(garbage)
+    collect(store, garbage)
     if as_json:
         print(json.dumps({"removed": True, **found}))
     else:
@@ -388,13 +392,14 @@ def results_reindex(yes: bool = YesOption, as_json: bool = JsonOption,
     """Rebuild the store's index (index.sqlite) from the run folders, each of which keeps a copy
     of its own entry: for an index that was lost, truncated or damaged.  The old index is kept
     beside it as index.sqlite.damaged-<time>."""
-    from submit import config
+    from jobs import settings
     from submit.store import Store
+    from submit.store.reindex import reindex as rebuild
 
-    store = Store(config.store_dir(store_dir), open_index=False)
+    store = Store(settings.paths().store_dir(store_dir), open_index=False)
     if not yes:
         confirm(f"rebuild {store.db_path} from the run folders in {store.root / 'runs'}?")
-    found = store.reindex()
+    found = rebuild(store)
     if as_json:
         print(json.dumps(found))
         return
@@ -422,7 +427,7 @@ def results_export(
     resolved job as params, metrics per epoch, final metrics, tags, the results files and the
     model (mlflow.pytorch.load_model loads it).  Exporting again updates the same MLflow run.
     QTRAIN_MLFLOW_EXPORT=1 exports every run as it is retrieved."""
-    from submit.mlflow_export import export_run
+    from submit.results.export import export_run
 
     store = _store(store_dir)
     records = [store.get(r) for r in run_refs]

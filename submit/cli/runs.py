@@ -17,7 +17,7 @@ from submit.cli.common import (JsonOption, RecheckOption, RunArgument, SetOption
 def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
     """Print a finished run (metrics, confusion matrix, where its files are) and set the exit
     status: 0 succeeded, 1 failed or cancelled (3: something failed on the way, `RunError`)."""
-    from submit.runs import summary
+    from submit.run.summary import summary
     from submit.ui import confusion_table, metrics_table
 
     data = summary(run, store)
@@ -53,7 +53,9 @@ def _follow_and_retrieve(run, backend, store, ui, as_json: bool, wait: bool = Tr
     print it.  Whatever fails from here is named with the run and exits 3 (`RunError`): the run
     was sent, so "a mistake to fix, nothing sent" (2) would be a lie."""
     from submit.backends.base import TaskNotFound
-    from submit.runs import failure_report, follow, retrieve, task_gone
+    from submit.run.follow import follow
+    from submit.run.retrieve import retrieve, task_gone
+    from submit.run.summary import failure_report
 
     try:
         status = follow(run, backend, store, ui) if wait else backend.status(run.task_uuid or "")
@@ -112,7 +114,8 @@ def run(
     or the setup, and nothing was sent; 3 something failed after the run was recorded (the message
     names it; `qtrain status RUN` tells more); 130 interrupted."""
     from submit.backends import get_backend
-    from submit.runs import submit_run, summary
+    from submit.run.submission import submit_run
+    from submit.run.summary import summary
     from submit.store import parse_tag
     from submit.ui import Ui
 
@@ -139,11 +142,10 @@ def run(
 
 def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: float | None, as_json: bool) -> None:
     """`run --estimate`: the check, then the estimate; nothing is sent or recorded."""
-    from submit import config
-    from submit.runs import estimate_run, prepare
+    from submit.run.submission import estimate_run, prepare
 
     package = prepare(loaded, ui, recheck)
-    _, gpu = be.resolve_profile(profile or loaded.job.resources.profile, config.PROFILE_CPU, config.PROFILE_GPU)
+    _, gpu = be.resolve_profile(profile or loaded.job.resources.profile)
     est, credits = estimate_run(loaded, package, be, gpu, ui, max_cost)
     if as_json:
         print(json.dumps({"estimate": est.record(), "credits_left": credits,
@@ -157,7 +159,7 @@ def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from submit.runs import prepare, upload_plan
+    from submit.run.submission import prepare, upload_plan
     from submit.ui import human_bytes
 
     plan = upload_plan(prepare(loaded, ui, recheck))
@@ -193,7 +195,10 @@ def resume(
     the result is the one an uninterrupted run would have given.  The new run records the one it
     resumes (`resumed_from`); it reads the data from where the first run did, unchanged."""
     from submit.backends import get_backend
-    from submit.runs import refresh, resume_job, submit_run, summary
+    from submit.run.resume import resume_job
+    from submit.run.retrieve import refresh
+    from submit.run.submission import submit_run
+    from submit.run.summary import summary
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
@@ -217,8 +222,9 @@ def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
            store_dir: Optional[Path] = StoreOption) -> None:
     """Show a run's state, asking the backend while its task runs.  A run whose task has ended
     is retrieved into the store on the way (as `fetch` would), so its state is final:
-    succeeded, failed or cancelled."""
-    from submit.runs import backend_for, refresh, summary
+    succeeded, failed or cancelled.  Exit status 1 for a failed or cancelled run."""
+    from submit.run.retrieve import backend_for, refresh
+    from submit.run.summary import summary
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
@@ -235,6 +241,8 @@ def status(run_ref: str = RunArgument, as_json: bool = JsonOption,
         ui.say(f"error: {record.error}", style="red")
     if as_json:
         print(json.dumps(data), flush=True)
+    if record.state in ("failed", "cancelled"):
+        raise typer.Exit(1)  # as run, fetch and cancel: 0 succeeded (or not ended yet), 1 failed or cancelled
 
 
 @command()
@@ -244,7 +252,8 @@ def fetch(run_ref: str = RunArgument,
           as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Retrieve a run's results into the store (waiting for its task to end).  Safe to repeat:
     files already retrieved and unchanged are not downloaded again."""
-    from submit.runs import backend_for, recover
+    from submit.run.retrieve import backend_for
+    from submit.run.submission import recover
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
@@ -263,7 +272,7 @@ def logs(run_ref: str = RunArgument,
          instance: Optional[int] = typer.Option(None, help="Only this instance (sweep trial)."),
          store_dir: Optional[Path] = StoreOption) -> None:
     """Print a task's output (from the backend, else the copy saved when it was fetched)."""
-    from submit.runs import LOG_FILES, backend_for
+    from submit.run.retrieve import LOG_FILES, backend_for
 
     store, record = _open_run(run_ref, store_dir)
     try:
@@ -280,8 +289,9 @@ def logs(run_ref: str = RunArgument,
 def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
            store_dir: Optional[Path] = StoreOption) -> None:
     """Abort a run's task, then retrieve whatever results it had uploaded."""
-    from submit.runs import backend_for, recover
-    from submit.runs import cancel as cancel_run
+    from submit.run.retrieve import backend_for
+    from submit.run.submission import recover
+    from submit.run.retrieve import cancel as cancel_run
     from submit.ui import Ui
 
     ui = Ui(json_mode=as_json)
@@ -300,15 +310,14 @@ def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
 def profiles(backend: Optional[str] = typer.Option(None, help="local or qarnot (default as for run)."),
              as_json: bool = JsonOption) -> None:
     """List the profiles the account (or the emulator) offers, and what cpu/gpu map to."""
-    from submit import config
     from submit.backends import get_backend
 
     be = get_backend(backend)
     names = be.profiles()
+    aliases = be.profile_aliases()
     if as_json:
-        print(json.dumps({"backend": be.name, "profiles": names,
-                          "cpu": config.PROFILE_CPU, "gpu": config.PROFILE_GPU}))
+        print(json.dumps({"backend": be.name, "profiles": names, **aliases}))
         return
     for name in names:
-        alias = [a for a, p in (("cpu", config.PROFILE_CPU), ("gpu", config.PROFILE_GPU)) if p == name]
+        alias = [a for a, p in aliases.items() if p == name]
         console.print(name + (f"   (= {alias[0]})" if alias else ""), highlight=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import re
 import sys
 import traceback
@@ -21,10 +20,13 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from jobs import settings
 from submit.emulator import footprint
+from submit.emulator.fields import RequestError
+from submit.emulator.filters import matches
+from submit.emulator.manager import TaskManager
 from submit.emulator.pools import Pools
-from submit.emulator.tasks import TaskManager
-from submit.emulator.wire import PROFILES, RequestError, task_json
+from submit.emulator.wire import PROFILES, task_json
 
 EMAIL = "emulator@qtrain.local"
 
@@ -65,7 +67,7 @@ class Api:
         # what tasks cost and emitted (an emulated model: footprint.py); QTRAIN_EMULATOR_FOOTPRINT=0
         # answers 404 there, as a cluster without those services does
         if footprint.enabled():
-            r("GET", r"/credits/v1/accounts/credits", lambda body: {"credits": footprint.account_credits(self.manager)})
+            r("GET", r"/credits/v1/accounts/credits", lambda body: {"credits": footprint.account_credits(self.manager.list(), self.manager.credits_spent)})
             r("GET", r"/credits/v1/tasks/(?P<uuid>[^/]+)/credits",
               lambda body, uuid: footprint.task_credits(self.manager.get(uuid)))
             r("GET", r"/carbon/v1/tasks/(?P<uuid>[^/]+)/carbon-facts",
@@ -176,8 +178,6 @@ class Api:
         return [task_json(t, summary=summary) for t in self.manager.list() if not tags or tags & set(t.body.tags)]
 
     def paginate(self, body: Any, summary: bool) -> dict[str, Any]:
-        from submit.emulator.filters import matches
-
         body = body or {}
         if not isinstance(body, dict):
             raise RequestError(400, "the paginate request must be an object")
@@ -229,8 +229,6 @@ class Api:
         return {}
 
     def paginate_pools(self, body: Any, summary: bool) -> dict[str, Any]:
-        from submit.emulator.filters import matches
-
         body = body or {}
         if not isinstance(body, dict):
             raise RequestError(400, "the paginate request must be an object")
@@ -257,10 +255,7 @@ class Api:
 
 def request_timeout() -> float:
     """Seconds a client may take to send a request (and a kept-alive connection may idle)."""
-    try:
-        return max(0.5, float(os.environ.get("QTRAIN_EMULATOR_REQUEST_TIMEOUT") or 60))
-    except ValueError:
-        return 60.0
+    return settings.emulator().request_timeout
 
 
 def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:

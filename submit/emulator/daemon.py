@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import settings
 from jobs.errors import QtrainError
 from jobs.results import atomic_write
-from submit import config
-from submit.emulator.executors import pid_alive
+from submit.emulator.processes import pid_alive, stop_in
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Endpoint:
 
 
 def home() -> Path:
-    return config.state_dir() / "emulator"
+    return settings.paths().state_dir() / "emulator"
 
 
 def state_file() -> Path:
@@ -70,7 +70,7 @@ DATA_ENTRIES = ("tasks.sqlite", "tasks.sqlite-wal", "tasks.sqlite-shm", "s3", "c
 
 
 def token_file() -> Path:
-    return config.config_dir() / "emulator-token"
+    return settings.paths().config_dir() / "emulator-token"
 
 
 def ensure_token() -> str:
@@ -90,31 +90,28 @@ def ensure_token() -> str:
 
 # ------------------------------------------------------------------------------- foreground
 def serve(port: int = 0, token: str | None = None, executor: str = "process", host: str = "127.0.0.1",
-          s3_port: int = 0, write_state: bool = False, announce=print, state: str | Path | None = None) -> None:
+          s3_port: int = 0, write_state: bool = False, announce=print, state: str | Path | None = None,
+          keeper: int | None = None) -> None:
     """Run the API and S3 servers until SIGTERM/SIGINT; abort every task on the way out.  Tasks and
     buckets are kept in the data folder: a restart finds them (those that were running end as
-    Failure)."""
+    Failure).  `keeper`: the process that cleans up after this one (supervisor.py)."""
     from submit.emulator.api import EMAIL, Api, make_server
     from submit.emulator.executors import make_executor
-    from submit.emulator.hardware import mode
+    from submit.emulator.fields import Limits
+    from submit.emulator.manager import TaskManager
     from submit.emulator.s3server import make_s3
     from submit.emulator.state import StateError, TaskStore
     from submit.emulator.storage import Storage
-    from submit.emulator.tasks import TaskManager
-    from submit.emulator.wire import Limits
 
-    try:  # refused before anything starts
-        hardware_mode = mode(config.EMULATOR_HARDWARE)
-        limits = Limits.from_env()
-    except ValueError as exc:
-        raise QtrainError(str(exc), hint="fix or unset the variable") from None
+    given = settings.emulator()  # every setting of the emulator, refused before anything starts
+    limits = Limits.configured()
     token = token or ensure_token()
     data = data_dir(state)
     data.mkdir(parents=True, exist_ok=True)
     # the executor first: its warm interpreter imports torch while the S3 server comes up (a cold
     # first run waits for both; one after the other cost ~2 s more)
     runner = make_executor(executor)
-    s3 = make_s3(config.EMULATOR_STORAGE, data / "s3", EMAIL, token, host, s3_port)
+    s3 = make_s3(given.storage, data / "s3", EMAIL, token, host, s3_port)
     try:
         s3_url = s3.start()
     except BaseException:
@@ -132,7 +129,7 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
             announce(f"qtrain emulator: storage {s3.kind} keeps nothing: tasks and buckets end with the daemon")
         manager = TaskManager(data / "tasks" / str(os.getpid()),
                               Storage(s3.direct_url, data / "cache", EMAIL, token),
-                              runner, store=store, hardware_mode=hardware_mode, limits=limits)
+                              runner, store=store, hardware_mode=given.hardware, limits=limits)
     except BaseException:
         s3.stop()
         runner.close()
@@ -151,9 +148,7 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if write_state:
-        from submit.emulator.supervisor import ENV
-
-        _write_state({"pid": os.getpid(), "supervisor": int(os.environ.get(ENV) or 0) or None, "url": url,
+        _write_state({"pid": os.getpid(), "supervisor": keeper, "url": url,
                       "s3_url": s3_url, "executor": executor, "started": time.time(), "log": str(log_file()),
                       "data": str(data), "storage": s3.kind})
     restored = len(manager.tasks)
@@ -180,41 +175,17 @@ def _remove_old_work_dirs(root: Path, announce=print) -> None:
         for old in root.iterdir():
             if old.is_dir() and old.name != str(os.getpid()) and not (
                     old.name.isdigit() and pid_alive(int(old.name))):
-                stopped = _stop_leftovers(old)
+                stopped = stop_in(old)
                 if stopped:
                     announce(f"qtrain emulator: stopped {len(stopped)} process(es) left running by emulator "
                              f"{old.name} (pids {', '.join(map(str, stopped))})")
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _stop_leftovers(folder: Path) -> list[int]:
-    """SIGKILL (with their process groups) the processes whose working directory lies in `folder`."""
-    found = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd == str(folder) or cwd.startswith(str(folder) + os.sep):
-            found.append(int(entry.name))
-    for pid in found:
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return found
-
-
 def _write_state(data: dict[str, Any]) -> None:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data))
 
 
 def _clear_state(pid: int) -> None:
@@ -249,8 +220,9 @@ def default_executor() -> str:
     there, else `process`."""
     from submit.image import CPU_TAG, docker_problem, image_id
 
-    if config.EMULATOR_EXECUTOR:
-        return config.EMULATOR_EXECUTOR
+    chosen = settings.emulator().executor
+    if chosen:
+        return chosen
     return "docker" if docker_problem() is None and image_id(CPU_TAG) else "process"
 
 
@@ -373,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     announce = lambda m: print(time.strftime("%Y-%m-%d %H:%M:%S"), m, flush=True)  # noqa: E731
     from submit.emulator.supervisor import run
 
-    def serve_here() -> int:
+    def serve_here(keeper: int | None) -> int:
         try:
-            serve(port=args.port, executor=args.executor, write_state=True, announce=announce, state=args.state)
+            serve(port=args.port, executor=args.executor, write_state=True, announce=announce, state=args.state,
+                  keeper=keeper)
         except QtrainError as exc:
             announce(f"qtrain emulator: {exc}")
             return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from submit.emulator.wire import RequestError
+from submit.emulator.fields import RequestError
 
 LEAVES = ("Equal", "NotEqual", "In", "NotIn", "Like")
 

@@ -18,70 +18,60 @@ for its wall time, so it uses `core_hours` = wall time x cores (an upper bound o
 
 from __future__ import annotations
 
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from submit.emulator.tasks import Task, TaskManager
+from jobs import settings
+from submit.emulator.fields import RequestError
+from submit.emulator.tasks import Task
 
 DATACENTER = "emulated average datacenter (PUE 1.5)"
 DATACENTER_PUE = 1.5
 
 
-def _rate(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name) or default)
-    except ValueError:
-        return default
-    return value if value >= 0 else default
-
-
 def eur_per_core_hour() -> float:
-    return _rate("QTRAIN_EMULATOR_EUR_PER_CORE_HOUR", 0.05)
+    return settings.emulator().eur_per_core_hour
 
 
 def watts_per_core() -> float:
-    return _rate("QTRAIN_EMULATOR_WATTS_PER_CORE", 12.0)
+    return settings.emulator().watts_per_core
 
 
 def enabled() -> bool:
     """QTRAIN_EMULATOR_FOOTPRINT=0: the emulator acts as a cluster without credits and carbon
     services (they answer 404), to see what a client does then."""
-    return os.environ.get("QTRAIN_EMULATOR_FOOTPRINT", "1") != "0"
+    return settings.emulator().footprint
 
 
 def missing() -> None:
-    from submit.emulator.wire import RequestError
-
     raise RequestError(404, "not found: this cluster has no credits or carbon service "
                             "(QTRAIN_EMULATOR_FOOTPRINT=0)")
 
 
-def core_hours(task: "Task") -> float:
-    cores = task.manager.threads_per_instance(len(task.ids))
+def core_hours(task: Task) -> float:
+    cores = task.cores_per_instance
     now = time.time()
     with task.lock:
         seconds = sum(((i.ended or now) - i.started) for i in task.instances.values() if i.started)
     return seconds * cores / 3600
 
 
-def task_credits(task: "Task") -> dict[str, float]:
+def task_credits(task: Task) -> dict[str, float]:
     """GET /credits/v1/tasks/{uuid}/credits."""
     return {"credits": core_hours(task) * eur_per_core_hour()}
 
 
-def account_credits(manager: "TaskManager") -> float:
-    """What the account has left: its starting credits minus every task's (deleted ones too)."""
-    spent = manager.credits_spent + sum(task_credits(t)["credits"] for t in manager.list())
-    return _rate("QTRAIN_EMULATOR_CREDITS", 100.0) - spent
+def account_credits(tasks: list[Task], spent: float = 0.0) -> float:
+    """What the account has left: its starting credits minus every task's, and `spent` (by tasks
+    deleted since)."""
+    return settings.emulator().credits - spent - sum(task_credits(t)["credits"] for t in tasks)
 
 
-def carbon_facts(task: "Task", datacenter: str | None = None) -> dict[str, Any]:
+def carbon_facts(task: Task, datacenter: str | None = None) -> dict[str, Any]:
     """GET /carbon/v1/tasks/{uuid}/carbon-facts[?comparisonDatacenter=NAME] (the name is echoed:
     the emulator knows one datacenter)."""
     it_wh = core_hours(task) * watts_per_core()
-    per_wh = _rate("QTRAIN_EMULATOR_GRID_G_PER_KWH", 56.0) / 1000
+    per_wh = settings.emulator().grid_g_per_kwh / 1000
     here = it_wh * per_wh  # PUE 1.0, nothing reused
     there = it_wh * DATACENTER_PUE * per_wh
     saved = there - here

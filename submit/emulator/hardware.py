@@ -3,7 +3,7 @@ checked against the one machine the emulator has, as Qarnot checks them against 
 
 What the machine offers is listed by `GET /hardware-constraints` (the SDK's
 `conn.all_hardware_constraints()`).  A task whose constraints this machine does not meet is, by
-the emulator's `hardware` mode (`QTRAIN_EMULATOR_HARDWARE`):
+the emulator's `hardware` mode (QTRAIN_EMULATOR_HARDWARE, read by `jobs.settings`):
 - `wait` (default): accepted, and kept queued (Submitted) with an `errors` entry that says which
   constraint and why, as Qarnot keeps a task no free machine fits; abort it, or delete it.
 - `strict`: refused at submission with 402 "... hardware constraint ...", the answer the SDK
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from submit.emulator.wire import RequestError
+from submit.emulator.fields import RequestError
 
-MODES = ("wait", "strict", "lenient")
 NOT_CHECKED = ("CpuModelHardwareConstraint", "SpecificHardwareConstraint", "SSDHardwareConstraint",
                "NoSSDHardwareConstraint")
 KNOWN = ("MinimumCoreHardwareConstraint", "MaximumCoreHardwareConstraint", "MinimumRamHardwareConstraint",
@@ -59,8 +59,6 @@ class Machine:
 
     @classmethod
     def here(cls, cores: int | None = None, gpu: bool | None = None) -> "Machine":
-        from submit.emulator.executors import host_has_gpu
-
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
         return cls(cores or os.cpu_count() or 1, int(memory), host_has_gpu() if gpu is None else gpu, cpu_model())
 
@@ -124,8 +122,6 @@ def unchecked(constraints: list[dict[str, Any]]) -> list[str]:
     return [c["discriminator"] for c in constraints if c["discriminator"] in NOT_CHECKED]
 
 
-def mode(value: str | None) -> str:
-    value = (value or "wait").strip().lower()
-    if value not in MODES:
-        raise ValueError(f"QTRAIN_EMULATOR_HARDWARE={value!r}: choose one of {', '.join(MODES)}")
-    return value
+def host_has_gpu() -> bool:
+    """An NVIDIA GPU this host can hand to an instance (checked without importing torch)."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()

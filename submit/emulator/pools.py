@@ -16,10 +16,11 @@ import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
-from submit.emulator.wire import PROFILES, Limits, RequestError, _list, _string, parse_constants, stamp
+from submit.emulator.fields import Limits, RequestError, list_field, parse_constants, stamp, string_field
+from submit.emulator.wire import PROFILES
 
 if TYPE_CHECKING:
-    from submit.emulator.tasks import TaskManager
+    from submit.emulator.manager import TaskManager
 
 NOT_RUNNING = "invalid operation on non running pool"
 
@@ -28,24 +29,24 @@ class Pool:
     def __init__(self, manager: "TaskManager", body: Any, limits: Limits):
         if not isinstance(body, dict):
             raise RequestError(400, "a pool must be a JSON object")
-        profile = _string(body, "profile")
+        profile = string_field(body, "profile")
         if profile not in PROFILES:
             raise RequestError(400, f"profile: {str(profile)[:80]!r} does not exist (profiles: {', '.join(PROFILES)})")
         count = body.get("instanceCount", 1)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= limits.max_instances:
             raise RequestError(400, f"instanceCount {str(count)[:20]}: a pool has 1 to {limits.max_instances} "
                                     f"instances (maxInstances)")
-        parse_constants(_list(body, "constants"))
-        for i, b in enumerate(_list(body, "advancedResourceBuckets")):
+        parse_constants(list_field(body, "constants"))
+        for i, b in enumerate(list_field(body, "advancedResourceBuckets")):
             if not isinstance(b, dict) or not isinstance(b.get("bucketName"), str):
                 raise RequestError(400, f"advancedResourceBuckets[{i}]: expected an object with a bucketName")
-        tags = _list(body, "tags")
+        tags = list_field(body, "tags")
         if not all(isinstance(t, str) for t in tags):
             raise RequestError(400, "tags: expected a list of strings")
         self.manager = manager
         self.uuid = str(uuidlib.uuid4())
         self.body = body
-        self.name = _string(body, "name", "pool") or "pool"
+        self.name = string_field(body, "name", "pool") or "pool"
         self.profile = profile
         self.count = count
         self.tags = list(tags)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from jobs.errors import QtrainError
 from jobs.results import atomic_write
+from submit.emulator.fields import Limits
+from submit.emulator.processes import die_with_parent
 
 MASTER_TOML = """\
 # written by qtrain: one volume per bucket (SeaweedFS grows 7 by default, each an open file pair)
@@ -67,16 +69,6 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGKILL this process when the daemon dies, even by kill -9."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class SeaweedS3:
@@ -123,7 +115,7 @@ class SeaweedS3:
                f"-admin.port.grpc={admin_grpc}", "-master.telemetry=false"]
         log = open(self.folder / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         (self.folder / "weed.pid").write_text(str(self.proc.pid))
         self.direct_url = f"http://{self.host}:{s3}"
@@ -289,17 +281,11 @@ class S3Front:
                  max_buckets: int | None = None, on_created=None):
         from http.server import ThreadingHTTPServer
 
-        from submit.emulator.wire import Limits
-
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.bucket_names = bucket_names  # () -> the names of the account's buckets
         self.on_created = on_created  # (bucket) -> None, once a CreateBucket made a new bucket
-        try:
-            limits = Limits.from_env()
-        except ValueError:  # the daemon refuses to start, saying why
-            limits = Limits()
-        self.max_buckets = max_buckets or limits.max_buckets
+        self.max_buckets = max_buckets or Limits.configured().max_buckets
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address) -> None:  # a client gone mid-answer: quiet

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from submit.emulator.s3server import s3_client
+
 # below boto3's multipart threshold one request does: a plain PUT or GET costs ~4 ms for a small
 # file where its transfer manager (threads, futures) costs ~25 ms in the daemon
 SMALL = 8 * 1024 * 1024
@@ -17,8 +19,6 @@ SMALL = 8 * 1024 * 1024
 
 class Storage:
     def __init__(self, s3_url: str, cache_dir: Path, access_key: str, secret: str):
-        from submit.emulator.s3server import s3_client
-
         self.client = s3_client(s3_url, access_key, secret)  # the account's identity, as Qarnot's nodes
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True)

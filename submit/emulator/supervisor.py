@@ -10,57 +10,44 @@ daemon dies with its keeper too (PR_SET_PDEATHSIG).  The tasks that were running
 when the next daemon reads them back, with their last files uploaded (tasks.py `_end_interrupted`).
 
 Elsewhere than Linux there is no keeper: the daemon runs in the process itself, and the next
-daemon stops what a killed one left in its instance folders (daemon.py `_stop_leftovers`).
+daemon stops what a killed one left in its instance folders (`processes.stop_in`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
-ENV = "QTRAIN_EMULATOR_SUPERVISOR"  # the keeper's pid, in the daemon's environment
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-DOCKER_LABEL = "org.qtrain.emulator"  # = executors.DockerExecutor.LABEL, valued with the daemon's pid
+from submit.emulator.processes import (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, children, containers, kill_group,
+                                       prctl, remove_containers)
 
 
-def _prctl(option: int, value: int) -> bool:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def run(serve: Callable[[], int], docker: bool, announce: Callable[[str], None]) -> int:
-    """Run `serve` in a child process and clean up after it; returns its exit status."""
+def run(serve: Callable[[int | None], int], docker: bool, announce: Callable[[str], None]) -> int:
+    """Run `serve(keeper pid)` in a child process and clean up after it; returns its exit status.
+    Where there can be no keeper, `serve(None)` runs in this process."""
     keeper = os.getpid()
-    if not sys.platform.startswith("linux") or not _prctl(PR_SET_CHILD_SUBREAPER, 1):
-        return serve()
+    if not sys.platform.startswith("linux") or not prctl(PR_SET_CHILD_SUBREAPER, 1):
+        return serve(None)
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
     if child == 0:  # the daemon: it serves, then exits as any process does (atexit hooks run)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != keeper:  # the keeper died before the line above
             os._exit(1)
-        os.environ[ENV] = str(keeper)
-        return serve()
+        return serve(keeper)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a stop sent here goes to the daemon
         signal.signal(signum, lambda s, frame: _send(child, s))
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     stopped = stop_descendants()
-    containers = remove_containers(child) if docker else 0
-    if code < 0 or stopped or containers:
+    removed = remove_containers([cid for cid, _ in containers(child)]) if docker else 0
+    if code < 0 or stopped or removed:
         how = f"was killed by signal {-code}" if code < 0 else f"ended (status {code})"
-        left = f"; stopped {stopped} process(es) and {containers} container(s) it left" if stopped or containers \
+        left = f"; stopped {stopped} process(es) and {removed} container(s) it left" if stopped or removed \
             else ""
         announce(f"qtrain emulator: the daemon (pid {child}) {how}{left}")
     return code if code >= 0 else 128 - code
@@ -71,22 +58,6 @@ def _send(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def stop_descendants(timeout: float = 15) -> int:
@@ -100,7 +71,7 @@ def stop_descendants(timeout: float = 15) -> int:
             break
         for pid in kids:
             if pid not in stopped:
-                _kill_group(pid)
+                kill_group(pid)
                 stopped.add(pid)
         while True:  # reap what died (zombies still count as children until then)
             try:
@@ -110,25 +81,3 @@ def stop_descendants(timeout: float = 15) -> int:
                 break
         time.sleep(0.02)
     return len(stopped)
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def remove_containers(owner: int) -> int:
-    """`docker rm -f` the containers labelled as the daemon `owner`'s (instances, warm ones)."""
-    try:
-        listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={DOCKER_LABEL}={owner}"],
-                                capture_output=True, text=True, timeout=60)
-        ids = listed.stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", "--", *ids], capture_output=True, timeout=120)
-        return len(ids)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0

@@ -1,18 +1,21 @@
-"""The Qarnot wire format, as the SDK sends and reads it: a task request parsed and checked, a
-task's JSON, dates, time spans and advanced ranges.  No task runs here (`tasks.py` does that).
+"""The Qarnot wire format, as the SDK sends and reads it: a task request parsed and checked
+(`TaskBody`), and a task's JSON (`task_json`, from what a task shows of itself: `TaskView`).  No
+task runs here (`tasks.py` does that); the field parsers, dates and ranges are `fields.py`'s.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from submit.emulator.tasks import Task
+from jobs.imageref import image_error
+from submit.emulator.commands import split_command
+from submit.emulator.fields import (Limits, RequestError, field_error, format_ranges, list_field,
+                                    parse_constants, stamp, string_field, timespan, parse_ranges)
+from submit.emulator.hardware import parse as parse_hardware
 
 GPU_PROFILES = ("docker-nvidia-batch", "docker-nvidia-network")
 PROFILES = {
@@ -23,121 +26,7 @@ PROFILES = {
 }
 
 
-class RequestError(Exception):
-    """A request the emulator refuses: answered with `status` and {"message": ...}."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def stamp(t: float | None = None) -> str:
-    """Qarnot's date format, as the SDK parses it (6 fraction digits, 'Z')."""
-    dt = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def timespan(seconds: float) -> str:
-    """A .NET TimeSpan as Qarnot sends it: [d.]hh:mm:ss."""
-    seconds = max(0, int(seconds))
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return (f"{d}." if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
-
-
-def parse_ranges(text: str) -> list[int]:
-    """Qarnot's advanced ranges: "0-5,7,10-12"."""
-    ids: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                ids.extend(range(lo, hi + 1))
-            elif part:
-                ids.append(int(part))
-    except ValueError:
-        raise RequestError(400, f"advancedRanges {text!r}: expected ranges such as 0-5,7") from None
-    if not ids:
-        raise RequestError(400, "advancedRanges is empty")
-    return ids
-
-
-def safe_relpath(key: str) -> PurePosixPath | None:
-    """A bucket key as a relative path, or None for keys that would escape the folder."""
-    p = PurePosixPath(key.lstrip("/"))
-    if not p.parts or ".." in p.parts:
-        return None
-    return p
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The account limits `/info` advertises, and the emulator enforces with the service's answers."""
-
-    max_instances: int = 64  # instances of one task (instanceCount, or an advanced range)
-    max_tasks: int = 1000  # tasks kept (403 "Maximum number of tasks reached": MaxTaskException)
-    max_running_tasks: int = 32  # tasks past Submitted at once: the others wait, Submitted
-    max_buckets: int = 100  # buckets (S3 CreateBucket answers TooManyBuckets)
-    max_pools: int = 50
-    max_running_pools: int = 10
-    max_body: int = 4 << 20  # bytes of a request body (413 above)
-
-    @classmethod
-    def from_env(cls, text: str | None = None) -> "Limits":
-        """QTRAIN_EMULATOR_LIMITS="max_tasks=10,max_running_tasks=2": lower (or raise) the limits."""
-        import dataclasses
-        import os
-
-        text = os.environ.get("QTRAIN_EMULATOR_LIMITS", "") if text is None else text
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, int] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, _, value = part.partition("=")
-            if name.strip() not in names or not value.strip().isdigit() or int(value) < 1:
-                raise ValueError(f"QTRAIN_EMULATOR_LIMITS: {part!r} is not NAME=POSITIVE_NUMBER "
-                                 f"(names: {', '.join(sorted(names))})")
-            values[name.strip()] = int(value)
-        return cls(**values)
-
-
 FINAL_CONDITIONS = ("success", "failure", "cancelled")  # what an advanced dependency may wait for
-
-
-def _field_error(field: str, problem: str) -> RequestError:
-    return RequestError(400, f"{field}: {problem}")
-
-
-def _string(body: dict[str, Any], key: str, default: str | None = None) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise _field_error(key, f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _list(body: dict[str, Any], key: str, within: str = "") -> list[Any]:
-    value = body.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _field_error(within + key, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def parse_constants(items: list[Any], field: str = "constants") -> dict[str, str]:
-    constants: dict[str, str] = {}
-    for i, c in enumerate(items):
-        if not isinstance(c, dict) or not isinstance(c.get("key"), str) or not c["key"]:
-            raise _field_error(f"{field}[{i}]", "expected an object with a key (a non-empty string) and a value")
-        value = c.get("value")
-        if value is not None and not isinstance(value, (str, int, float, bool)):
-            raise _field_error(f"{field}[{i}].value", f"expected a string, got {type(value).__name__}")
-        constants[c["key"]] = "" if value is None else str(value)
-    return constants
 
 
 def parse_dependencies(value: Any) -> list[tuple[str, tuple[str, ...]]]:
@@ -146,19 +35,19 @@ def parse_dependencies(value: Any) -> list[tuple[str, tuple[str, ...]]]:
     if value is None:
         return []
     if not isinstance(value, dict):
-        raise _field_error("dependencies", "expected an object with dependsOn or advancedDependsOn")
+        raise field_error("dependencies", "expected an object with dependsOn or advancedDependsOn")
     found: list[tuple[str, tuple[str, ...]]] = []
-    for i, uuid in enumerate(_list(value, "dependsOn", "dependencies.")):
+    for i, uuid in enumerate(list_field(value, "dependsOn", "dependencies.")):
         if not isinstance(uuid, str) or not uuid:
-            raise _field_error(f"dependencies.dependsOn[{i}]", "expected a task uuid")
+            raise field_error(f"dependencies.dependsOn[{i}]", "expected a task uuid")
         found.append((uuid, ("success",)))
-    for i, item in enumerate(_list(value, "advancedDependsOn", "dependencies.")):
+    for i, item in enumerate(list_field(value, "advancedDependsOn", "dependencies.")):
         where = f"dependencies.advancedDependsOn[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("taskUuid"), str):
-            raise _field_error(where, "expected an object with a taskUuid")
+            raise field_error(where, "expected an object with a taskUuid")
         states = item.get("taskFinalStateCondition") or ["success"]
         if not isinstance(states, list) or any(str(x).lower() not in FINAL_CONDITIONS for x in states):
-            raise _field_error(f"{where}.taskFinalStateCondition",
+            raise field_error(f"{where}.taskFinalStateCondition",
                                f"expected a list of {', '.join(FINAL_CONDITIONS)}")
         found.append((item["taskUuid"], tuple(str(x).lower() for x in states)))
     return found
@@ -191,28 +80,26 @@ class TaskBody:
         """`limits`: checked at submission (None for a task read back from the state file);
         `pool`: the pool's own request when the task is submitted into one (its profile,
         constants and resource buckets are the task's defaults, as on Qarnot)."""
-        from submit.emulator.hardware import parse as parse_hardware
-
         if not isinstance(body, dict):
             raise RequestError(400, "a task must be a JSON object")
         if body.get("jobUuid"):
             raise RequestError(400, "jobUuid: jobs are not supported by the local Qarnot emulator; "
                                     "submit the tasks on their own (or into a pool)")
-        pool_uuid = _string(body, "poolUuid")
-        profile = _string(body, "profile") or ((pool or {}).get("profile") if pool_uuid else None)
+        pool_uuid = string_field(body, "poolUuid")
+        profile = string_field(body, "profile") or ((pool or {}).get("profile") if pool_uuid else None)
         if profile not in PROFILES:
-            raise _field_error("profile", f"{str(profile)[:80]!r} does not exist (profiles: {', '.join(PROFILES)})")
+            raise field_error("profile", f"{str(profile)[:80]!r} does not exist (profiles: {', '.join(PROFILES)})")
         if body.get("advancedRanges") is not None:
             if not isinstance(body["advancedRanges"], str):
-                raise _field_error("advancedRanges", "expected a string such as 0-5,7")
+                raise field_error("advancedRanges", "expected a string such as 0-5,7")
             ids = parse_ranges(body["advancedRanges"])
             if len(set(ids)) != len(ids):
-                raise _field_error("advancedRanges", "an instance id appears twice")
+                raise field_error("advancedRanges", "an instance id appears twice")
             what = f"advancedRanges {body['advancedRanges'][:40]!r} ({len(ids)} instances)"
         else:
             count = body.get("instanceCount", 1)
             if isinstance(count, bool) or not isinstance(count, int):
-                raise _field_error("instanceCount", f"expected an integer, got {type(count).__name__}")
+                raise field_error("instanceCount", f"expected an integer, got {type(count).__name__}")
             ids = list(range(max(count, 0)))
             what = f"instanceCount {count}"
         if limits is not None and not 1 <= len(ids) <= limits.max_instances:
@@ -220,17 +107,13 @@ class TaskBody:
                                     f"(maxInstances); split the work into several tasks")
         if not ids:
             raise RequestError(400, f"{what}: a task has at least one instance")
-        constants = parse_constants(_list(pool or {}, "constants")) if pool_uuid else {}
-        constants.update(parse_constants(_list(body, "constants")))
+        constants = parse_constants(list_field(pool or {}, "constants")) if pool_uuid else {}
+        constants.update(parse_constants(list_field(body, "constants")))
         if constants.get("DOCKER_REPO"):  # it becomes an argument of `docker run`: a reference, nothing else
-            from jobs.imageref import image_error
-
             image = f"{constants['DOCKER_REPO']}:{constants.get('DOCKER_TAG') or 'latest'}"
             if problem := image_error(image):
                 raise RequestError(400, f"constants DOCKER_REPO/DOCKER_TAG: {problem}")
         if constants.get("DOCKER_CMD"):
-            from submit.emulator.executors import split_command
-
             try:
                 split_command(constants["DOCKER_CMD"])
             except ValueError as exc:
@@ -238,39 +121,64 @@ class TaskBody:
                                         f"shell would, quotes included)") from None
         buckets = []
         for source in ((pool or {}), body) if pool_uuid else (body,):
-            for i, b in enumerate(_list(source, "advancedResourceBuckets")):
+            for i, b in enumerate(list_field(source, "advancedResourceBuckets")):
                 if not isinstance(b, dict) or not isinstance(b.get("bucketName"), str):
-                    raise _field_error(f"advancedResourceBuckets[{i}]", "expected an object with a bucketName")
+                    raise field_error(f"advancedResourceBuckets[{i}]", "expected an object with a bucketName")
                 buckets.append(b)
-            for i, name in enumerate(_list(source, "resourceBuckets")):
+            for i, name in enumerate(list_field(source, "resourceBuckets")):
                 if not isinstance(name, str):
-                    raise _field_error(f"resourceBuckets[{i}]", "expected a bucket name")
+                    raise field_error(f"resourceBuckets[{i}]", "expected a bucket name")
                 buckets.append({"bucketName": name})
         for key in ("resultsWhitelist", "resultsBlacklist"):
-            if pattern := _string(body, key):
+            if pattern := string_field(body, key):
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise _field_error(key, f"{pattern[:80]!r} is not a valid regex: {exc}") from None
-        tags = _list(body, "tags")
+                    raise field_error(key, f"{pattern[:80]!r} is not a valid regex: {exc}") from None
+        tags = list_field(body, "tags")
         if not all(isinstance(t, str) for t in tags):
-            raise _field_error("tags", "expected a list of strings")
+            raise field_error("tags", "expected a list of strings")
         labels = body.get("labels")
         if labels is not None and not isinstance(labels, dict):
-            raise _field_error("labels", "expected an object of strings")
+            raise field_error("labels", "expected an object of strings")
         hardware = parse_hardware(body.get("hardwareConstraints"))
         gpu = profile in GPU_PROFILES or any(h["discriminator"] == "GpuHardwareConstraint" for h in hardware)
-        return cls(raw=body, name=_string(body, "name", "task") or "task", shortname=_string(body, "shortname"),
+        return cls(raw=body, name=string_field(body, "name", "task") or "task", shortname=string_field(body, "shortname"),
                    profile=profile, ids=ids, constants=constants, buckets=buckets,
-                   result_bucket=_string(body, "resultBucket"),
-                   results_whitelist=_string(body, "resultsWhitelist"),
-                   results_blacklist=_string(body, "resultsBlacklist"), gpu=gpu,
+                   result_bucket=string_field(body, "resultBucket"),
+                   results_whitelist=string_field(body, "resultsWhitelist"),
+                   results_blacklist=string_field(body, "resultsBlacklist"), gpu=gpu,
                    upload_on_cancel=bool(body.get("uploadResultsOnCancellation")),
                    tags=list(tags), hardware=hardware, dependencies=parse_dependencies(body.get("dependencies")),
                    pool=pool_uuid)
 
 
-def task_json(task: "Task", summary: bool = False) -> dict[str, Any]:
+class TaskView(Protocol):
+    """What the JSON of a task is made of (`tasks.Task` has it): a protocol, so that the wire
+    format needs nothing of how a task runs."""
+
+    uuid: str
+    body: TaskBody
+    lock: threading.RLock
+    ids: list[int]
+    instances: dict[int, Any]  # instances.Instance
+    state: str
+    previous_state: str | None
+    transition: float
+    previous_transition: float | None
+    created: float
+    ended: float | None
+    errors: list[dict[str, str]]
+    results_count: int
+    snapshot: dict[str, Any] | None
+    done: bool
+    cpu_model: str  # the machine's, as Qarnot names it by CPU model
+    cores_per_instance: int
+
+    def dependencies_json(self) -> dict[str, Any] | None: ...
+
+
+def task_json(task: TaskView, summary: bool = False) -> dict[str, Any]:
     """A task as GET /tasks/{uuid} (or a summary, as the paginated listing) answers it."""
     body = task.body
     with task.lock:
@@ -326,7 +234,7 @@ def task_json(task: "Task", summary: bool = False) -> dict[str, Any]:
         return data
 
 
-def _status(task: "Task", instances: list[Any], now: float) -> dict[str, Any]:
+def _status(task: TaskView, instances: list[Any], now: float) -> dict[str, Any]:
     """`task.status` (the SDK's `qarnot.status.Status`): progress, times and the execution time by
     CPU model, both lists present (the SDK reads them without a default)."""
     started = [i for i in instances if i.started]
@@ -334,17 +242,9 @@ def _status(task: "Task", instances: list[Any], now: float) -> dict[str, Any]:
     execution = sum(((i.ended or now) - i.started) for i in started)
     first = min((i.started for i in started), default=None)
     wall = ((task.ended or now) - task.created)
-    machine = task.manager.machine
-    cores = task.manager.threads_per_instance(len(task.ids))
-
-    def ranges(ids: list[int]) -> str:
-        ids, parts = sorted(ids), []
-        for i in ids:
-            if parts and parts[-1][1] == i - 1:
-                parts[-1][1] = i
-            else:
-                parts.append([i, i])
-        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+    cpu = task.cpu_model
+    cores = task.cores_per_instance
+    ranges = format_ranges
 
     running = [i for i in instances if i.state == "Running"]
     return {
@@ -362,8 +262,8 @@ def _status(task: "Task", instances: list[Any], now: float) -> dict[str, Any]:
         "executedRange": ranges([i.id for i in done]),
         "failedRange": ranges([i.id for i in instances if i.state == "Failure"]),
         "lastUpdateTimestamp": stamp(task.transition),
-        "executionTimeByCpuModel": [{"model": machine.cpu, "time": round(execution), "core": cores}] if started else [],
-        "executionTimeGhzByCpuModel": [{"model": machine.cpu, "timeGhz": 0.0, "clockRatio": 0, "core": cores}]
+        "executionTimeByCpuModel": [{"model": cpu, "time": round(execution), "core": cores}] if started else [],
+        "executionTimeGhzByCpuModel": [{"model": cpu, "timeGhz": 0.0, "clockRatio": 0, "core": cores}]
         if started else [],
         "runningInstancesInfo": {
             "perRunningInstanceInfo": [{
@@ -371,13 +271,13 @@ def _status(task: "Task", instances: list[Any], now: float) -> dict[str, Any]:
                 "cpuUsage": 0.0, "maxMemoryMB": 0, "currentMemoryMB": 0, "memoryUsage": 0.0,
                 "networkInKbps": 0.0, "networkOutKbps": 0.0, "progress": 0.0,
                 "executionTimeSec": round(now - i.started, 3), "executionTimeGHz": 0.0,
-                "cpuModel": machine.cpu, "executionAttemptCount": 1, "activeForwards": [], "vpnConnections": [],
+                "cpuModel": cpu, "executionAttemptCount": 1, "activeForwards": [], "vpnConnections": [],
             } for i in running],
             "snapshotResults": [], "timestamp": stamp(now), "averageFrequencyGHz": 0.0, "maxFrequencyGHz": 0.0,
             "minFrequencyGHz": 0.0, "averageMaxFrequencyGHz": 0.0, "averageCpuUsage": 0.0,
             "clusterPowerIndicator": 1.0, "averageMemoryUsage": 0.0, "averageNetworkInKbps": 0.0,
             "averageNetworkOutKbps": 0.0, "totalNetworkInKbps": 0.0, "totalNetworkOutKbps": 0.0,
-            "runningCoreCountByCpuModel": [{"model": machine.cpu, "core": cores * len(running),
+            "runningCoreCountByCpuModel": [{"model": cpu, "core": cores * len(running),
                                             "runningCoreCount": cores * len(running)}] if running else [],
         },
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from submit.emulator.executors import pid_alive
+from submit.emulator.processes import pid_alive
 from tests import datagen
 from tests.conftest import CliResult
 from tests.datagen import SMALL_JOB

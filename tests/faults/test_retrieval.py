@@ -43,7 +43,7 @@ def test_odd_result_keys_are_skipped_with_one_warning_each_and_the_rest_retrieve
     run = _ended_unfetched(world)
     s3, bucket = world.s3(), results_bucket(run["run_id"])
     # (SeaweedFS itself refuses `..`, names over 255 bytes and strips a leading /: those are
-    # tested on `plan_download` in tests/submit/test_lifecycle.py)
+    # tested on `plan_download` in tests/submit/run/test_retrieve.py)
     odd = {"out/history.csv/inner.txt": "below out/history.csv", "out/model.pt/x/y.txt": "below out/model.pt"}
     for key in odd:
         s3.put_object(Bucket=bucket, Key=key, Body=b"odd")

@@ -14,7 +14,7 @@ import pytest
 from jobs.errors import RunError
 from jobs.load import load_job
 from submit.backends import get_backend
-from submit.runs import recover, submission_tags, submit_run
+from submit.run.submission import recover, submission_tags, submit_run
 from submit.store import Store
 from submit.ui import Ui
 from tests import datagen
@@ -144,7 +144,7 @@ def test_kill9_of_the_submitter_is_resolved_by_the_next_command(world, when):
     else:  # the kill came before the task: nothing runs, and the run says so
         assert tasks == [] and row["state"] == "failed"
         status = world.cli("status", run_id)
-        assert status.code == 0 and "nothing runs" in status.out
+        assert status.code == 1 and "nothing runs" in status.out  # a failed run: exit 1
         assert world.cli("cancel", run_id).code == 1  # already ended: nothing to abort, no traceback
 
 

@@ -112,22 +112,3 @@ def test_no_reader_or_writer_spells_the_contract_itself(package):
                     or text.startswith("trial-"):
                 found.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
     assert not found, "use jobs.results (or jobs.files) instead:\n" + "\n".join(found)
-
-
-def test_the_submitter_imports_from_the_runner_only_what_trains_or_predicts():
-    allowed = {"runner.run": {"check_job", "run_job"}, "runner.predict": {"load_model", "read_input"},
-               "runner.warm": {"become", "signal_instance"},  # the fork server the emulator runs instances from
-               # torch, pandas, sklearn imported a quarter faster; no last collections at exit
-               "runner.imports": {"heavy_imports", "exit_fast"},
-               # the plots the store draws from stored results (compare --plot, a sweep's summary)
-               "runner.report": {"plot_curves", "write_sweep_report"}}
-    found = []
-    for path in sorted((ROOT / "submit").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "runner":
-                names = {a.name for a in node.names}
-                if not names <= allowed.get(node.module, set()):
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {names}")
-            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "runner" for a in node.names):
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: import runner")
-    assert not found, "\n".join(found)

@@ -1,0 +1,182 @@
+"""Runner benchmark, all measured in one process against a reference run.
+
+(a) The seed notebook's MNIST CNN trained the notebook's way (torch DataLoader, batch 8) against
+    the qtrain runner (mnist-cnn catalog job: tensors on the device, batch 64) on the same 28x28
+    images: images per second and test accuracy of each.
+(b) Seconds to reach 0.97 test accuracy on penguins and on digits: qtrain against scikit-learn's
+    MLPClassifier (seed 003's comparison), same split.
+
+    python bench/training.py [--images 6000]    -> prints a table, writes bench/results/training.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from jobs import load_job  # noqa: E402
+from runner.run import run_job  # noqa: E402
+from bench.common import digits28  # noqa: E402
+
+
+class NotebookNet(nn.Module):
+    """The seed notebook's network, verbatim."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5)
+        self.conv2 = nn.Conv2d(32, 32, 5)
+        self.conv3 = nn.Conv2d(32, 64, 3)
+        self.dense1 = nn.Linear(64, 64)
+        self.dense2 = nn.Linear(64, 10)
+        self.maxpool1 = nn.MaxPool2d((2, 2), stride=(2, 2))
+
+    def forward(self, x):
+        x = self.maxpool1(F.relu(self.conv1(x)))
+        x = self.maxpool1(F.relu(self.conv2(x)))
+        x = self.maxpool1(F.relu(self.conv3(x)))
+        x = x.view(-1, 64)
+        return self.dense2(F.relu(self.dense1(x)))
+
+
+def notebook_way(x, y, xt, yt, epochs: int) -> dict:
+    torch.manual_seed(1)
+    train = TensorDataset(torch.from_numpy(x[:, None].astype(np.float32) / 255), torch.from_numpy(y.astype(np.int64)))
+    loader = DataLoader(train, batch_size=8, shuffle=True)
+    model = NotebookNet()
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for inputs, labels in loader:
+            loss = loss_fn(model(inputs), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(labels)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        pred = model(torch.from_numpy(xt[:, None].astype(np.float32) / 255)).argmax(1).numpy()
+    return {"images_per_second": seen / seconds, "train_seconds": seconds, "epochs": epochs,
+            "test_accuracy": float((pred == yt).mean())}
+
+
+def runner_way(folder: Path, out: Path, epochs: int) -> dict:
+    job = load_job("mnist-cnn", [f"data.path={folder}", f"train.epochs={epochs}"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        m = run_job(job, out)
+    return {"images_per_second": m["timings"]["samples_per_second"],
+            "train_seconds": m["timings"]["train_seconds"], "epochs": epochs,
+            "test_accuracy": m["test"]["accuracy"]}
+
+
+def seconds_to(target: float, job_name: str, out: Path, step: int, limit: int) -> dict:
+    """Smallest epoch count (multiple of `step`) whose run reaches `target`; its train time."""
+    for epochs in range(step, limit + 1, step):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            m = run_job(load_job(job_name, [f"train.epochs={epochs}"]), out / f"{job_name}-{epochs}")
+        if m["test"]["accuracy"] >= target:
+            return {"seconds": m["timings"]["train_seconds"], "epochs": epochs,
+                    "test_accuracy": m["test"]["accuracy"]}
+    return {"seconds": None, "epochs": limit, "test_accuracy": m["test"]["accuracy"]}
+
+
+def sklearn_to(target: float, x, y, xt, yt, limit: int = 400) -> dict:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    for iters in (10, 20, 50, 100, 200, limit):
+        clf = MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=iters, random_state=0)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, y)
+        seconds = time.perf_counter() - t0
+        acc = float(clf.score(xt, yt))
+        if acc >= target:
+            return {"seconds": seconds, "max_iter": iters, "test_accuracy": acc}
+    return {"seconds": None, "max_iter": limit, "test_accuracy": acc}
+
+
+def split_arrays(job_name: str):
+    """The exact train/test arrays the qtrain job uses, for sklearn."""
+    from runner.data import load_dataset
+    from runner.prepare import prepare
+
+    lj = load_job(job_name)
+    with contextlib.redirect_stderr(io.StringIO()):
+        p = prepare(load_dataset(lj.job, lj.base_dir), lj.job)
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    return flat(p.x["train"]), p.y["train"], flat(p.x["test"]), p.y["test"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=6000, help="training images for (a)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training.json")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        x, y, xt, yt = digits28(n_train=args.images, n_test=400)
+        folder = tmp / "mnist"
+        folder.mkdir()
+        from runner.data import write_idx
+
+        write_idx(folder / "train-images-idx3-ubyte", x)
+        write_idx(folder / "train-labels-idx1-ubyte", y)
+        write_idx(folder / "t10k-images-idx3-ubyte", xt)
+        write_idx(folder / "t10k-labels-idx1-ubyte", yt)
+        nb = notebook_way(x, y, xt, yt, epochs=2)
+        rn = runner_way(folder, tmp / "runner", epochs=4)
+        speedup = rn["images_per_second"] / nb["images_per_second"]
+        results = {"machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
+                               "torch": torch.__version__},
+                   "cnn_28x28": {"images": args.images, "notebook_dataloader_batch8": nb,
+                                 "qtrain_runner": rn, "speedup_images_per_second": speedup,
+                                 "wall_clock_ratio": nb["train_seconds"] / rn["train_seconds"]}}
+        tta = {}
+        for job_name, step, limit in (("penguins", 10, 200), ("digits-cnn", 2, 40)):
+            q = seconds_to(0.97, job_name, tmp, step, limit)
+            s = sklearn_to(0.97, *split_arrays(job_name))
+            tta[job_name] = {"qtrain": q, "sklearn_mlp": s}
+        results["seconds_to_0.97"] = tta
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    c = results["cnn_28x28"]
+    print(f"(a) seed CNN on {args.images} 28x28 images, {torch.get_num_threads()} threads")
+    print(f"    notebook (DataLoader, batch 8): {c['notebook_dataloader_batch8']['images_per_second']:8.0f} img/s"
+          f"  test acc {c['notebook_dataloader_batch8']['test_accuracy']:.4f} after 2 epochs")
+    print(f"    qtrain runner (batch 128)     : {c['qtrain_runner']['images_per_second']:8.0f} img/s"
+          f"  test acc {c['qtrain_runner']['test_accuracy']:.4f} after 4 epochs")
+    print(f"    speed-up: {c['speedup_images_per_second']:.2f}x images/s, "
+          f"{c['wall_clock_ratio']:.2f}x less training time")
+    print("(b) seconds to 0.97 test accuracy")
+    for job_name, r in tta.items():
+        q, s = r["qtrain"], r["sklearn_mlp"]
+        fmt = lambda v: "never" if v is None else f"{v:.2f}s"  # noqa: E731
+        print(f"    {job_name:11s} qtrain {fmt(q['seconds'])} ({q['epochs']} epochs, acc {q['test_accuracy']:.3f})"
+              f"   sklearn MLPClassifier {fmt(s['seconds'])} (max_iter {s['max_iter']}, acc {s['test_accuracy']:.3f})")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What a task ships: the job's local files, content-addressed, and `job.json`, the resolved job.
+
+The files are those `jobs.files.job_files` names (the one definition the runner shares): each
+becomes `<field's folder>/<name>` in the task's working directory, and the job is rewritten to
+point there:
+
+    data.path: ~/datasets/weatherAUS.csv   ->  data/weatherAUS.csv
+    data.path: ~/datasets/mnist/           ->  data/mnist/...
+
+The files go to the data bucket under `datasets/<dataset hash>/` (`jobs.results.dataset_hash`, the
+hash the runner writes in run.json): an unchanged dataset has the same prefix and is never uploaded
+twice, from any job.  `job.json` goes under `jobs/<sha256 of job.json>/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import QtrainError
+from jobs.files import JOB_FILE, PATH_FIELDS, JobFile, get_dotted, job_files, portable_path
+from jobs.load import LoadedJob, set_dotted
+from jobs.results import dataset_hash, job_hash
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    remote: str  # path in the task's working directory (posix)
+    local: Path
+    size: int
+    sha256: str
+    outside: Path | None = None  # the target outside its data folder a link led to (follow_symlinks)
+
+
+@dataclass
+class Package:
+    job_name: str
+    job: dict[str, Any]  # the resolved job, paths rewritten: what job.json holds
+    job_hash: str
+    dataset_hash: str
+    files: list[PackageFile] = field(default_factory=list)
+    trials: int = 0
+    # shipped beside job.json, at their place in the task: a resumed run's checkpoints
+    # (out/checkpoint.pt, out/trial-<i>/checkpoint.pt), from which the runner continues
+    extras: list[PackageFile] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)  # the check's report (what the estimate reads)
+
+    @property
+    def dataset_prefix(self) -> str:
+        return f"datasets/{self.dataset_hash}/"
+
+    @property
+    def job_json(self) -> bytes:
+        return (json.dumps(self.job, indent=2, sort_keys=True) + "\n").encode()
+
+    @property
+    def job_prefix(self) -> str:
+        digest = hashlib.sha256(self.job_json)
+        for f in self.extras:
+            digest.update(f"\0{f.remote}\0{f.sha256}".encode())
+        return f"jobs/{digest.hexdigest()}/"
+
+    @property
+    def job_key(self) -> str:
+        return self.job_prefix + JOB_FILE
+
+    @property
+    def dataset_bytes(self) -> int:
+        return sum(f.size for f in self.files) + sum(f.size for f in self.extras)
+
+
+def build_package(loaded: LoadedJob) -> Package:
+    raw = copy.deepcopy(loaded.raw)
+    for key in loaded.job.sweep:
+        if key in PATH_FIELDS:
+            raise QtrainError(f"{loaded.source}: sweep over {key} cannot be submitted",
+                              hint="run one job per dataset, or sweep other fields")
+    found = job_files(loaded.job, loaded.base_dir)
+    files = [_file(f) for f in found]
+    for key in {f.field for f in found}:  # point the job at the files' place in the task
+        set_dotted(raw, key, portable_path(key, get_dotted(loaded.job.model_dump(mode="json"), key)))
+    return Package(job_name=loaded.job.name, job=raw, job_hash=job_hash(loaded.job),
+                   dataset_hash=dataset_hash(loaded.job, found), files=files,
+                   trials=len(loaded.trials))
+
+
+def extra_file(remote: str, local: Path) -> PackageFile:
+    from jobs.files import file_sha256
+
+    return PackageFile(remote, local, local.stat().st_size, file_sha256(local))
+
+
+def _file(f: JobFile) -> PackageFile:
+    try:
+        return PackageFile(f.remote, f.local, f.size, f.sha256, f.outside)
+    except OSError as exc:
+        raise QtrainError(f"{f.field} {f.local}: cannot read it ({exc.strerror})") from exc

@@ -1,0 +1,207 @@
+"""A run sent to a backend: check -> package -> estimate -> record -> upload -> submit.
+
+Nothing leaves the machine until the check has passed; the run is in the store (`submitting`)
+before anything is sent, and its task carries the tags `submission_tags` names, so a submission
+interrupted anywhere is found again (`recover`) by the next `status`, `fetch`, `cancel` or
+`results list`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs import settings
+from jobs.errors import QtrainError, RunError
+from jobs.files import JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
+from jobs.load import LoadedJob
+from jobs.results import OUT
+from submit.backends import Backend
+from submit.backends.base import TaskRequest
+from submit.image import image_digest, stale_image
+from submit.run.checks import check
+from submit.run.estimate import Estimate, estimate, refuse_over
+from submit.run.package import Package, build_package
+from submit.run.resume import resume_checkpoints
+from submit.store import RunRecord, Store
+from submit.ui import Ui, human_bytes
+
+COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
+
+
+# ------------------------------------------------------------------------------------ submit
+def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
+               profile: str | None = None, recheck: bool = False,
+               tags: dict[str, str] | None = None, note: str | None = None,
+               resume: RunRecord | None = None, max_cost: float | None = None) -> RunRecord:
+    job = loaded.job
+    store.ensure_writable()  # before anything is uploaded
+    backend.check_image(job.resources.image)
+    backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
+    package = prepare(loaded, ui, recheck)
+    if resume is not None:
+        package.extras = resume_checkpoints(resume, store)
+    if backend.runs_images() and stale_image(job.resources.image):
+        ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
+                f"qtrain image build (and push) to run your changes")
+    profile_name, gpu = backend.resolve_profile(profile or job.resources.profile)
+    backend.check_capacity(max(1, package.trials), gpu)
+    est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost)
+    constants = image_constants(job.resources.image)
+    info = {"data": user_paths(loaded), "image": job.resources.image,
+            "image_digest": constants.get(settings.TaskVar.IMAGE_DIGEST), "where": backend.describe(),
+            "executor": backend.executor_name(),
+            "resumed_from": resume.run_id if resume is not None else None,
+            "footprint": {"estimate": est.record()}}
+    # the intent first: from here on, whatever happens, the run is in the store under its id, and
+    # its task (if one was made) carries the run's tags, by which `recover` finds it
+    run = store.create_run(job_name=job.name, job_hash=package.job_hash,
+                           dataset_hash=package.dataset_hash, backend=backend.name,
+                           profile=profile_name, job=package.job, trials=package.trials,
+                           tags=tags, note=note, info=info, state="submitting")
+    request = TaskRequest(
+        run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
+        instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
+        constants={settings.TaskVar.RUN_ID: run.run_id, **constants},
+        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/")
+
+    def created(uuid: str) -> None:
+        store.update(run.run_id, task_uuid=uuid)
+        store.set_state(run.run_id, "submitted")
+
+    with store.run_lock(run.run_id, "submit"):
+        try:
+            total = package.dataset_bytes + len(package.job_json)
+            with ui.transfer(f"uploading {job.name}", total) as bar:
+                uploaded = backend.upload(package, bar.advance)
+            store.update(run.run_id, uploaded_bytes=uploaded)
+            if package.files:
+                what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
+                    else "dataset already uploaded"
+                ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
+                       f"dataset {package.dataset_hash[:12]})", style="dim")
+            uuid = backend.submit(package, request, on_created=created)
+        except BaseException as exc:  # noqa: BLE001 - the run's fate is recorded, then it goes on up
+            _submission_interrupted(store.get(run.run_id), backend, store, ui, exc)
+            raise
+    ui.say(f"submitted run {run.run_id} to {backend.describe()} (task {uuid}, profile "
+           f"{profile_name}{', ' + str(request.instances) + ' instances' if request.instances > 1 else ''})")
+    return store.get(run.run_id)
+
+
+def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: bool, ui: Ui,
+                 max_cost: float | None = None) -> tuple[Estimate, float | None]:
+    """(the run's estimate, the account's credits left or None), said in one line; refused
+    (nothing sent) over `max_cost` or the credits left."""
+    est = estimate(loaded, package.check, backend.pricing(gpu))
+    credits = backend.credits_left()
+    ui.say(est.line() + (f"; credits left {credits:.4g} EUR" if credits is not None else ""), style="dim")
+    refuse_over(est, max_cost, credits)
+    return est, credits
+
+
+def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
+    """Check the job (a verdict remembered for this job, data and code is not redone) and
+    package it.  Nothing leaves the machine: every mistake is caught here, before any upload."""
+    settings.submission(), settings.qarnot()  # every setting a submission reads, refused now
+    report, remembered = check(loaded, recheck)
+    how = "passed before with this job, data and code" if remembered else "checked"
+    for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them
+        ui.warn(line)
+    ui.say(f"{how}: {loaded.job.name}, {report['splits']['train']} training rows, "
+           f"{len(loaded.trials) or 1} trial(s)", style="dim")
+    package = build_package(loaded)
+    package.check = report
+    return package
+
+
+def upload_plan(package: Package) -> dict[str, Any]:
+    """Every file and byte an upload of `package` sends at most (what the backend already has
+    is skipped then): `qtrain run --dry-run`."""
+    files = [{"path": f.remote, "bytes": f.size, "from": str(f.local),
+              **({"link_to": str(f.outside)} if f.outside else {})} for f in package.files + package.extras]
+    files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None})
+    return {"job": package.job_name, "dataset_hash": package.dataset_hash, "job_hash": package.job_hash,
+            "trials": package.trials, "files": files, "total_bytes": sum(f["bytes"] for f in files)}
+
+
+def submission_tags(run_id: str) -> list[str]:
+    """The tags of a run's task: how an interrupted submission finds it (all of them must match)."""
+    return ["qtrain", run_id]
+
+
+def _submission_interrupted(run: RunRecord, backend: Backend, store: Store, ui: Ui, exc: BaseException) -> None:
+    """`submit_run` stopped between recording the run and knowing its task: record what is known
+    (asking the backend for a task with the run's tags), name the run, and turn a failure into a
+    RunError (exit status 3) that says so.  An interrupt (Ctrl-C) stays an interrupt."""
+    reason = (exc.one_line() if isinstance(exc, QtrainError) else
+              "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+    try:
+        run = recover(run, backend, store, reason=f"submission failed: {reason}", own=True)
+    except (QtrainError, OSError) as lookup:  # cannot ask: the next status/fetch/list does
+        ui.err.print(f"run {run.run_id}: {reason}; whether its task was created is not known yet "
+                     f"({lookup}); qtrain status {run.run_id} finds out", style="red", markup=False)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise RunError(f"run {run.run_id}: {reason}", hint=f"qtrain status {run.run_id}") from exc
+        return
+    if run.task_uuid:
+        message = (f"run {run.run_id} was submitted (task {run.task_uuid}) before: {reason}; "
+                   f"qtrain fetch {run.run_id} follows it, qtrain cancel {run.run_id} stops it")
+    else:
+        message = f"run {run.run_id}: {reason}; no task was created, nothing runs"
+    ui.err.print(message, style="yellow" if run.task_uuid else "red", markup=False, highlight=False)
+    if not isinstance(exc, KeyboardInterrupt):
+        if run.task_uuid:
+            raise RunError(f"run {run.run_id}: submitted as task {run.task_uuid}, then {reason}",
+                           hint=f"qtrain fetch {run.run_id}") from exc
+        raise RunError(f"run {run.run_id}: {reason}; no task was created",
+                       hint="fix the cause, then qtrain run again") from exc
+
+
+def recover(run: RunRecord, backend: Backend, store: Store, reason: str | None = None,
+            own: bool = False) -> RunRecord:
+    """A run still `submitting` whose submitter is gone (killed, interrupted): its task found by
+    the run's tags and recorded, or, when the backend has none, the run failed (nothing runs, so
+    nothing is lost).  A submission still under way elsewhere (its lock held) is left alone;
+    `own`: the caller is that submitter."""
+    if run.state != "submitting":
+        return run
+    if not run.task_uuid and not own and store.lock_held(run.run_id, "submit"):
+        return run
+    found = [run.task_uuid] if run.task_uuid else backend.find_tasks(submission_tags(run.run_id))
+    if found:
+        store.update(run.run_id, task_uuid=found[0])
+        store.set_state(run.run_id, "submitted", detail="found by its tags" if not run.task_uuid else None)
+    else:
+        store.set_state(run.run_id, "failed", error=reason or "the submission was interrupted before its "
+                                                              "task was created: nothing runs")
+        store.update(run.run_id, retrieved=True)
+    return store.get(run.run_id)
+
+
+def user_paths(loaded: LoadedJob) -> dict[str, str]:
+    """The job's path fields as the user's machine has them (the task sees `data/<name>`)."""
+    dumped = loaded.job.model_dump(mode="json")
+    out = {}
+    for key in PATH_FIELDS:
+        value = get_dotted(dumped, key)
+        if value:
+            out[key] = str(resolve(value, loaded.base_dir)) if local_value(value) else str(value)
+    return out
+
+
+def image_constants(image: str) -> dict[str, str]:
+    """Task constants about the image: its digest when this machine has it (recorded in run.json),
+    and a private registry's server and login from the environment (never from the job)."""
+    constants = {}
+    digest = image_digest(image)
+    if digest:
+        constants[settings.TaskVar.IMAGE_DIGEST] = digest
+    account = settings.qarnot()
+    password = account.registry_password.get_secret_value() if account.registry_password else None
+    for key, value in (("DOCKER_SRV", account.docker_server), ("DOCKER_REGISTRY_LOGIN", account.registry_login),
+                       ("DOCKER_REGISTRY_PASSWORD", password)):
+        if value:
+            constants[key] = value
+    return constants
+
+
