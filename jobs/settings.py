@@ -42,7 +42,8 @@ def var(default: Any, name: str, meaning: str, **constraints: Any) -> Any:
 
 
 class Group(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    # built when a group is first read, not at import: most commands read two or three groups
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore", defer_build=True)
 
 
 G = TypeVar("G", bound=Group)

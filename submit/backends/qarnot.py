@@ -46,8 +46,9 @@ class QarnotBackend(Backend):
         """What a lost connection means here (a network blip, worth retrying, on Qarnot)."""
         return error
 
-    def __init__(self, connect: Callable[[], Any] | None = None) -> None:
-        """`connect` makes the SDK connection (default: the Qarnot account configured here)."""
+    def __init__(self, connect: Callable[[], Any] | None = None, start: bool = True) -> None:  # noqa: ARG002
+        """`connect` makes the SDK connection (default: the Qarnot account configured here);
+        `start` is for backends with a service to start (Qarnot's is always there)."""
         self._connect = connect or self._connect_account
         self._conn = None
         self._warming: threading.Thread | None = None

@@ -59,7 +59,7 @@ def results_of(trained: dict[int, Path], numbers: dict[int, dict]) -> dict[str, 
 @pytest.fixture
 def fake(monkeypatch):
     backend = FakeBackend()
-    monkeypatch.setitem(BACKENDS, "fake", lambda: backend)
+    monkeypatch.setitem(BACKENDS, "fake", lambda start=True: backend)
     monkeypatch.setenv("QTRAIN_POLL_SECONDS", "0")
     return backend
 
