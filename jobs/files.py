@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -73,6 +74,32 @@ def portable_path(field: str, value: str) -> str:
 def resolve(value: str, base_dir: Path) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else base_dir / p
+
+
+SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+           (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it is neither a file nor a folder (a device, a FIFO, a socket: reading
+    one may never end), else None.  Links are followed, as a reader follows them."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in SPECIAL if test(mode)), None)
+
+
+def refuse_special(job: Job, base_dir: Path, source: str) -> None:
+    """Every local path the job names is a file or a folder, or the job is refused now, before
+    anything reads it (a folder's contents are checked as its files are listed)."""
+    dumped = job.model_dump(mode="json")
+    for field in PATH_FIELDS:
+        value = get_dotted(dumped, field)
+        if local_value(value) and (kind := special_kind(resolve(value, base_dir))):
+            raise JobError(f"{source}: {field} {resolve(value, base_dir)} is {kind}, not a file or a folder",
+                           hint="give a file (or a folder of them): qtrain reads it whole, and would never "
+                                "finish reading this")
 
 
 def job_files(job: Job, base_dir: Path) -> list[JobFile]:
@@ -145,6 +172,9 @@ def folder_files(folder: Path, field: str, follow_symlinks: bool = False) -> lis
                 seen_dirs.add(target)
         for name in filenames:
             path = here / name
+            if kind := special_kind(path):
+                raise JobError(f"{field}: {path} is {kind}, not a file",
+                               hint="remove it from the data folder: qtrain sends and reads files only")
             if path.is_file():
                 target = path.resolve()
                 found.append((path, None if root in target.parents else target))

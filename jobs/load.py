@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import JobError
-from jobs.files import PATH_FIELDS, unread_fields
+from jobs.files import PATH_FIELDS, refuse_special, unread_fields
 from jobs.spec import Job, is_builtin_source
 from jobs.suggest import suggestion
 
@@ -73,7 +74,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     """Read, override and validate a job file."""
     file = find_job_file(path)
     source = str(file)
-    raw = parse_text(file.read_text(encoding="utf-8"), source, json_file=file.suffix == ".json")
+    raw = parse_text(read_job_text(file), source, json_file=file.suffix == ".json")
     for item in overrides:
         key, value = parse_override(item, source)
         if key in PATH_FIELDS and value == "":
@@ -83,6 +84,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
         set_dotted(raw, key, value)
     job = validate(raw, source)
     loaded = LoadedJob(job, file.resolve().parent, source, raw)
+    refuse_special(job, loaded.base_dir, source)
     unread = unread_fields(job, loaded.base_dir)
     if unread:  # a path the job never reads would still be sent: refused, whatever its file
         field, why = next(iter(unread.items()))
@@ -95,7 +97,25 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
 
 def load_job_dict(raw: dict[str, Any], base_dir: Path, source: str = "job.json") -> LoadedJob:
     job = validate(copy.deepcopy(raw), source)
+    refuse_special(job, base_dir, source)
     return LoadedJob(job, base_dir, source, copy.deepcopy(raw))
+
+
+MAX_JOB_BYTES = 1 << 20  # a job file is a page of text; a bigger one is not a job file
+
+
+def read_job_text(file: Path) -> str:
+    """A job file's text, read only up to MAX_JOB_BYTES (and only from a regular file)."""
+    with open(file, "rb") as fh:
+        if not os.path.isfile(file) or os.fstat(fh.fileno()).st_size > MAX_JOB_BYTES:
+            raise JobError(f"{file}: not a job file: a job file is a text file of at most "
+                           f"{MAX_JOB_BYTES >> 20} MiB", hint="give the job's .yaml or .json file")
+        data = fh.read(MAX_JOB_BYTES + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError(f"{file}: not a job file: its bytes are not utf-8 text ({exc.reason} at byte {exc.start})",
+                       hint="give the job's .yaml or .json file") from None
 
 
 MAX_VALUES = 100_000  # values in a job file once its aliases are expanded

@@ -9,6 +9,7 @@ for them.
     run_job(loaded, out, ...)      train here, writing the results contract into `out`
     load_model(path), read_input   a run's model.pt as a predictor, and the data it predicts on
     write_sweep_report, plot_curves   the sweep's table and plot, validation curves side by side
+    checkpoint_epoch(path)         the epoch a checkpoint.pt was written after
     heavy_imports, exit_fast       import the heavy libraries fast; skip the last collections at exit
     PRELOAD_MODULE                 what a fork server imports before it forks instances
     become, signal_instance        run an instance in a forked warm interpreter; signal it
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 PRELOAD_MODULE = "runner.preloaded"
 
-__all__ = ["PRELOAD_MODULE", "become", "check_job", "exit_fast", "heavy_imports", "load_model",
+__all__ = ["PRELOAD_MODULE", "become", "check_job", "checkpoint_epoch", "exit_fast", "heavy_imports", "load_model",
            "plot_curves", "read_input", "run_job", "signal_instance", "write_sweep_report"]
 
 
@@ -79,3 +80,17 @@ def plot_curves(path: Path, runs: list[tuple[str, Path]], metric: str, title: st
         from runner.report import plot_curves as plot
 
     return plot(path, runs, metric, title=title)
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was written after (None when it is not a qtrain checkpoint), read
+    with `weights_only=True`: nothing in the file runs."""
+    with heavy_imports():
+        import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint this runner wrote
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch if isinstance(epoch, int) else None

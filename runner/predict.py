@@ -89,8 +89,15 @@ class Predictor:
         model trained with `preprocess.missing: drop`, those with every feature present."""
         numeric = [n["name"] for n in self.preprocess["numeric"]]
         gaps = data[inputs].isna()
-        if numeric:  # text where a number belongs is missing too, as in training
-            gaps[numeric] = gaps[numeric] | data[numeric].apply(pd.to_numeric, errors="coerce").isna()
+        if numeric:  # text where a number belongs is missing too, as in training: said, by value
+            coerced = data[numeric].apply(pd.to_numeric, errors="coerce")
+            for name in numeric:
+                text = data[name].notna() & coerced[name].isna()
+                if text.any():
+                    shown = ", ".join(repr(v) for v in pd.unique(data.loc[text, name].astype(str))[:3])
+                    notes.append(f"{where}: column '{name}': {int(text.sum())} value(s) are not numbers "
+                                 f"({shown}); read as missing")
+            gaps[numeric] = gaps[numeric] | coerced.isna()
         incomplete = gaps.any(axis=1).to_numpy()
         count = int(incomplete.sum())
         rule = ((self.job.get("preprocess") or {}).get("missing")) or "impute"
@@ -190,6 +197,12 @@ def read_input(path: Path, na_values: list[str] | None = None) -> pd.DataFrame |
     if not path.is_file():
         raise QtrainError(f"{path}: file not found")
     name = path.name.lower()
+    if not name.endswith((".npy", ".npz", ".parquet", ".pq")):
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        if b"\0" in head:
+            raise QtrainError(f"{path}: not a table: it holds binary data (NUL bytes)",
+                              hint="give a CSV/TSV or Parquet table, or .npy/.npz images")
     if name.endswith(".npy"):
         return np.load(path, allow_pickle=False)
     if name.endswith(".npz"):
@@ -205,3 +218,6 @@ def read_input(path: Path, na_values: list[str] | None = None) -> pd.DataFrame |
                            low_memory=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise QtrainError(f"{path}: cannot read it as CSV ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise QtrainError(f"{path}: not utf-8 text ({exc.reason} at byte {exc.start})",
+                          hint="save it as utf-8, or give a Parquet file") from None

@@ -316,13 +316,16 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         job = lj.job
         key = json.dumps([job.data.model_dump(), job.preprocess.model_dump(),
                           job.split.model_dump()], sort_keys=True, default=str)
+        t_build = time.perf_counter()
         if key in cache:
             prev = cache[key]
             arch = make_arch(job.model, prev.prepared.input_shape, prev.prepared.n_outputs, lj.base_dir)
             b = Built(prev.data, prev.prepared, arch, build_from_arch(arch),
                       select_device(job.train.device))
+            prepare_seconds = report["models"][0]["prepare_seconds"]  # a trial loads the same data
         else:
             b = cache[key] = build(lj)
+            prepare_seconds = time.perf_counter() - t_build
         p = b.prepared
         trainer = Trainer(b.model, p, job, b.device, "check")
         n = min(len(p.y["train"]), 32)
@@ -350,8 +353,10 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         finally:
             torch.set_num_threads(threads)
         step_seconds = min(timed)
+        t_eval = time.perf_counter()  # what the run's final evaluation costs, on every split
         for split in p.splits:
             predict_split(b.model, p, trainer.data.x[split])
+        evaluate_seconds = time.perf_counter() - t_eval
         total, trainable = count_parameters(b.model)
         if i == 0:
             report.update(_describe_prepared(b, loaded))
@@ -360,7 +365,8 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
             "trial": i if loaded.trials else None,
             "overrides": loaded.trials[i] if loaded.trials else None,
             "parameters": total, "trainable": trainable, "first_step_loss": loss,
-            "step_seconds": step_seconds, "step_rows": int(len(xt))})
+            "step_seconds": step_seconds, "step_rows": int(len(xt)),
+            "prepare_seconds": prepare_seconds, "evaluate_seconds": evaluate_seconds})
         report["device"] = str(b.device)
     return report
 

@@ -7,6 +7,7 @@ under --json, so that stdout's last line stays the one JSON object scripts read.
 from __future__ import annotations
 
 import csv
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +18,14 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from rich.table import Table
 
 from jobs.results import CONFUSION, SweepSummary
+
+
+def printable(text: str) -> str:
+    """User text (notes, tags) as it may go to a terminal: control and format characters (escape
+    sequences, bells, bidirectional overrides) written out as escapes, never sent raw; newlines
+    and tabs stay."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf")
+                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 class Ui:

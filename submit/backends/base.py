@@ -96,6 +96,7 @@ class Pricing:
     gpu: bool = False
     shared_cores: int | None = None  # None: each instance has a node of its own
     emulated: bool = False  # the emulator's own rates, not a price
+    startup_seconds: float = 0.0  # a bound on an instance's start, unless the price table sets one
 
 
 @dataclass

@@ -183,6 +183,22 @@ def entrypoint() -> None:
     sys.exit(code)
 
 
+def output_file(path: Path, option: str) -> Path:
+    """A file the command will write, checked before any work: not a folder, in a folder that
+    exists and can be written."""
+    if path.is_dir():
+        raise QtrainError(f"{option} {path}: is a folder", hint=f"give a file name, e.g. {option} {path / 'out'}"
+                                                                 f"{path.suffix or ''}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise QtrainError(f"{option} {path}: its folder {folder} does not exist", hint="make it first, or "
+                                                                                       "give another path")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise QtrainError(f"{option} {path}: cannot be written here (permission denied)",
+                          hint="give a path in a folder you can write to")
+    return path
+
+
 YesOption = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 

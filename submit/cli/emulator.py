@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
+from jobs.errors import QtrainError
 from submit.cli.common import JsonOption, YesOption, app, command, confirm, console
+
+
+def _port(value: int, option: str = "--port") -> int:
+    if not 0 <= value <= 65535:
+        raise QtrainError(f"{option} {value}: a TCP port is 0 to 65535", hint="0 picks any free port")
+    return value
 
 
 # ------------------------------------------------------------------------------------ emulator
@@ -37,7 +44,7 @@ def emulator_start(executor: Optional[str] = ExecutorOption,
     raises the account limits (e.g. max_running_tasks=2)."""
     from submit.emulator import daemon
 
-    ep, started = daemon.start(executor, port=port, state=state)
+    ep, started = daemon.start(executor, port=_port(port), state=state)
     _print_emulator(ep, "started" if started else "already running", as_json)
 
 
@@ -66,7 +73,8 @@ def emulator_reset(state: Optional[str] = StateOption, yes: bool = YesOption) ->
 
 @command("status", group=emulator_app)
 def emulator_status(as_json: bool = JsonOption) -> None:
-    """Is the daemon running, where, with which executor."""
+    """Is the daemon running, where, with which executor; do its API and its storage answer (exit
+    status 1, with what to do, when one of them does not)."""
     from submit.emulator import daemon
 
     ep = daemon.running()
@@ -76,15 +84,25 @@ def emulator_status(as_json: bool = JsonOption) -> None:
         else:
             console.print("the emulator is not running (qtrain emulator start, or just qtrain run)")
         return
-    _print_emulator(ep, "running", as_json)
+    found = daemon.health(ep)
+    _print_emulator(ep, "running", as_json, found)
+    silent = [part for part, how in found.items() if how != "answers"]
+    if silent:
+        if not as_json:
+            for part in silent:
+                console.print(f"  its {part} {found[part]}", style="red", highlight=False, markup=False)
+            console.print("  restart it: qtrain emulator stop; qtrain emulator start (tasks and buckets are "
+                          "kept; a task running now ends as Failure, with what it uploaded)",
+                          highlight=False, markup=False)
+        raise typer.Exit(1)
 
 
-def _print_emulator(ep, state: str, as_json: bool) -> None:
+def _print_emulator(ep, state: str, as_json: bool, health: dict[str, str] | None = None) -> None:
     from submit.emulator import daemon
 
     info = {"running": True, "state": state, "url": ep.url, "s3_url": ep.s3_url, "pid": ep.pid,
             "executor": ep.executor, "log": str(ep.log), "token_file": str(daemon.token_file()),
-            "data": str(ep.data) if ep.data else None, "storage": ep.storage}
+            "data": str(ep.data) if ep.data else None, "storage_kind": ep.storage, **(health or {})}
     if as_json:
         print(json.dumps(info))
         return
@@ -104,5 +122,6 @@ def emulator_serve(port: int = typer.Option(8642, help="API port."),
     """Run the emulator in the foreground until Ctrl-C (for a container or a debugger)."""
     from submit.emulator import daemon
 
+    _port(port), _port(s3_port, "--s3-port")
     daemon.serve(port=port, token=token, executor=executor or daemon.default_executor(), s3_port=s3_port,
                  announce=lambda m: console.print(m, highlight=False), state=state)

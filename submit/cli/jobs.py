@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from jobs.errors import QtrainError
-from submit.cli.common import (SetOption, RecheckOption, _load, _open_run, command, console,
+from submit.cli.common import (SetOption, RecheckOption, _load, _open_run, command, console, output_file,
                                err_console)
 
 
@@ -109,6 +109,8 @@ def predict(
     from runner.api import load_model, read_input
     from submit.ui import metrics_table
 
+    if out is not None:
+        output_file(out, "--out")  # before the model is loaded and the data read
     is_path = Path(run).exists() or "/" in run or run.endswith(".pt")
     predictor = load_model(run if is_path else _run_model_dir(run, store_dir))
     na_values = (predictor.job.get("data") or {}).get("na_values")

@@ -11,7 +11,7 @@ from rich.table import Column, Table
 
 from jobs.errors import QtrainError
 from submit.cli.common import (RUN_HELP, JsonOption, RunArgument, StoreOption, YesOption, _open_run, _store,
-                               app, command, confirm, console, err_console)
+                               app, command, confirm, console, err_console, output_file)
 
 results_app = typer.Typer(help="List, show, compare, tag and export the runs in the results store. "
                                "RUN is " + RUN_HELP[len("A run: "):],
@@ -66,6 +66,8 @@ def results_list(
     chosen on validation).  Runs whose task has ended are retrieved on the way."""
     from submit.results.query import TASK_COLUMNS, select
 
+    if limit < 0:
+        raise QtrainError(f"--limit {limit}: give how many runs to show (0: all)")
     store = _store(store_dir)
     wanted = [_tag_filter(t) for t in tag or []]  # refused before anything is asked of a backend
     runs = store.list()
@@ -133,7 +135,9 @@ def _tag_filter(item: str) -> tuple[str, str | None]:
 
 
 def _tags(tags: dict[str, str]) -> str:
-    return " ".join(k if not v else f"{k}={v}" for k, v in tags.items())
+    from submit.ui import printable
+
+    return printable(" ".join(k if not v else f"{k}={v}" for k, v in tags.items()))
 
 
 # ------------------------------------------------------------------------------------- show
@@ -147,7 +151,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     from submit.results.query import flatten, user_job
     from submit.run.retrieve import backend_for, refresh
     from submit.run.summary import summary
-    from submit.ui import Ui, confusion_table, fmt, metrics_table, trials_table
+    from submit.ui import Ui, confusion_table, fmt, metrics_table, printable, trials_table
 
     store, record = _open_run(run_ref, store_dir)
     if record.pending:
@@ -185,7 +189,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     if record.tags:
         t.add_row("tags", _tags(record.tags))
     if record.note:
-        t.add_row("note", record.note)
+        t.add_row("note", printable(record.note))
     t.add_row("job / dataset hash", f"{record.job_hash[:12]} / {record.dataset_hash[:12]}")
     t.add_row("uploaded", f"{record.uploaded_bytes:,} bytes")
     if record.done:
@@ -251,6 +255,8 @@ def results_compare(
     from submit.results.compare import compare_runs, curves, short
     from submit.ui import fmt
 
+    if plot is not None:
+        output_file(plot, "--plot")
     store = _store(store_dir)
     records = [store.get(r) for r in run_refs]
     if len(records) == 1 and not records[0].trials:
@@ -357,17 +363,24 @@ def results_gc(yes: bool = YesOption,
                                                  help="Leave temporary files and unsubmitted runs "
                                                       "younger than this (work going on now)."),
                as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
-    """Clean the store: folders no run owns (left by a crash or by hand), temporary files of
-    retrievals that died, and half-written runs (never given a task)."""
+    """Clean the store of what is provably debris: folders no run owns that hold nothing a run
+    produced, what a `results rm` that died left, temporary files of retrievals and reindexes
+    that died, and half-written runs (never given a task).  A folder holding a model, metrics, a
+    checkpoint or run.json is never removed, whatever the index says: it is named instead
+    (`qtrain results reindex` indexes it)."""
     from submit.store.gc import collect
     from submit.store.gc import garbage as find_garbage
 
     store = _store(store_dir)
     garbage = find_garbage(store, older_than)
+    kept = [str(p) for p in garbage.pop("kept_with_results")]
     found = {k: [str(p) for p in v] for k, v in garbage.items()}
     total = sum(len(v) for v in found.values())
+    for item in kept:
+        err_console.print(f"kept (it holds results, and no run in the index owns it; qtrain results reindex "
+                          f"indexes it): {item}", highlight=False, markup=False)
     if as_json and (dry_run or not total):
-        print(json.dumps({"removed": False, **found}))
+        print(json.dumps({"removed": False, **found, "kept_with_results": kept}))
         return
     for kind, items in found.items():
         for item in items:
@@ -381,35 +394,36 @@ def results_gc(yes: bool = YesOption,
         confirm(f"remove these {total} item(s)?")
     collect(store, garbage)
     if as_json:
-        print(json.dumps({"removed": True, **found}))
+        print(json.dumps({"removed": True, **found, "kept_with_results": kept}))
     else:
         console.print(f"removed {total} item(s)", highlight=False, markup=False)
 
 
 @command("reindex", group=results_app)
-def results_reindex(yes: bool = YesOption, as_json: bool = JsonOption,
-                    store_dir: Optional[Path] = StoreOption) -> None:
-    """Rebuild the store's index (index.sqlite) from the run folders, each of which keeps a copy
-    of its own entry: for an index that was lost, truncated or damaged.  The old index is kept
-    beside it as index.sqlite.damaged-<time>."""
+def results_reindex(yes: bool = typer.Option(False, "--yes", "-y", hidden=True, help="(accepted; it asks nothing)"),
+                    as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
+    """Rebuild the store's index (index.sqlite) from the run folders, for an index that was lost,
+    truncated or damaged.  No run folder is ever left out: a run is taken from its own record, or,
+    when that cannot be read, from the old index, or from the files in its folder (run.json,
+    metrics), then tagged needs-attention and listed.  The new index holds every run the old one
+    did; the old one is kept as index.sqlite.bak."""
     from jobs import settings
     from submit.store import Store
     from submit.store.reindex import reindex as rebuild
 
-    store = Store(settings.paths().store_dir(store_dir), open_index=False)
-    if not yes:
-        confirm(f"rebuild {store.db_path} from the run folders in {store.root / 'runs'}?")
-    found = rebuild(store)
+    found = rebuild(Store(settings.paths().store_dir(store_dir), open_index=False))
     if as_json:
         print(json.dumps(found))
         return
-    console.print(f"indexed {found['runs']} run(s) from their folders"
-                  + (f"; the old index is {found['old_index']}" if found["old_index"] else ""), highlight=False,
-                  markup=False)
-    if found["skipped"]:
-        err_console.print(f"{len(found['skipped'])} folder(s) without a run record (made by an older "
-                          f"qtrain, or not runs): {', '.join(found['skipped'][:5])}", style="yellow",
-                          highlight=False, markup=False)
+    console.print(f"indexed {found['runs']} run(s) (the old index was {found['old_index']}"
+                  + (f"; kept as {found['backup']}" if found["backup"] else "") + ")", highlight=False, markup=False)
+    if found["repaired"]:
+        console.print(f"{len(found['repaired'])} run record(s) written again from the old index: "
+                      f"{', '.join(found['repaired'][:5])}", highlight=False, markup=False)
+    for run_id in found["needs_attention"]:
+        err_console.print(f"needs attention: {run_id}: its record {found['reasons'][run_id]}; rebuilt from "
+                          f"its folder's files (tag needs-attention)", style="yellow", highlight=False,
+                          markup=False)
 
 
 # ----------------------------------------------------------------------------------- export

@@ -192,8 +192,10 @@ def resume(
 ) -> None:
     """Continue a failed, cancelled or killed run from its latest checkpoint, in a new task on the
     same backend and profile: weights, optimiser, schedule, random state and epoch carry on, so
-    the result is the one an uninterrupted run would have given.  The new run records the one it
-    resumes (`resumed_from`); it reads the data from where the first run did, unchanged."""
+    the result is the one an uninterrupted run would have given.  A succeeded run goes on only
+    with --epochs above the epochs it trained (the new total).  The new run records the one it
+    resumes (`resumed_from`); it reads the data from where the first run did, unchanged.  One
+    resume of a run at a time."""
     from submit.backends import get_backend
     from submit.run.resume import resume_job
     from submit.run.retrieve import refresh
@@ -206,9 +208,17 @@ def resume(
     be = get_backend(record.backend)
     if record.pending:
         record = refresh(record, be, store, Ui(json_mode=True))
-    loaded = resume_job(record, epochs)
-    new = submit_run(loaded, be, store, ui, profile=record.profile, resume=record,
-                     tags=record.tags, note=f"resumes {record.run_id}")
+    with store.run_lock(record.run_id, "resume", wait=False) as alone:
+        if not alone:
+            raise QtrainError(f"run {record.run_id}: another qtrain is resuming it now",
+                              hint="wait for it: qtrain results list shows the run it makes")
+        earlier = [r.run_id for r in store.list() if r.info.get("resumed_from") == record.run_id]
+        if earlier:
+            ui.warn(f"run {record.run_id} was resumed before, as {', '.join(earlier)}: this is one more "
+                    f"continuation of the same checkpoint")
+        loaded = resume_job(record, store, epochs)
+        new = submit_run(loaded, be, store, ui, profile=record.profile, resume=record,
+                         tags=record.tags, note=f"resumes {record.run_id}")
     ui.say(f"resuming {record.run_id} from its checkpoint as run {new.run_id}")
     if detach:
         if as_json:

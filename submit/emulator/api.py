@@ -22,13 +22,12 @@ from typing import Any, Callable
 
 from jobs import settings
 from submit.emulator import footprint
-from submit.emulator.fields import RequestError
+from submit.emulator.fields import EMAIL, RequestError
 from submit.emulator.filters import matches
 from submit.emulator.manager import TaskManager
 from submit.emulator.pools import Pools
 from submit.emulator.wire import PROFILES, task_json
 
-EMAIL = "emulator@qtrain.local"
 
 Route = tuple[str, re.Pattern, Callable[..., Any], bool]  # method, path, handler, wants the query
 

@@ -1,7 +1,8 @@
 """The emulator as a process: `serve` in the foreground, or a detached daemon found through its
 state file (`<state dir>/emulator/daemon.json`: pid, API and S3 URLs, executor, log, data folder).
 
-What it keeps lives in its data folder (`<state dir>/emulator/`, or `--state DIR`), and outlives it:
+What it keeps lives in its data folder (`<state dir>/emulator/`, or `--state DIR`), and outlives it;
+one emulator at a time serves a data folder (it holds `emulator.lock`, which names its pid):
     tasks.sqlite   every task, its states, errors and outputs (state.py)
     s3/            the buckets, on disk (SeaweedFS, s3server.py)
     cache/         resources downloaded for instances (by ETag)
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from jobs import settings
 from jobs.errors import QtrainError
@@ -62,7 +63,36 @@ def log_file() -> Path:
 
 def data_dir(state: str | Path | None = None) -> Path:
     """Where the emulator keeps its tasks and buckets: --state DIR, else its home."""
-    return Path(state).expanduser().absolute() if state else home()
+    folder = Path(state).expanduser().absolute() if state else home()
+    if folder.exists() and not folder.is_dir():
+        raise QtrainError(f"--state {folder}: not a folder", hint="give the folder the emulator keeps its "
+                                                                  "tasks and buckets in (it is made if missing)")
+    return folder
+
+
+LOCK = "emulator.lock"  # in the data folder: held by the emulator that serves it, and naming its pid
+
+
+def hold_data(data: Path) -> IO[str]:
+    """The data folder, for this emulator alone: an exclusive lock held for as long as the returned
+    file is open (a kill -9 releases it).  A second emulator is refused before it touches anything
+    of the first's (its identity, its pid files, its storage, its tasks)."""
+    data.mkdir(parents=True, exist_ok=True)
+    lock = open(data / LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise QtrainError(f"the emulator's data folder {data} is in use by another emulator (pid {holder})",
+                          hint="stop that one first (qtrain emulator stop, or Ctrl-C where it serves), or give "
+                               "this one a folder of its own with --state DIR") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 # what `emulator reset` wipes (daemon.json, the log and the start lock stay)
@@ -95,19 +125,29 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     """Run the API and S3 servers until SIGTERM/SIGINT; abort every task on the way out.  Tasks and
     buckets are kept in the data folder: a restart finds them (those that were running end as
     Failure).  `keeper`: the process that cleans up after this one (supervisor.py)."""
-    from submit.emulator.api import EMAIL, Api, make_server
-    from submit.emulator.executors import make_executor
     from submit.emulator.fields import Limits
+
+    given = settings.emulator()  # every setting of the emulator, refused before anything starts
+    limits = Limits.configured()
+    data = data_dir(state)
+    lock = hold_data(data)  # before anything of the folder is read or written
+    try:
+        _serve(data, port, token or ensure_token(), executor, host, s3_port, write_state, announce, keeper,
+               given, limits)
+    finally:
+        lock.close()
+
+
+def _serve(data: Path, port: int, token: str, executor: str, host: str, s3_port: int, write_state: bool,
+           announce, keeper: int | None, given: settings.Emulator, limits) -> None:
+    from submit.emulator.api import Api, make_server
+    from submit.emulator.executors import make_executor
+    from submit.emulator.fields import EMAIL
     from submit.emulator.manager import TaskManager
     from submit.emulator.s3server import make_s3
     from submit.emulator.state import StateError, TaskStore
     from submit.emulator.storage import Storage
 
-    given = settings.emulator()  # every setting of the emulator, refused before anything starts
-    limits = Limits.configured()
-    token = token or ensure_token()
-    data = data_dir(state)
-    data.mkdir(parents=True, exist_ok=True)
     # the executor first: its warm interpreter imports torch while the S3 server comes up (a cold
     # first run waits for both; one after the other cost ~2 s more)
     runner = make_executor(executor)
@@ -154,9 +194,13 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
     restored = len(manager.tasks)
     announce(f"qtrain emulator: API {url}  S3 {s3_url} ({s3.kind})  executor {executor}  data {data}"
              f"{f'  ({restored} tasks kept)' if restored else ''}  (pid {os.getpid()})")
+    if hasattr(s3, "restart"):
+        threading.Thread(target=watch_storage, args=(s3, announce, stopping), name="storage-watch",
+                         daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        stopping.set()  # the storage is stopped on purpose from here on
         manager.shutdown()
         manager.executor.close()
         shutil.rmtree(manager.work_dir, ignore_errors=True)
@@ -165,6 +209,49 @@ def serve(port: int = 0, token: str | None = None, executor: str = "process", ho
         if write_state:
             _clear_state(os.getpid())
         announce("qtrain emulator: stopped")
+
+
+def watch_storage(s3, announce, stopping: threading.Event, every: float = 0.5) -> None:
+    """Restart the storage server on the same data whenever it dies (a crash, an OOM kill, a stray
+    kill -9), until the daemon stops; the transfers under way retry meanwhile (storage.py)."""
+    while not stopping.wait(every):
+        code = s3.exit_status()
+        if code is None:
+            continue
+        old = s3.pid
+        started = time.monotonic()
+        try:
+            s3.restart()
+        except QtrainError as exc:
+            announce(f"qtrain emulator: the storage (weed, pid {old}) died (exit status {code}) and could not be "
+                     f"restarted: {exc.one_line()}; trying again in 5 s")
+            stopping.wait(5)
+            continue
+        announce(f"qtrain emulator: the storage (weed, pid {old}) died (exit status {code}): restarted it on "
+                 f"the same data (weed, pid {s3.pid}, answering after {time.monotonic() - started:.1f} s)")
+
+
+def health(endpoint: Endpoint, timeout: float = 5.0) -> dict[str, str]:
+    """Whether the daemon's API and its storage answer now: "answers", or why not."""
+    import urllib.error
+    import urllib.request
+
+    from submit.emulator.fields import EMAIL
+    from submit.emulator.s3server import s3_client
+
+    found = {}
+    request = urllib.request.Request(f"{endpoint.url}/info", headers={"Authorization": endpoint.token})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            found["api"] = "answers" if answer.status == 200 else f"answers {answer.status}"
+    except (OSError, urllib.error.URLError) as exc:
+        found["api"] = f"does not answer ({getattr(exc, 'reason', exc)})"
+    try:
+        s3_client(endpoint.s3_url, EMAIL, endpoint.token, attempts=1, timeout=timeout).list_buckets()
+        found["storage"] = "answers"
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        found["storage"] = f"does not answer ({type(exc).__name__}: {str(exc)[:120]})"
+    return found
 
 
 def _remove_old_work_dirs(root: Path, announce=print) -> None:

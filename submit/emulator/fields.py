@@ -16,6 +16,7 @@ from typing import Any
 from jobs import settings
 
 NOT_RUNNING = "invalid operation on non running task"  # Qarnot's 403 for an ended task
+EMAIL = "emulator@qtrain.local"  # the emulated account (`/info`), and its storage access key
 
 
 class RequestError(Exception):

@@ -94,16 +94,50 @@ class SeaweedS3:
         self.direct_url = ""  # weed's own S3 port (the emulator's staging and uploads)
 
     def start(self, timeout: float = 60) -> str:
-        data = self.folder / "data"
-        data.mkdir(parents=True, exist_ok=True)
+        (self.folder / "data").mkdir(parents=True, exist_ok=True)
         self._kill_leftover()
         (self.folder / "master.toml").write_text(MASTER_TOML)
         ids = self.folder / "identities.json"  # holds the token: created 0600 before it has content
         atomic_write(ids, json.dumps({"identities": [{"name": "qarnot", "credentials": [
             {"accessKey": self.access_key, "secretKey": self.secret}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}), mode=0o600)
+        self.ports = free_ports(10, self.host)
+        self._launch()
+        try:
+            self._wait_ready(timeout)
+        except QtrainError:
+            self.stop()
+            raise
+        client = s3_client(self.direct_url, self.access_key, self.secret)
+        self.front = S3Front(self.direct_url, self.host, self.s3_port, bucket_names=lambda: {
+            b["Name"] for b in client.list_buckets().get("Buckets") or []}, on_created=self._first_volume)
+        self.url = self.front.start()
+        return self.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def exit_status(self) -> int | None:
+        """None while `weed` runs; its exit status once it has died."""
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self, timeout: float = 60) -> None:
+        """`weed` again, on the same data and ports (the front and the emulator's own client point
+        there), once it has died.  QtrainError when it does not come up."""
+        self._launch()
+        try:
+            self._wait_ready(timeout)
+        except QtrainError:
+            self.proc.kill()  # up but not answering: the next try starts afresh
+            self.proc.wait(10)
+            raise
+
+    def _launch(self) -> None:
+        data = self.folder / "data"
+        ids = self.folder / "identities.json"
         (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, s3,
-         admin, admin_grpc) = free_ports(10, self.host)
+         admin, admin_grpc) = self.ports
         cmd = [self.weed, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
                f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                "-master.electionTimeout=300ms", "-master.volumeSizeLimitMB=256",
@@ -120,12 +154,6 @@ class SeaweedS3:
         (self.folder / "weed.pid").write_text(str(self.proc.pid))
         self.direct_url = f"http://{self.host}:{s3}"
         self.master_url = f"http://{self.host}:{master}"
-        self._wait_ready(timeout)
-        client = s3_client(self.direct_url, self.access_key, self.secret)
-        self.front = S3Front(self.direct_url, self.host, self.s3_port, bucket_names=lambda: {
-            b["Name"] for b in client.list_buckets().get("Buckets") or []}, on_created=self._first_volume)
-        self.url = self.front.start()
-        return self.url
 
     def _wait_ready(self, timeout: float) -> None:
         """Up when a signed request with the identity lists the buckets (the S3 port opens before
@@ -147,7 +175,6 @@ class SeaweedS3:
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
             time.sleep(0.1)
-        self.stop()
         tail = ""
         try:
             tail = " | ".join((self.folder / "weed.log").read_text(errors="replace").strip().splitlines()[-3:])

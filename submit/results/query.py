@@ -190,6 +190,10 @@ def select(runs: list[RunRecord], *, job: str | None = None, tags: list[tuple[st
     for text in where:
         cond = Condition.parse(text)
         fields.require(runs, cond.field, "--where")
+        if cond.op in (">", ">=", "<", "<=") and _number(cond.value) is None and any(
+                _number(fields.value(r, cond.field)) is not None for r in runs):
+            raise QtrainError(f"--where {text!r}: {cond.field} holds numbers, and {cond.value!r} is not a number",
+                              hint=f"e.g. --where '{cond.field}{cond.op}0.9'")
         runs = [r for r in runs if cond.holds(fields.value(r, cond.field))]
     if sort:
         field = sort.lstrip("-+")

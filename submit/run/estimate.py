@@ -7,7 +7,9 @@ and a price table:
     steps/epoch  = ceil(train rows / batch size)
     step         = the check's step (timed at the training's batch size, on one thread) x OVERHEAD
                    (the optimiser's update, batching); plus the evaluation of val each epoch
-    trial time   = epochs x epoch time + startup            (early stopping can only shorten it)
+    trial time   = startup + MARGIN x (the check's data loading and preparation + epochs x epoch
+                   time + the check's final evaluation + REPORT_SECONDS for the results' files)
+    (an upper bound: early stopping only shortens a run; bench/estimate.py checks it is one)
     wall time    = the longest trial where each instance has a node of its own (Qarnot); where
                    instances share the cores (the local emulator), trials in waves of as many as
                    there are cores
@@ -31,7 +33,7 @@ The price table is `~/.config/qtrain/prices.toml` (QTRAIN_PRICES), any key may b
     watts = 300
     startup_seconds = 90
     [local] # the local emulator (its model: submit/emulator/footprint.py)
-    startup_seconds = 0.5
+    startup_seconds = 8   # default: the executor's bound (docker 8: a fresh container; process 4)
 
 Where the defaults come from: Qarnot's rates are set per contract and not published in a form we
 could check, so the CPU and GPU rates are the order of magnitude of public on-demand cloud prices
@@ -58,10 +60,12 @@ from submit.backends.base import Pricing
 
 OVERHEAD = 1.25  # a full step (optimiser update, batching) over the check's forward + backward
 EVAL_SHARE = 0.35  # an evaluation row costs this share of a training row (no backward)
+MARGIN = 1.5  # on everything timed once by the check: a busy machine, the epoch's own small work
+REPORT_SECONDS = 1.5  # the results' files: 2-3 PNGs, model.pt, predictions, run.json (0.3-0.6 s here)
 DEFAULTS: dict[str, dict[str, float]] = {
     "cpu": {"eur_per_core_hour": 0.04, "cores": 8, "watts_per_core": 12.0, "startup_seconds": 60.0},
     "gpu": {"eur_per_hour": 1.0, "watts": 300.0, "startup_seconds": 90.0},
-    "local": {"startup_seconds": 0.5},
+    "local": {},  # startup_seconds: the backend's bound for its executor (Pricing.startup_seconds)
 }
 
 
@@ -78,9 +82,15 @@ def prices() -> dict[str, dict[str, float]]:
     table = {k: dict(v) for k, v in DEFAULTS.items()}
     table["local"].update({"eur_per_core_hour": emulated.eur_per_core_hour,
                            "watts_per_core": emulated.watts_per_core})
-    path = prices_file()
+    path, named = settings.paths().prices_file()
     if not path.is_file():
+        if named:  # a table the user named, and meant: never the defaults in its place
+            raise QtrainError(f"QTRAIN_PRICES={path}: no such file", hint="fix the path, or unset QTRAIN_PRICES "
+                                                                         "(then prices.toml in the config folder, "
+                                                                         "else the defaults, apply)")
         return table
+    if path.stat().st_size > 1 << 20:
+        raise QtrainError(f"{path}: a price table is a few lines of TOML, not {path.stat().st_size:,} bytes")
     try:
         given = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -145,7 +155,9 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
         batch = resolve_batch_size(job.train.batch_size, max(rows, 1), images)
         per_step = step * max(1.0, batch / measured) * OVERHEAD
         epoch = per_step * (math.ceil(rows / batch) + EVAL_SHARE * math.ceil(val_rows / batch))
-        times.append(job.train.epochs * epoch + rates["startup_seconds"])
+        fixed = float(model.get("prepare_seconds") or 0.0) + float(model.get("evaluate_seconds") or 0.0)
+        startup = rates.get("startup_seconds", pricing.startup_seconds)
+        times.append(startup + MARGIN * (job.train.epochs * epoch + fixed + REPORT_SECONDS))
     basis = [f"{rows} training rows, {jobs[0].train.epochs} epoch(s), one step timed on this machine "
              f"({models[0].get('step_seconds', 0) * 1000:.1f} ms for {models[0].get('step_rows', 0)} rows)"
              if models else "no timed step in the check report: startup only"]

@@ -1,5 +1,13 @@
 """`qtrain resume RUN`: a new task that continues a run from its retrieved checkpoints, on the
-data the run read (refused when that data changed since)."""
+data the run read, and only when that means what it says:
+
+- a failed or cancelled run goes on to its own epochs (or `--epochs`, its new total);
+- a succeeded run has trained them all: it goes on only with `--epochs` above them;
+- `--epochs` at or below the epoch a checkpoint was written after is refused (nothing to train);
+- a data file that is gone is named as missing, one that changed is refused (the checkpoint
+  belongs to the old data);
+- one resume of a run at a time (`Store.run_lock(run, "resume")`, held by the command).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +18,36 @@ from jobs.errors import QtrainError
 from jobs.files import job_files
 from jobs.load import LoadedJob, load_job_dict, set_dotted
 from jobs.results import CHECKPOINT, OUT, dataset_hash, trial_dir
+from jobs.spec import is_builtin_source
+from runner.api import checkpoint_epoch
 from submit.run.package import PackageFile, extra_file
 from submit.store import RunRecord, Store
 
 
-def resume_job(run: RunRecord, epochs: int | None = None) -> LoadedJob:
-    """The job a run ran, read again from the user's own files (the store keeps where they were);
-    refused when those files changed since (the checkpoint was trained on the old data)."""
+def resume_job(run: RunRecord, store: Store, epochs: int | None = None) -> LoadedJob:
+    """The job a run ran, read again from the user's own files (the store keeps where they were),
+    to train on to `epochs` (default: the run's own) from its checkpoints; a one-line refusal
+    when that would not mean what it says (see above)."""
     if not run.done:
         raise QtrainError(f"run {run.run_id}: it is {run.state}; a run can be resumed once it has "
                           "ended", hint=f"qtrain cancel {run.run_id} first, or wait for it")
+    planned = int((run.job.get("train") or {}).get("epochs") or 0)
+    reached = max(_checkpoint_epochs(run, store).values())
+    total = epochs if epochs is not None else planned
+    if run.state == "succeeded" and epochs is None:
+        raise QtrainError(f"run {run.run_id} succeeded: it trained {reached} epoch(s) and is done",
+                          hint=f"qtrain resume {run.run_id} --epochs N, N above {reached}, trains on to N in all")
+    if total <= reached:
+        given = f"--epochs {epochs}" if epochs is not None else f"its own {planned} epoch(s)"
+        raise QtrainError(f"run {run.run_id}: its checkpoint is at epoch {reached}, so {given} leaves "
+                          f"nothing to train", hint=f"give --epochs above {reached}")
     raw = copy.deepcopy(run.job)
     for key, path in (run.info.get("data") or {}).items():
+        if not Path(path).exists() and not is_builtin_source(path):
+            raise QtrainError(f"run {run.run_id}: its {key} {path} is missing (the run read it from there)",
+                              hint="put it back, or qtrain run the job afresh on other data")
         set_dotted(raw, key, path)
-    if epochs is not None:
-        set_dotted(raw, "train.epochs", epochs)
+    set_dotted(raw, "train.epochs", total)
     loaded = load_job_dict(raw, Path.cwd(), source=f"run {run.run_id}")
     now = dataset_hash(loaded.job, job_files(loaded.job, loaded.base_dir))
     if now != run.dataset_hash:
@@ -34,17 +57,23 @@ def resume_job(run: RunRecord, epochs: int | None = None) -> LoadedJob:
     return loaded
 
 
-def resume_checkpoints(run: RunRecord, store: Store) -> list[PackageFile]:
-    """The run's retrieved checkpoints, as files the new task finds where the runner resumes
-    from (out/checkpoint.pt, out/trial-<i>/checkpoint.pt)."""
-    found = []
+def _checkpoint_epochs(run: RunRecord, store: Store) -> dict[int | None, int]:
+    """Each trial's retrieved checkpoint and the epoch it was written after (0 when unreadable)."""
+    found = {}
     for trial in range(run.trials) if run.trials else [None]:
         local = store.artifacts_dir(run.run_id, trial) / CHECKPOINT
         if local.is_file():
-            where = OUT if trial is None else f"{OUT}/{trial_dir(trial)}"
-            found.append(extra_file(f"{where}/{CHECKPOINT}", local))
+            found[trial] = checkpoint_epoch(local) or 0
     if not found:
         raise QtrainError(f"run {run.run_id}: no checkpoint in the store to resume from",
                           hint=f"qtrain fetch {run.run_id} retrieves what its task uploaded; "
                                "train.checkpoint_minutes / checkpoint_every make them")
     return found
+
+
+def resume_checkpoints(run: RunRecord, store: Store) -> list[PackageFile]:
+    """The run's retrieved checkpoints, as files the new task finds where the runner resumes
+    from (out/checkpoint.pt, out/trial-<i>/checkpoint.pt)."""
+    return [extra_file(f"{OUT if trial is None else f'{OUT}/{trial_dir(trial)}'}/{CHECKPOINT}",
+                       store.artifacts_dir(run.run_id, trial) / CHECKPOINT)
+            for trial in _checkpoint_epochs(run, store)]

@@ -19,7 +19,7 @@ from submit.backends import Backend
 from submit.backends.base import TaskRequest
 from submit.image import image_digest, stale_image
 from submit.run.checks import check
-from submit.run.estimate import Estimate, estimate, refuse_over
+from submit.run.estimate import Estimate, estimate, prices, refuse_over
 from submit.run.package import Package, build_package
 from submit.run.resume import resume_checkpoints
 from submit.store import RunRecord, Store
@@ -103,6 +103,7 @@ def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
     """Check the job (a verdict remembered for this job, data and code is not redone) and
     package it.  Nothing leaves the machine: every mistake is caught here, before any upload."""
     settings.submission(), settings.qarnot()  # every setting a submission reads, refused now
+    prices()  # and the price table of its estimate
     report, remembered = check(loaded, recheck)
     how = "passed before with this job, data and code" if remembered else "checked"
     for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them

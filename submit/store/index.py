@@ -37,6 +37,7 @@ from submit.store.records import FINAL_STATES, STATES, RunRecord, now, record_fr
 from submit.store.schema import SCHEMA, connect, migrate, read_only
 
 TRASH = ".trash"
+LOCKS = ".locks"  # runs/.locks/<run id>.<name>: the per-run locks (`Store.run_lock`)
 
 
 class Store:
@@ -204,6 +205,13 @@ class Store:
         """The run's index rows and its folder, together: the folder is first moved aside (one
         rename), the rows deleted in one transaction that re-checks the run has ended, then the
         folder deleted.  A crash in between leaves a folder in runs/.trash that `gc` removes."""
+        with self.run_lock(run_id, "fetch", wait=False) as free, self.run_lock(run_id, "resume", wait=False) as idle:
+            if not free or not idle:
+                raise QtrainError(f"run {run_id}: it is being {'retrieved' if not free else 'resumed'} by another "
+                                  f"qtrain", hint="wait for that to end, then remove it")
+            self._remove(run_id)
+
+    def _remove(self, run_id: str) -> None:
         folder = self.artifacts_dir(run_id)
         trash = self.root / "runs" / TRASH / f"{run_id}.{secrets.token_hex(3)}"
         trash.parent.mkdir(exist_ok=True)
@@ -236,11 +244,13 @@ class Store:
     @contextmanager
     def run_lock(self, run_id: str, name: str, wait: bool = True) -> Iterator[bool]:
         """An exclusive lock on one run (`submit`: its submission is under way; `fetch`: files are
-        being retrieved into its folder), held until the block ends or the process dies (a kill -9
-        too: flock).  Yields False without waiting when `wait` is False and another holds it."""
-        folder = self.artifacts_dir(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f".{name}.lock", "a") as fh:
+        being retrieved into its folder; `resume`: a run continues it), held until the block ends
+        or the process dies (a kill -9 too: flock).  Yields False without waiting when `wait` is
+        False and another holds it.  The lock files live in runs/.locks, apart from the run's
+        folder, which `remove` moves away while it holds them."""
+        locks = self.root / "runs" / LOCKS
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{run_id}.{name}", "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -253,7 +263,7 @@ class Store:
 
     def lock_held(self, run_id: str, name: str) -> bool:
         """Does a process (alive) hold this run's `name` lock now?"""
-        if not (self.artifacts_dir(run_id) / f".{name}.lock").exists():
+        if not (self.root / "runs" / LOCKS / f"{run_id}.{name}").exists():
             return False
         try:
             with self.run_lock(run_id, name, wait=False) as got:

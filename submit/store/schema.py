@@ -56,6 +56,15 @@ MIGRATIONS = (
 )
 
 
+# the runs table's columns, their type and whether they may be NULL: what a run's record may hold
+RUN_COLUMNS: dict[str, tuple[type, bool]] = {
+    "run_id": (str, False), "created": (str, False), "job_name": (str, False), "job_hash": (str, False),
+    "dataset_hash": (str, False), "backend": (str, False), "profile": (str, False), "task_uuid": (str, True),
+    "state": (str, False), "error": (str, True), "trials": (int, False), "uploaded_bytes": (int, False),
+    "job_json": (str, False), "retrieved": (int, False), "note": (str, True), "info_json": (str, False),
+}
+
+
 def columns(db: sqlite3.Connection) -> set[str]:
     return {r[1] for r in db.execute("PRAGMA table_info(runs)")}
 

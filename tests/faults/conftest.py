@@ -65,7 +65,7 @@ class World:
         return wait_for(lambda: self.task_state(uuid) if self.task_state(uuid) in until else None, timeout)
 
     def s3(self, secret: str | None = None):
-        from submit.emulator.api import EMAIL
+        from submit.emulator.fields import EMAIL
         from submit.emulator.s3server import s3_client
 
         return s3_client(self.daemon()["s3_url"], EMAIL, secret or self.token(), attempts=1, timeout=10)

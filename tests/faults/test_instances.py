@@ -54,7 +54,7 @@ def test_resume_continues_a_killed_run_to_the_uninterrupted_result(qtrain, store
         assert data["metrics"][split] == reference["metrics"][split], split
     assert data["metrics"]["train_loss"] == reference["metrics"]["train_loss"]
 
-    gone = qtrain("resume", reference["run_id"], "--store", store_dir)  # it has its final checkpoint
-    assert gone.code == 0  # nothing left to train: the same model, evaluated again
+    done = qtrain("resume", reference["run_id"], "--store", store_dir)  # succeeded: nothing left to train
+    assert done.code == 2 and "succeeded" in done.err and "--epochs" in done.err  # refused, nothing billed
     refused = qtrain("resume", run["run_id"], "--epochs", "0", "--store", store_dir)
     assert refused.code == 2 and "Traceback" not in refused.err

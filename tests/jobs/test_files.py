@@ -66,3 +66,60 @@ def test_valid_references_split_into_docker_repo_and_tag(image, repo, tag):
     from submit.backends.qarnot import split_image
 
     assert split_image(image) == (repo, tag)
+
+
+def _qtrain(*args, cwd, timeout=60):
+    """The CLI in a process of its own, so that a hang fails the test instead of the suite."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "submit", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "socket"])
+def test_a_special_file_as_data_is_refused_at_once_by_its_type(tmp_path, kind):
+    import os
+    import socket
+    import time
+
+    if kind == "device":
+        special = "/dev/zero"
+    elif kind == "fifo":
+        special = tmp_path / "pipe.csv"
+        os.mkfifo(special)
+    else:
+        special = tmp_path / "sock.csv"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(special))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: special\ntask: classification\ndata:\n  path: {special}\n  target: y\n")
+    for args in (("check", job), ("run", job, "--dry-run")):
+        started = time.monotonic()
+        result = _qtrain(*args, cwd=tmp_path)
+        assert time.monotonic() - started < 20
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "data.path" in lines[0] and str(special) in lines[0], result.stderr
+        assert {"device": "device", "fifo": "FIFO", "socket": "socket"}[kind] in lines[0]
+
+
+def test_a_special_file_inside_a_data_folder_is_refused_naming_it(tmp_path):
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.npy").write_bytes(b"")
+    os.mkfifo(folder / "b.npy")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: special\ntask: classification\ndata:\n  path: {folder}\n")
+    result = _qtrain("check", job, cwd=tmp_path)
+    assert result.returncode == 2 and "b.npy" in result.stderr and "FIFO" in result.stderr, result.stderr
+
+
+def test_a_job_file_is_read_only_up_to_a_bound(tmp_path):
+    job = tmp_path / "huge.yaml"
+    job.write_text("name: huge\ntask: classification\ndata: {path: palmerpenguins, target: species}\n"
+                   + "#" * (2 << 20) + "\n")
+    result = _qtrain("check", job, cwd=tmp_path)
+    assert result.returncode == 2 and "huge.yaml" in result.stderr and "MiB" in result.stderr, result.stderr

@@ -47,7 +47,7 @@ def test_kinds_that_callers_act_on():
     backend = LocalBackend()
     assert isinstance(translate(qx.MissingTaskException("x"), backend), TaskNotFound)
     lost = translate(requests.exceptions.ConnectionError("refused"), backend)
-    assert isinstance(lost, BackendUnreachable) and "qtrain emulator start" in lost.one_line()
+    assert isinstance(lost, BackendUnreachable) and "qtrain emulator status" in lost.one_line()
     assert isinstance(translate(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"),
                                 backend), BackendUnreachable)
     assert translate(ValueError("a bug"), backend) is None  # not ours: left as an internal error

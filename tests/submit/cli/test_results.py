@@ -306,7 +306,7 @@ def test_a_damaged_index_is_one_line_and_reindex_rebuilds_it_from_the_run_folder
 
     rebuilt = qtrain("results", "reindex", "--yes", "--json", "--store", tmp_path)
     assert rebuilt.code == 0, rebuilt.err
-    assert rebuilt.json()["runs"] == 2 and Path(rebuilt.json()["old_index"]).is_file()
+    assert rebuilt.json()["runs"] == 2 and Path(rebuilt.json()["backup"]).is_file()
     after = {r.run_id: r for r in Store(tmp_path).list()}
     assert set(after) == set(before)
     for run_id, old in before.items():
