@@ -139,6 +139,8 @@ def unread_fields(job: Job, base_dir: Path) -> dict[str, str]:
     data.labels goes with a .npy file of images in data.path, data.test_labels with one in
     data.test_path; with a table, a folder or a built-in they are never opened."""
     data, out = job.data, {}
+    if data is None:
+        return out
     if data.labels and not _npy_file(data.path, data.format, base_dir):
         out["data.labels"] = (f"labels go with a .npy file of images in data.path, and {data.path} "
                               f"is not one")

@@ -204,7 +204,7 @@ def _fields_at(loc: tuple) -> set[str]:
             if field is not None:
                 found += _models_in(field.annotation)
         models = found
-    return {name for model in models for name in model.model_fields}
+    return {f.alias or name for model in models for name, f in model.model_fields.items()}
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -215,7 +215,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value into the error location: model.cnn.filters
-    return part in ("mlp", "cnn", "transfer", "int", "constrained-int") or str(part).startswith("literal[")
+    return part in ("mlp", "cnn", "transfer", "module", "int", "constrained-int") or str(part).startswith("literal[")
 
 
 def parse_override(item: str, source: str) -> tuple[str, Any]:

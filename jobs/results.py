@@ -29,6 +29,7 @@ from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from jobs import code
 from jobs.files import PATH_FIELDS, JobFile, get_dotted, local_value, portable_path
 from jobs.spec import Job, Task
 
@@ -230,23 +231,33 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-# data fields added since the first version: left out of the job hash at their default, so the
-# hash of a job written before them (its check verdict, its checkpoints' resume key) is unchanged
-ADDED_AT_DEFAULT = {"follow_symlinks": False, "encoding": "utf-8"}
+# fields added since the first version: left out of the job hash at their default, so the hash
+# of a job written before them (its check verdict, its checkpoints' resume key) is unchanged
+ADDED_AT_DEFAULT: dict[str, Any] = {"data.follow_symlinks": False, "data.encoding": "utf-8", "script": None,
+                                    "resources.requirements": None, "resources.max_minutes": None}
 
 
-def job_hash(job: Job) -> str:
-    """sha256 of the job's fields, its local paths written as in the task (`data/<name>`): the
-    same job has the same hash on a laptop, in the store and in the task's run.json."""
+def job_hash(job: Job, code_hash: str | None = None) -> str:
+    """sha256 of the job's fields, its local paths written as in the task (`data/<name>`,
+    `code/...`), and of its code (`code_hash`: `jobs.code.Code.hash`, for a module or script
+    job): the same job has the same hash on a laptop, in the store and in the task's run.json,
+    and changed code is a changed job."""
     dumped = job.model_dump(mode="json")
     for field in PATH_FIELDS:
         value = get_dotted(dumped, field)
         if local_value(value):
             section, _, key = field.partition(".")
             dumped[section][key] = portable_path(field, value)
-    for key, default in ADDED_AT_DEFAULT.items():  # jobs that do not use them keep their hash
-        if dumped["data"].get(key) == default:
-            del dumped["data"][key]
+    for field, value in code.portable(job).items():
+        section, _, key = field.partition(".")
+        dumped[section][key] = value
+    for field, default in ADDED_AT_DEFAULT.items():  # jobs that do not use them keep their hash
+        section, _, key = field.rpartition(".")
+        holder = dumped.get(section) if section else dumped
+        if isinstance(holder, dict) and key in holder and holder[key] == default:
+            del holder[key]
+    if code_hash is not None:
+        dumped["code"] = code_hash
     return hashlib.sha256(_canonical(dumped)).hexdigest()
 
 
@@ -256,7 +267,7 @@ def dataset_hash(job: Job, files: Sequence[JobFile]) -> str:
     h = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.remote):
         h.update(f"{f.remote}\0{f.sha256}\n".encode())
-    if not files:
+    if not files and job.data is not None:
         h.update(_canonical({"path": job.data.path, "options": job.data.options}))
     return h.hexdigest()
 

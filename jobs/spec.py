@@ -3,11 +3,16 @@
 A job file is YAML or JSON validated by these models; unknown keys are refused everywhere.  Only
 `name`, `task` and `data` (with `path`, and `target` for tables) are required: every other field
 has a default chosen to work for a small tabular dataset on a laptop.
+
+Two ways to bring your own code: `model: {kind: module, source, class, args}` (your nn.Module,
+qtrain's data, training and results), or `script: {path, args}` in place of `model` (your
+training script, run in the task with qtrain's plumbing; `data` and `task` are then optional).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
@@ -206,18 +211,63 @@ class TransferSpec(Spec):
     activation: Activation = "relu"
 
 
+CLASS_REF = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
+class ModuleSpec(Spec):
+    """Your own `torch.nn.Module`, trained by qtrain as a built-in model is (data, splits, early
+    stopping, checkpoints, metrics, predict, sweeps over `model.args.*`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+    kind: Literal["module"] = "module"
+    # The code: a .py file, or a folder of them (a package), relative to the job file.
+    source: str = Field(min_length=1)
+    # The class: `Net` in the file; in a folder `module:Net`, `package.module:Net` or
+    # `package.module.Net`.
+    class_: str = Field(alias="class", min_length=1)
+    # Keyword arguments of its constructor.  Those it asks for by name and the job does not give
+    # are filled in from the data: in_features (a table's width), input_shape (an image's
+    # [channels, height, width]), in_channels, num_classes / n_classes (classification),
+    # out_features / n_outputs (the outputs: classes, or 1 for regression).
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("class_")
+    @classmethod
+    def _class(cls, value: str) -> str:
+        if not re.fullmatch(CLASS_REF, value):
+            raise ValueError(f"{value!r} is not a class reference: give Net, module:Net or "
+                             f"package.module:Net (Python names)")
+        return value
+
+
 def _model_kind(value: Any) -> str:
     """`kind` picks the model; a model section without one is an MLP."""
     kind = value.get("kind", "mlp") if isinstance(value, dict) else getattr(value, "kind", "mlp")
-    return kind if kind in ("mlp", "cnn", "transfer") else "unknown"
+    return kind if kind in ("mlp", "cnn", "transfer", "module") else "unknown"
 
 
 ModelSpec = Annotated[
     Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, Tag("cnn")],
-          Annotated[TransferSpec, Tag("transfer")]],
+          Annotated[TransferSpec, Tag("transfer")], Annotated[ModuleSpec, Tag("module")]],
     Discriminator(_model_kind, custom_error_type="model_kind",
-                  custom_error_message="model.kind must be mlp, cnn or transfer"),
+                  custom_error_message="model.kind must be mlp, cnn, transfer or module"),
 ]
+
+
+class ScriptSpec(Spec):
+    """Your own training script, run in the task's image with qtrain's plumbing: its data, output
+    and checkpoint folders, trial arguments, threads and device come in environment variables
+    (`jobs.settings.TaskVar`), and `runner.script` reports epochs, metrics, predictions and models."""
+
+    # The script, relative to the job file.
+    path: str = Field(min_length=1)
+    # The folder that travels with it (its modules, configs): default the script's own folder,
+    # less .git, __pycache__, virtual environments, the job's data and what .qtrainignore names.
+    source: str | None = None
+    # Its command-line arguments: {name: value} -> --name value (true: --name alone; false or
+    # null: left out; a list: --name a b).  Sweeps vary them as script.args.NAME.
+    args: dict[str, Any] = Field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ training
@@ -270,6 +320,13 @@ class ResourcesSpec(Spec):
     # The runner image, `[registry/]repo:tag` or `...@sha256:digest`, that Qarnot pulls
     # (DOCKER_REPO / DOCKER_TAG).
     image: str = "qtrain/runner:latest"
+    # The packages your code needs beyond the runner's: a requirements file (relative to the job
+    # file) or a list of requirement lines.  The docker executor and Qarnot run the runner image
+    # plus them (`qtrain image build --requirements`); the process executor puts them on the path.
+    requirements: str | list[Annotated[str, Field(min_length=1)]] | None = None
+    # End a task still running after this many minutes (its results and checkpoints are uploaded
+    # first): a script stuck in a loop cannot spend credits for ever.
+    max_minutes: float | None = Field(default=None, gt=0)
 
     @field_validator("image")
     @classmethod
@@ -283,12 +340,14 @@ class ResourcesSpec(Spec):
 class Job(Spec):
     # Short name used for the task and the results store.
     name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    task: Task
+    task: Task | None = None  # required but for a script job
     description: str = ""
-    data: DataSpec
+    data: DataSpec | None = None  # required but for a script job (then: the files the script reads)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     model: ModelSpec = Field(default_factory=MLPSpec)
+    # Your own training script, in place of `model` (see ScriptSpec).
+    script: ScriptSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     # Grid of dotted overrides, e.g. {"model.n_layers": [1, 2], "model.dropout": [0.2, 0.5]}.
@@ -302,7 +361,7 @@ class Job(Spec):
             if not values:
                 raise ValueError(f"sweep '{key}' has no values")
             if key.split(".")[0] in ("name", "sweep", "resources"):
-                raise ValueError(f"sweep '{key}': only data/preprocess/split/model/train can vary")
+                raise ValueError(f"sweep '{key}': only data/preprocess/split/model/train/script can vary")
         trials, limit = math.prod(len(v) for v in value.values()), max_trials()
         if trials > limit:  # refused before a single combination is made
             sizes = " x ".join(str(len(v)) for v in value.values())
@@ -312,6 +371,12 @@ class Job(Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Job":
+        if self.script is not None:
+            return self._script_job()
+        if self.task is None:
+            raise ValueError("task: required field is missing (classification or regression)")
+        if self.data is None:
+            raise ValueError("data: required field is missing (at least data.path)")
         if "early_stopping" not in self.train.model_fields_set and self.split.val_size > 0:
             self.train.early_stopping = EarlyStoppingSpec()  # the default: watch the held-out split
         es = self.train.early_stopping
@@ -330,7 +395,22 @@ class Job(Spec):
             raise ValueError("train.class_weights only applies to classification")
         return self
 
+    def _script_job(self) -> "Job":
+        """A script trains with its own code: qtrain's model, preprocessing and splits do not apply,
+        and of `train` only the seed, device and threads (which the script is told)."""
+        given = [name for name in ("model", "preprocess", "split") if name in self.model_fields_set]
+        given += [f"train.{name}" for name in self.train.model_fields_set if name not in SCRIPT_TRAIN]
+        if given:
+            raise ValueError(f"{', '.join(given)}: a script job trains with its own code, so qtrain's "
+                             f"{'settings' if len(given) > 1 else 'setting'} would not apply; remove "
+                             f"{'them' if len(given) > 1 else 'it'}, or give the script an argument (script.args)")
+        if self.data is not None and self.data.target is not None:
+            raise ValueError("data.target: a script reads its own data; remove it (the script's arguments can "
+                             "name its target column)")
+        return self
 
+
+SCRIPT_TRAIN = ("seed", "device", "threads")  # what qtrain hands a script (the rest is the script's)
 AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
 
 

@@ -1,4 +1,5 @@
-"""Models: MLP, CNN and transfer (frozen backbone + trained head).
+"""Models: MLP, CNN and transfer (frozen backbone + trained head), and your own nn.Module
+(`model.kind: module`, built by `runner.usercode`).
 
 Every model is a `Net`: `features` (everything up to the last hidden layer) then `head` (the output
 layer).  That split is what transfer learning reuses: a later job takes an earlier run's
@@ -16,7 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from jobs.errors import JobError
-from jobs.spec import CNNSpec, MLPSpec, TransferSpec
+from jobs.spec import CNNSpec, MLPSpec, ModuleSpec, TransferSpec
+from runner import usercode
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -151,6 +153,9 @@ def load_backbone_arch(spec: TransferSpec, base_dir: Path) -> dict[str, Any]:
         raise JobError(f"model.backbone {path}: not a qtrain model.pt ({exc})") from exc
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise JobError(f"model.backbone {path}: not a qtrain model.pt")
+    if saved["arch"]["model"].get("kind") == "module":
+        raise JobError(f"model.backbone {path}: the model of a module job (your own nn.Module): qtrain cannot tell "
+                       f"its feature layers from its head", hint="load its weights in your own module instead")
     return {"source": "qtrain", "arch": saved["arch"], "state": saved["model_state"],
             "input_shape": saved["arch"]["input_shape"]}
 
@@ -197,19 +202,32 @@ def build_transfer(spec: TransferSpec, input_shape: tuple[int, ...], n_outputs: 
 
 
 # ---------------------------------------------------------------------------------- building
-def make_arch(model_spec: MLPSpec | CNNSpec | TransferSpec, input_shape: tuple[int, ...],
-              n_outputs: int, base_dir: Path) -> dict[str, Any]:
+def make_arch(model_spec: MLPSpec | CNNSpec | TransferSpec | ModuleSpec, input_shape: tuple[int, ...],
+              n_outputs: int, base_dir: Path, classification: bool = True) -> dict[str, Any]:
     arch: dict[str, Any] = {"model": model_spec.model_dump(mode="json"),
                             "input_shape": list(input_shape), "n_outputs": n_outputs}
     if isinstance(model_spec, TransferSpec):
         arch["backbone"] = load_backbone_arch(model_spec, base_dir)
+    if isinstance(model_spec, ModuleSpec):
+        source = base_dir / model_spec.source
+        package = model_spec.class_.split(":")[0].split(".")[0] == source.name and source.is_dir()
+        arch["code"] = str(source.parent if source.suffix == ".py" or package else source)  # imported from
+        arch["classification"] = classification
     return arch
 
 
-def build_from_arch(arch: dict[str, Any]) -> Net:
-    """A freshly initialised model for `arch` (weights come from a state dict afterwards)."""
+def build_from_arch(arch: dict[str, Any], base: Path | None = None) -> nn.Module:
+    """A freshly initialised model for `arch` (weights come from a state dict afterwards); `base`:
+    the folder a stored arch's relative code path is in (a run's results folder)."""
     kind = arch["model"]["kind"]
     shape, n_out = tuple(arch["input_shape"]), arch["n_outputs"]
+    if kind == "module":
+        spec = ModuleSpec.model_validate(arch["model"])
+        root = Path(arch["code"]) if base is None else base / arch["code"]
+        single = spec.source if spec.source.endswith(".py") else None
+        cls = usercode.load_class(root, *usercode.split_ref(spec.class_, single), spec.source)
+        known = usercode.data_args(shape, n_out, arch.get("classification", True))
+        return usercode.build_module(cls, spec.args, known, spec.source)
     if kind == "mlp":
         return build_mlp(MLPSpec.model_validate(arch["model"]), shape, n_out)
     if kind == "cnn":
@@ -219,8 +237,11 @@ def build_from_arch(arch: dict[str, Any]) -> Net:
 
 
 def storable_arch(arch: dict[str, Any]) -> dict[str, Any]:
-    """The arch to save in model.pt: a backbone is rebuilt from the saved weights, not its file."""
+    """The arch to save in model.pt: a backbone is rebuilt from the saved weights, not its file;
+    a module's code is the `code/` folder saved beside model.pt (`save_code`)."""
     out = dict(arch)
+    if "code" in arch:
+        out["code"] = CODE_DIR
     if "backbone" in arch:
         b = {k: v for k, v in arch["backbone"].items() if k not in ("state", "weights_file")}
         out["backbone"] = b
@@ -231,3 +252,17 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+CODE_DIR = "code"  # beside model.pt: the module's code, so that the results folder rebuilds it
+
+
+def save_code(files: list[tuple[str, Path]], out_dir: Path) -> None:
+    """Copy a module model's code (what the job ships: `jobs.code.find_code`) beside its model.pt,
+    as the task has it: `code/...`."""
+    import shutil
+
+    for remote, local in files:
+        target = out_dir / remote
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)

@@ -184,7 +184,7 @@ def load_model(path: str | Path) -> Predictor:
         raise QtrainError(f"{p}: cannot be read as a qtrain model ({exc})") from exc
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise QtrainError(f"{p}: not a qtrain {MODEL}")
-    model = build_from_arch(saved["arch"])
+    model = build_from_arch(saved["arch"], base=p.parent)  # a module model: its code/ beside it
     model.load_state_dict(saved["model_state"])
     model.eval()
     return Predictor(model, saved["preprocess"], saved["classes"], saved["task"], saved["target"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from jobs import settings
 from jobs.errors import DataError, QtrainError
+from jobs.code import find_code
 from jobs.files import job_files
 from jobs.load import LoadedJob, format_trial
 from jobs.results import (CHECKPOINT, METRICS, MODEL, PREDICTIONS, RUN_INFO, SWEEP, Metrics, RunInfo,
@@ -28,7 +30,8 @@ from runner import log
 from runner.audit import Finding, audit_table
 from runner.data import Dataset, Table, describe, load_dataset
 from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
-from runner.models import MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, storable_arch
+from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, save_code,
+                           storable_arch)
 from runner.prepare import Prepared, prepare
 from runner.report import (write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
@@ -68,7 +71,8 @@ def build(loaded: LoadedJob) -> Built:
     device = select_device(job.train.device)
     seed_everything(job.train.seed)
     set_threads(job.train)
-    arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir)
+    arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir,
+                     classification=prepared.classes is not None)
     model = build_from_arch(arch)
     return Built(data, prepared, arch, model, device, {"load_seconds": t1 - t0}, findings)
 
@@ -147,7 +151,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         return run_sweep(loaded, out_dir, resume=resume)
     # the hashes are those of the job as submitted (a sweep's, sweep included): as in the store
     files = job_files(loaded.job, loaded.base_dir)
-    jhash, dhash = job_hash(loaded.job), dataset_hash(loaded.job, files)
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)  # in the task: code/, as the submitter hashed it
+    code_hash = code.hash() if code else None
+    jhash, dhash = job_hash(loaded.job, code_hash), dataset_hash(loaded.job, files)
     overrides = None
     if loaded.trials:
         overrides = loaded.trials[trial]
@@ -157,7 +163,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     job = loaded.job
     # a checkpoint may be resumed with more epochs or another checkpoint cadence
     resume_hash = job_hash(job.model_copy(update={"train": job.train.model_copy(
-        update={"epochs": 1, "checkpoint_every": 0, "checkpoint_minutes": 0})}))
+        update={"epochs": 1, "checkpoint_every": 0, "checkpoint_minutes": 0})}), code_hash)
     t_start = time.perf_counter()
     b = build(loaded)
     p = b.prepared
@@ -280,6 +286,23 @@ def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[st
     return summary.model_dump()
 
 
+def forward_check(model: torch.nn.Module, x: torch.Tensor, n_outputs: int, classification: bool,
+                  source: str) -> None:
+    import inspect
+
+    from runner.usercode import _user_frame, check_output
+
+    try:
+        out = model(x)
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed
+        root = Path(inspect.getsourcefile(type(model)) or ".").parent
+        raise QtrainError(f"model.class {type(model).__name__}: its forward fails on a batch of shape "
+                          f"{tuple(x.shape)}: {_user_frame(exc, root, source)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}",
+                          hint="the batch is what qtrain prepared from the data (see qtrain check)") from None
+    check_output(model, out, len(x), n_outputs, classification)
+
+
 def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
     job = loaded.job
     state = {
@@ -296,6 +319,10 @@ def save_model(path: Path, b: Built, loaded: LoadedJob) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+    if "code" in b.arch:  # the module's code, beside model.pt: the folder rebuilds the model
+        from jobs.code import find_code
+
+        save_code([(f.remote, f.local) for f in find_code(job, loaded.base_dir, loaded.source).files], path.parent)
 
 
 def _image_digest() -> str | None:
@@ -307,7 +334,31 @@ def _image_digest() -> str | None:
 
 # -------------------------------------------------------------------------------------- check
 def check_job(loaded: LoadedJob) -> dict[str, Any]:
-    """Every step of a run on a small batch, for each sweep trial.  Raises on the first problem."""
+    """Every step of a run on a small batch, for each sweep trial.  Raises on the first problem.
+    A module job's code is imported as the task will have it: only the files that are shipped."""
+    if loaded.job.model.kind == "module" and loaded.job.script is None:
+        with tempfile.TemporaryDirectory(prefix="qtrain-check-") as staged:
+            try:
+                return _check_job(staged_code(loaded, Path(staged)))
+            except QtrainError as exc:  # said of the user's files, not of their staged copies
+                origin = Path(loaded.job.model.source)
+                shown = f"{origin.parent}/" if origin.suffix == ".py" else f"{origin}/"
+                exc.message = exc.message.replace(f"{Path(staged) / 'code'}/", "" if shown == "./" else shown)
+                raise QtrainError(exc.message, hint=exc.hint) from None
+    return _check_job(loaded)
+
+
+def staged_code(loaded: LoadedJob, folder: Path) -> LoadedJob:
+    """The job with its module's code copied into `folder` as the task gets it (`code/...`)."""
+    from jobs.code import find_code, portable
+
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)
+    save_code([(f.remote, f.local) for f in code.files], folder)
+    model = loaded.job.model.model_copy(update={"source": str(folder / portable(loaded.job)["model.source"])})
+    return LoadedJob(loaded.job.model_copy(update={"model": model}), loaded.base_dir, loaded.source, loaded.raw)
+
+
+def _check_job(loaded: LoadedJob) -> dict[str, Any]:
     jobs = [loaded.trial(i) for i in range(len(loaded.trials))] or [loaded]
     report: dict[str, Any] = {"job": loaded.job.name, "task": loaded.job.task,
                               "trials": len(loaded.trials)}
@@ -319,7 +370,8 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         t_build = time.perf_counter()
         if key in cache:
             prev = cache[key]
-            arch = make_arch(job.model, prev.prepared.input_shape, prev.prepared.n_outputs, lj.base_dir)
+            arch = make_arch(job.model, prev.prepared.input_shape, prev.prepared.n_outputs, lj.base_dir,
+                             classification=prev.prepared.classes is not None)
             b = Built(prev.data, prev.prepared, arch, build_from_arch(arch),
                       select_device(job.train.device))
             prepare_seconds = report["models"][0]["prepare_seconds"]  # a trial loads the same data
@@ -331,6 +383,8 @@ def check_job(loaded: LoadedJob) -> dict[str, Any]:
         n = min(len(p.y["train"]), 32)
         xb = trainer.data.x["train"][:n]
         yb = trainer.data.y["train"][:n]
+        if job.model.kind == "module":  # your forward, on a real batch: one line when it fails
+            forward_check(b.model, xb, p.n_outputs, p.classes is not None, job.model.source)
         loss = trainer.check_step(xb, yb)
         if not np.isfinite(loss):
             raise QtrainError(f"check: the first training step gave loss {loss}",

@@ -122,15 +122,16 @@ class QarnotBackend(Backend):
         import io
 
         bucket = self.conn.create_bucket(settings.submission().data_bucket)
-        present = {o.key: o.size for o in bucket.directory(package.dataset_prefix)}
         sent = 0
-        for f in package.files:
-            key = package.dataset_prefix + f.remote
-            if present.get(key) == f.size:
-                continue
-            with ProgressReader(f.local, progress or (lambda n: None)) as fh:
-                bucket.add_file(fh, key)
-            sent += f.size
+        for prefix, files in ((package.dataset_prefix, package.files), (package.code_prefix, package.code)):
+            present = {o.key: o.size for o in bucket.directory(prefix)} if files else {}
+            for f in files:  # by content: what the bucket has under the prefix is what it should hold
+                key = prefix + f.remote
+                if present.get(key) == f.size:
+                    continue
+                with ProgressReader(f.local, progress or (lambda n: None)) as fh:
+                    bucket.add_file(fh, key)
+                sent += f.size
         job_key = package.job_key
         if not any(o.key == job_key for o in bucket.directory(job_key)):
             data = package.job_json
@@ -179,6 +180,8 @@ class QarnotBackend(Backend):
         resources = [view(package.job_prefix, None)]
         if package.files:
             resources.insert(0, view(package.dataset_prefix, given.resource_cache_ttl))
+        if package.code:
+            resources.insert(0, view(package.code_prefix, given.resource_cache_ttl))
         task.resources = resources
         task.results = conn.create_bucket(results_bucket(request.run_id))
         if request.results_whitelist:

@@ -191,6 +191,9 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     if record.note:
         t.add_row("note", printable(record.note))
     t.add_row("job / dataset hash", f"{record.job_hash[:12]} / {record.dataset_hash[:12]}")
+    if info.get("code_hash"):
+        t.add_row("code hash", info["code_hash"][:12] + "  (its code: " + ", ".join(
+            f"{k} {v}" for k, v in (info.get("data") or {}).items() if k in ("model.source", "script.path")) + ")")
     t.add_row("uploaded", f"{record.uploaded_bytes:,} bytes")
     if record.done:
         t.add_row("cost & carbon", _footprint_line(info.get("footprint")))

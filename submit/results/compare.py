@@ -97,7 +97,12 @@ def compare_runs(records: list[RunRecord], store: Store) -> dict[str, Any]:
     if len(records) > 1:
         settings["state"] = [r.state for r in records]
         settings["backend/profile"] = [f"{r.backend}/{r.profile}" for r in records]
-        for key in ("state", "backend/profile"):
+        codes = [(r.info.get("code_hash") or "")[:12] or None for r in records]
+        if any(codes):  # a module's or script's code: the same settings may run other code
+            settings["code"] = codes
+        for key in ("state", "backend/profile", "code"):
+            if key not in settings:
+                continue
             if any(v != settings[key][0] for v in settings[key]):
                 differs.append(key)
     return {"runs": [c.label for c in cols], "metrics": metrics, "settings": settings,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import settings
+from jobs.code import find_code
 from jobs.files import job_files
 from jobs.load import LoadedJob
 from jobs.results import atomic_write, dataset_hash, job_hash, read_json
@@ -49,7 +50,8 @@ def code_version(roots: tuple[Path, ...] | None = None) -> str:
 
 def check_key(loaded: LoadedJob) -> str:
     files = job_files(loaded.job, loaded.base_dir)
-    parts = {"job": job_hash(loaded.job), "data": dataset_hash(loaded.job, files),
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)
+    parts = {"job": job_hash(loaded.job, code.hash() if code else None), "data": dataset_hash(loaded.job, files),
              "code": code_version(), "device": loaded.job.train.device}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

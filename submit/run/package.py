@@ -9,7 +9,9 @@ point there:
 
 The files go to the data bucket under `datasets/<dataset hash>/` (`jobs.results.dataset_hash`, the
 hash the runner writes in run.json): an unchanged dataset has the same prefix and is never uploaded
-twice, from any job.  `job.json` goes under `jobs/<sha256 of job.json>/`.
+twice, from any job.  A module's or a script's code goes the same way under `code/<code hash>/`
+(`jobs.code`): in the task it is `code/...`, and unchanged code uploads nothing.  `job.json` goes
+under `jobs/<sha256 of job.json>/`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.code import find_code, portable
 from jobs.errors import QtrainError
 from jobs.files import JOB_FILE, PATH_FIELDS, JobFile, get_dotted, job_files, portable_path
 from jobs.load import LoadedJob, set_dotted
@@ -43,6 +46,9 @@ class Package:
     job_hash: str
     dataset_hash: str
     files: list[PackageFile] = field(default_factory=list)
+    code_hash: str | None = None  # the module's or script's code (jobs.code), None for a built-in model
+    code: list[PackageFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said before anything is sent
     trials: int = 0
     # shipped beside job.json, at their place in the task: a resumed run's checkpoints
     # (out/checkpoint.pt, out/trial-<i>/checkpoint.pt), from which the runner continues
@@ -52,6 +58,10 @@ class Package:
     @property
     def dataset_prefix(self) -> str:
         return f"datasets/{self.dataset_hash}/"
+
+    @property
+    def code_prefix(self) -> str:
+        return f"code/{self.code_hash}/"
 
     @property
     def job_json(self) -> bytes:
@@ -70,7 +80,8 @@ class Package:
 
     @property
     def dataset_bytes(self) -> int:
-        return sum(f.size for f in self.files) + sum(f.size for f in self.extras)
+        """What an upload sends at most, besides job.json: data, code and extras."""
+        return sum(f.size for f in self.files + self.code + self.extras)
 
 
 def build_package(loaded: LoadedJob) -> Package:
@@ -79,13 +90,23 @@ def build_package(loaded: LoadedJob) -> Package:
         if key in PATH_FIELDS:
             raise QtrainError(f"{loaded.source}: sweep over {key} cannot be submitted",
                               hint="run one job per dataset, or sweep other fields")
+    for key in loaded.job.sweep:
+        if key in ("model.source", "script.path", "script.source"):
+            raise QtrainError(f"{loaded.source}: sweep over {key} cannot be submitted",
+                              hint="sweep the code's arguments (model.args.*, script.args.*) instead")
     found = job_files(loaded.job, loaded.base_dir)
     files = [_file(f) for f in found]
     for key in {f.field for f in found}:  # point the job at the files' place in the task
         set_dotted(raw, key, portable_path(key, get_dotted(loaded.job.model_dump(mode="json"), key)))
-    return Package(job_name=loaded.job.name, job=raw, job_hash=job_hash(loaded.job),
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)
+    code_hash = code.hash() if code else None
+    for key, value in portable(loaded.job).items():  # and its code at code/
+        set_dotted(raw, key, value)
+    return Package(job_name=loaded.job.name, job=raw, job_hash=job_hash(loaded.job, code_hash),
                    dataset_hash=dataset_hash(loaded.job, found), files=files,
-                   trials=len(loaded.trials))
+                   trials=len(loaded.trials), code_hash=code_hash,
+                   code=[extra_file(f.remote, f.local) for f in code.files] if code else [],
+                   warnings=list(code.warnings) if code else [])
 
 
 def extra_file(remote: str, local: Path) -> PackageFile:

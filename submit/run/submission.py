@@ -47,7 +47,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     backend.check_capacity(max(1, package.trials), gpu)
     est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost)
     constants = image_constants(job.resources.image)
-    info = {"data": user_paths(loaded), "image": job.resources.image,
+    info = {"data": user_paths(loaded), "code_hash": package.code_hash, "image": job.resources.image,
             "image_digest": constants.get(settings.TaskVar.IMAGE_DIGEST), "where": backend.describe(),
             "executor": backend.executor_name(),
             "resumed_from": resume.run_id if resume is not None else None,
@@ -74,11 +74,13 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
             with ui.transfer(f"uploading {job.name}", total) as bar:
                 uploaded = backend.upload(package, bar.advance)
             store.update(run.run_id, uploaded_bytes=uploaded)
-            if package.files:
+            if package.files or package.code:
                 what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
-                    else "dataset already uploaded"
-                ui.say(f"{what} ({len(package.files)} file(s), {human_bytes(package.dataset_bytes)}, "
-                       f"dataset {package.dataset_hash[:12]})", style="dim")
+                    else "data and code already uploaded"
+                parts = [f"dataset {package.dataset_hash[:12]}"] if package.files else []
+                parts += [f"code {package.code_hash[:12]}"] if package.code else []
+                ui.say(f"{what} ({len(package.files) + len(package.code)} file(s), "
+                       f"{human_bytes(package.dataset_bytes)}, {', '.join(parts)})", style="dim")
             uuid = backend.submit(package, request, on_created=created)
         except BaseException as exc:  # noqa: BLE001 - the run's fate is recorded, then it goes on up
             _submission_interrupted(store.get(run.run_id), backend, store, ui, exc)
@@ -111,6 +113,8 @@ def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
     ui.say(f"{how}: {loaded.job.name}, {report['splits']['train']} training rows, "
            f"{len(loaded.trials) or 1} trial(s)", style="dim")
     package = build_package(loaded)
+    for line in package.warnings:
+        ui.warn(line)
     package.check = report
     return package
 
@@ -118,11 +122,14 @@ def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
 def upload_plan(package: Package) -> dict[str, Any]:
     """Every file and byte an upload of `package` sends at most (what the backend already has
     is skipped then): `qtrain run --dry-run`."""
-    files = [{"path": f.remote, "bytes": f.size, "from": str(f.local),
-              **({"link_to": str(f.outside)} if f.outside else {})} for f in package.files + package.extras]
-    files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None})
-    return {"job": package.job_name, "dataset_hash": package.dataset_hash, "job_hash": package.job_hash,
-            "trials": package.trials, "files": files, "total_bytes": sum(f["bytes"] for f in files)}
+    files = [{"path": f.remote, "bytes": f.size, "from": str(f.local), "kind": kind,
+              **({"link_to": str(f.outside)} if f.outside else {})}
+             for kind, group in (("data", package.files), ("code", package.code), ("checkpoint", package.extras))
+             for f in group]
+    files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None, "kind": "job"})
+    return {"job": package.job_name, "dataset_hash": package.dataset_hash, "code_hash": package.code_hash,
+            "job_hash": package.job_hash, "trials": package.trials, "files": files,
+            "total_bytes": sum(f["bytes"] for f in files)}
 
 
 def submission_tags(run_id: str) -> list[str]:
@@ -183,7 +190,7 @@ def user_paths(loaded: LoadedJob) -> dict[str, str]:
     """The job's path fields as the user's machine has them (the task sees `data/<name>`)."""
     dumped = loaded.job.model_dump(mode="json")
     out = {}
-    for key in PATH_FIELDS:
+    for key in (*PATH_FIELDS, "model.source", "script.path", "script.source"):
         value = get_dotted(dumped, key)
         if value:
             out[key] = str(resolve(value, loaded.base_dir)) if local_value(value) else str(value)
