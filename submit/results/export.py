@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from jobs import settings
 from jobs.errors import QtrainError
+from jobs.code import ROOT as CODE_DIR
 from jobs.results import HISTORY, MODEL, parse_metrics
 from runner.api import load_model
 from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
@@ -218,8 +219,12 @@ def _log_model(mlflow, uri: str, run_id: str, folder: Path) -> None:
     pre = predictor.preprocess
     shape = [len(pre.get("outputs") or [])] if pre.get("kind") == "table" else list(pre.get("shape") or [])
     example = np.zeros([2, *shape], dtype=np.float32)
+    # a module model's class lives in its code (code/ beside model.pt): logged with it, each
+    # top-level file or package on its own so that it imports as it did in training
+    code = folder / CODE_DIR
+    code_paths = [str(p) for p in sorted(code.iterdir())] if code.is_dir() else None
     with _tracking(mlflow, uri), mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.pytorch.log_model(predictor.model, name="model", input_example=example,
+        mlflow.pytorch.log_model(predictor.model, name="model", input_example=example, code_paths=code_paths,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 

@@ -116,3 +116,37 @@ def test_export_errors_are_one_line(qtrain, store_dir, monkeypatch):
     assert missing.code == 2 and "no tracking URI" in missing.err and "MLFLOW_TRACKING_URI" in missing.err
     down = qtrain("results", "export", "penguins", "--mlflow", "http://127.0.0.1:9", "--store", store_dir)
     assert down.code == 2 and "Traceback" not in down.err and "MLflow export" in down.err
+
+
+def test_a_module_model_is_logged_with_its_code(qtrain, store_dir, tracking, tmp_path):
+    """mlflow.pytorch.load_model rebuilds a run's own nn.Module in a fresh interpreter, where
+    nothing of the job's folder exists any more: its code travelled with the model."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.runner.test_usercode import MLP, SETTINGS
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "net.py").write_text(MLP)
+    (project / "job.yaml").write_text(yaml.safe_dump({**SETTINGS, "train": {"epochs": 2}, "model": {
+        "kind": "module", "source": "net.py", "class": "MLP", "args": {"hidden": [8]}}}))
+    run = qtrain("run", project / "job.yaml", "--json", "--store", store_dir).json()
+    exported = qtrain("results", "export", run["run_id"], "--mlflow", tracking, "--json", "--store", store_dir)
+    assert exported.code == 0, exported.err
+    mlflow_run = exported.json()[0]["mlflow_run_id"]
+    from runner.api import load_model
+
+    width = len(load_model(Store(store_dir).artifacts_dir(run["run_id"])).preprocess["outputs"])
+    import shutil
+
+    shutil.rmtree(project)
+    probe = (f"import mlflow, torch; mlflow.set_tracking_uri({tracking!r}); "
+             f"path = mlflow.artifacts.download_artifacts('runs:/{mlflow_run}/model'); "
+             "import pathlib; print(sorted(p.name for p in (pathlib.Path(path) / 'code').iterdir())); "
+             f"m = mlflow.pytorch.load_model('runs:/{mlflow_run}/model'); "
+             f"print(tuple(m(torch.zeros(2, {width})).shape))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.stdout.splitlines()[-2:] == ["['net.py']", "(2, 3)"], out.stderr[-2000:]
