@@ -1,7 +1,7 @@
 """The Qarnot REST API, as much of it as the SDK uses for a task's whole life.
 
 Every request needs `Authorization: <token>` (no "Bearer", like Qarnot): anything else is a 401.
-What the emulator does not implement (jobs, secrets, credits...) answers 400 "not supported by the
+What the emulator does not implement (secrets, projects, job search...) answers 400 "not supported by the
 local Qarnot emulator", which the SDK raises as a QarnotGenericException with that message (a 404
 would read as MissingBucketException / MissingJobException, and a 5xx is retried for ~30 s).
 A malformed request is refused naming the field; an internal error never echoes its exception
@@ -26,6 +26,7 @@ from submit.emulator.fields import EMAIL, RequestError
 from submit.emulator.filters import matches
 from submit.emulator.manager import TaskManager
 from submit.emulator.pools import Pools
+from submit.emulator.qjobs import QJobs
 from submit.emulator.wire import PROFILES, task_json
 
 
@@ -38,6 +39,7 @@ class Api:
         self.token = token
         self.s3_url = s3_url
         self.pools = Pools(manager)
+        self.jobs = QJobs(manager)
         self.routes: list[Route] = []
         r = self._route
         r("GET", r"/settings", lambda body: {"storage": self.s3_url})
@@ -84,6 +86,16 @@ class Api:
         r("GET", r"/pools/(?P<uuid>[^/]+)", lambda body, uuid: self.pools.get(uuid).json())
         r("DELETE", r"/pools/(?P<uuid>[^/]+)", lambda body, uuid: self.pools.delete(uuid) or {})
         r("POST", r"/pools/(?P<uuid>[^/]+)/close", lambda body, uuid: self.pools.get(uuid).close() or {})
+        # jobs: a time limit (maxWallTime) over their tasks
+        r("POST", r"/jobs", lambda body: self.jobs.submit(body))
+        r("GET", r"/jobs", lambda body: [j.json() for j in self.jobs.listing()])
+        r("GET", r"/jobs/(?P<uuid>[^/]+)", lambda body, uuid: self.jobs.get(uuid).json())
+        r("DELETE", r"/jobs/(?P<uuid>[^/]+)",
+          lambda body, uuid, query: self.jobs.delete(uuid, (query.get("force") or [""])[0].lower() in ("true", "1"))
+          or {}, query=True)
+        r("POST", r"/jobs/(?P<uuid>[^/]+)/terminate", lambda body, uuid: self.jobs.terminate(uuid) or {})
+        r("GET", r"/jobs/(?P<uuid>[^/]+)/tasks",
+          lambda body, uuid: [task_json(t) for t in self.jobs.get(uuid).tasks()])
         for stream in ("stdout", "stderr"):  # a pool's own output: none here (its tasks have theirs)
             r("GET", rf"/pools/(?P<uuid>[^/]+)/{stream}(?:/(?P<iid>\d+))?",
               lambda body, uuid, iid=None: self.pools.get(uuid) and "")
@@ -152,7 +164,7 @@ class Api:
             return 405, {"message": f"{method} {path}: the emulator accepts {', '.join(allowed)} here"}
         what = path.strip("/").split("/")[0] or path
         return 400, {"message": f"{method} {path}: {what} not supported by the local Qarnot emulator "
-                                f"(it implements tasks, pools, profiles, buckets, hardware constraints, task credits and carbon facts)"}
+                                f"(it implements tasks, pools, jobs, profiles, buckets, hardware constraints, task credits and carbon facts)"}
 
     # ------------------------------------------------------------------------------ handlers
     def profile(self, body: Any, name: str) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class Limits:
     max_buckets: int = 100  # buckets (S3 CreateBucket answers TooManyBuckets)
     max_pools: int = 50
     max_running_pools: int = 10
+    max_jobs: int = 100  # jobs not yet terminated (403 "Maximum number of jobs reached": MaxJobException)
     max_body: int = 4 << 20  # bytes of a request body (413 above)
 
     @classmethod

@@ -42,6 +42,7 @@ class TaskManager:
         self.hardware_mode = hardware_mode
         self.running_tasks = threading.BoundedSemaphore(self.limits.max_running_tasks)
         self.pools: dict[str, Any] = {}  # uuid -> pools.Pool
+        self.jobs: dict[str, Any] = {}  # uuid -> qjobs.QJob
         self.credits_spent = 0.0  # by tasks deleted since the daemon started (footprint.py)
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,17 @@ class TaskManager:
 
     def submit(self, body: Any) -> Task:
         pool = None
+        if isinstance(body, dict) and body.get("jobUuid"):
+            if body.get("poolUuid"):
+                raise RequestError(400, "poolUuid and jobUuid: a task goes into a pool or a job, not both "
+                                        "(a job may be in a pool)")
+            job = self.jobs.get(body["jobUuid"]) if isinstance(body["jobUuid"], str) else None
+            if job is None:
+                raise RequestError(404, f"jobUuid: job {str(body['jobUuid'])[:80]!r} not found")
+            if job.terminated:
+                raise RequestError(400, f"jobUuid: job {job.uuid} is {job.state}: it takes no more tasks")
+            if job.pool:
+                body = {**body, "poolUuid": job.pool}
         if isinstance(body, dict) and body.get("poolUuid"):
             pool = self.pools.get(body["poolUuid"]) if isinstance(body["poolUuid"], str) else None
             if pool is None:

@@ -74,6 +74,7 @@ class TaskBody:
     hardware: list[dict[str, Any]] = field(default_factory=list)
     dependencies: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     pool: str | None = None
+    job: str | None = None  # the Qarnot job it belongs to (qjobs.py)
 
     @classmethod
     def parse(cls, body: Any, limits: Limits | None = None, pool: dict[str, Any] | None = None) -> "TaskBody":
@@ -82,9 +83,7 @@ class TaskBody:
         constants and resource buckets are the task's defaults, as on Qarnot)."""
         if not isinstance(body, dict):
             raise RequestError(400, "a task must be a JSON object")
-        if body.get("jobUuid"):
-            raise RequestError(400, "jobUuid: jobs are not supported by the local Qarnot emulator; "
-                                    "submit the tasks on their own (or into a pool)")
+        job_uuid = string_field(body, "jobUuid")
         pool_uuid = string_field(body, "poolUuid")
         profile = string_field(body, "profile") or ((pool or {}).get("profile") if pool_uuid else None)
         if profile not in PROFILES:
@@ -150,7 +149,7 @@ class TaskBody:
                    results_blacklist=string_field(body, "resultsBlacklist"), gpu=gpu,
                    upload_on_cancel=bool(body.get("uploadResultsOnCancellation")),
                    tags=list(tags), hardware=hardware, dependencies=parse_dependencies(body.get("dependencies")),
-                   pool=pool_uuid)
+                   pool=pool_uuid, job=job_uuid)
 
 
 class TaskView(Protocol):
@@ -208,7 +207,7 @@ def task_json(task: TaskView, summary: bool = False) -> dict[str, Any]:
         else:
             data["instanceCount"] = len(body.ids)
         data["poolUuid"] = body.pool
-        data["jobUuid"] = None
+        data["jobUuid"] = body.job
         data["status"] = _status(task, instances, now)
         if summary:
             return data

@@ -3,7 +3,7 @@ samples, run through the real `qarnot` SDK against the real daemon over HTTP.
 
 Commands (DOCKER_CMD as words, no shell; FRAME_ID), limits from /info, hardware constraints,
 dependencies, abort of an ended task, the status object, commit() and update_resources(),
-user_info, pools, and what the emulator does not implement."""
+user_info, pools, jobs (maxWallTime), and what the emulator does not implement."""
 
 from __future__ import annotations
 
@@ -252,10 +252,60 @@ def test_pools_take_tasks_run_them_in_their_slots_and_close(conn, wait_task):
         conn.retrieve_pool(pool.uuid)
 
 
-def test_jobs_are_refused_with_a_clear_message(conn):
-    job = conn.create_job("a job")
-    with pytest.raises(QarnotGenericException, match="not supported by the local Qarnot emulator"):
-        job.submit()
+def test_a_jobs_max_wall_time_cancels_its_task_and_keeps_its_results(conn, wait_task, tmp_path):
+    """Qarnot's time limit is a job's maxWallTime (the SDK has no task-level one): a task past it
+    is cancelled, saying why, and, asked for, its results come home."""
+    import datetime
+
+    job = conn.create_job("limited")
+    job.max_wall_time = datetime.timedelta(seconds=2)
+    job.submit()
+    assert conn.retrieve_job(job.uuid).max_wall_time == datetime.timedelta(seconds=2)
+    out = conn.create_bucket(f"limited-{uuid.uuid4().hex[:8]}")
+    task = conn.create_task("stuck", "docker-batch", 1, job=job)
+    task.constants["DOCKER_CMD"] = sh("echo half > progress.txt; sleep 60")
+    task.results = out
+    task.upload_results_on_cancellation = True
+    task.submit()
+    started = time.monotonic()
+    assert wait_task(task, timeout=30) == "Cancelled"
+    assert time.monotonic() - started < 15, "ended at the limit, not at the command's end"
+    assert any("maxWallTime" in e.message for e in task.errors)
+    task.download_results(str(tmp_path / "got"))
+    assert (tmp_path / "got" / "progress.txt").read_text() == "half\n"
+    wait_for(lambda: (job.update(True), job.state == "Completed")[1], timeout=10)
+    late = conn.create_task("late", "docker-batch", 1, job=job)
+    late.constants["DOCKER_CMD"] = "true"
+    with pytest.raises(QarnotGenericException, match="takes no more tasks"):
+        late.submit()
+    job.delete()
+    with pytest.raises(Exception):
+        conn.retrieve_job(job.uuid)
+
+
+def test_a_job_without_limit_runs_its_tasks_and_terminate_cancels_them(conn, emulator, wait_task):
+    job = conn.create_job("plain")
+    job.submit()
+    quick = conn.create_task("quick", "docker-batch", 1, job=job)
+    quick.constants["DOCKER_CMD"] = "echo done"
+    quick.submit()
+    assert wait_task(quick) == "Success"
+    assert quick.stdout().strip() == "done"
+    slow = conn.create_task("slow", "docker-batch", 1, job=job)
+    slow.constants["DOCKER_CMD"] = "sleep 60"
+    slow.submit()
+    with pytest.raises(UnauthorizedException, match="running task"):  # the SDK's name for a 403
+        job.delete()  # not without force while a task runs
+    job.terminate()
+    assert wait_task(slow, timeout=30) == "Cancelled"
+    tasks = requests.get(f"{emulator.url}/jobs/{job.uuid}/tasks", headers={"Authorization": emulator.token},
+                         timeout=5).json()
+    assert sorted(t["name"] for t in tasks) == ["quick", "slow"] and all(t["jobUuid"] == job.uuid for t in tasks)
+    ghost = conn.create_task("ghost", "docker-batch", 1)
+    ghost._job_uuid = "00000000-0000-0000-0000-000000000000"
+    ghost.constants["DOCKER_CMD"] = "true"
+    with pytest.raises(Exception, match="not found"):
+        ghost.submit()
 
 
 # ------------------------------------------------------------------- modes of another daemon

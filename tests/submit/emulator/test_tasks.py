@@ -213,7 +213,7 @@ def test_wrong_token_is_refused(emulator):
 
 def test_unknown_endpoints_answer_4xx_with_a_message(emulator):
     headers = {"Authorization": emulator.token}  # (a 5xx would make the SDK retry for ~30 s)
-    r = requests.get(f"{emulator.url}/jobs/paginate", headers=headers, timeout=5)
+    r = requests.get(f"{emulator.url}/projects", headers=headers, timeout=5)
     assert r.status_code == 400 and "not supported by the local Qarnot emulator" in r.json()["message"]
     r = requests.get(f"{emulator.url}/tasks/00000000-0000-0000-0000-000000000000", headers=headers, timeout=5)
     assert r.status_code == 404
