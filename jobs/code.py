@@ -117,7 +117,7 @@ def find_code(job: Job, base_dir: Path, job_file: str | Path | None = None) -> C
         return None
     if job.script is not None:
         script = resolve(job.script.path, base_dir)
-        _python_file(script, "script.path")
+        _python_file(script, "script.path", folder_ok=False)
         origin = resolve(job.script.source, base_dir) if job.script.source else script.parent
         if job.script.source is not None:
             if not origin.is_dir():
@@ -146,13 +146,16 @@ def find_code(job: Job, base_dir: Path, job_file: str | Path | None = None) -> C
     return code
 
 
-def _python_file(path: Path, field: str) -> None:
+def _python_file(path: Path, field: str, folder_ok: bool = True) -> None:
     if not path.exists():
         raise JobError(f"{field} {path}: not found", hint="the path is relative to the job file")
     if kind := special_kind(path):
         raise JobError(f"{field} {path}: is {kind}, not a Python file")
     if path.is_dir():
-        return
+        if folder_ok:
+            return
+        raise JobError(f"{field} {path}: a folder, not a Python file",
+                       hint="give the script's .py file (script.source names the folder that travels with it)")
     if path.suffix != ".py":
         raise JobError(f"{field} {path}: not a Python file (.py)", hint="give the .py file of your code")
 

@@ -38,3 +38,10 @@ class RunError(QtrainError):
     and the exit status (3) tells it apart from a mistake caught before anything was sent (2)."""
 
     exit_code = 3
+
+
+class TimeLimitReached(QtrainError):
+    """A task stopped at its wall-clock limit (resources.max_minutes), its results and checkpoint
+    written: the task fails (exit status 124, as timeout(1)), and `qtrain resume` continues it."""
+
+    exit_code = 124

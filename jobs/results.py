@@ -43,6 +43,7 @@ LOSS_CURVE = "loss_curve.png"
 PREDICTIONS = "predictions.csv"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_INFO = "checkpoint.json"  # beside a script's checkpoint.pt: the epoch it was written after
 CONFUSION = "confusion_matrix.csv"
 CONFUSION_PCT = "confusion_matrix_pct.csv"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -99,7 +100,7 @@ def _number(value: Any) -> float | None:
 class Metrics(Record):
     """metrics.json: one trained model's numbers."""
 
-    task: Task
+    task: Task | None  # null: a script job that reported no predictions (its own numbers only)
     headline: str = ""
     train: dict[str, Any] = {}
     val: dict[str, Any] | None = None
@@ -117,9 +118,10 @@ class Metrics(Record):
     parameters: dict[str, int] = {}
     timings: dict[str, float | None] = {}
     notes: list[str] = []  # what the numbers hide, e.g. accuracy near the majority baseline
+    reported: dict[str, Any] = {}  # a script job's own final numbers (runner.script.log_metrics)
 
     def model_post_init(self, _context: Any) -> None:
-        if not self.headline:
+        if not self.headline and self.task is not None:
             self.headline = headline(self.task).metric
 
     def score(self, split: str, metric: str | None = None) -> float | None:

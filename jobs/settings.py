@@ -226,6 +226,19 @@ class TaskVar:
     EXECUTION = "QTRAIN_EXECUTION"  # how the emulator ran it: docker, docker-warm, process, process-warm
     THREADS = "OMP_NUM_THREADS"  # the instance's CPU share
     MKL_THREADS = "MKL_NUM_THREADS"
+    SITE = "QTRAIN_SITE"  # a folder of packages the runner puts first on sys.path (resources.requirements)
+    # what the runner tells a script job (`runner.script` reads them; so may the script itself)
+    DATA = "QTRAIN_DATA"
+    DATA_DIR = "QTRAIN_DATA_DIR"
+    OUTPUT_DIR = "QTRAIN_OUTPUT_DIR"
+    CHECKPOINT = "QTRAIN_CHECKPOINT"
+    TRIAL = "QTRAIN_TRIAL"
+    PARAMS = "QTRAIN_PARAMS"
+    SCRIPT_THREADS = "QTRAIN_THREADS"
+    DEVICE = "QTRAIN_DEVICE"
+    SEED = "QTRAIN_SEED"
+    SMOKE = "QTRAIN_SMOKE"
+    MAX_STEPS = "QTRAIN_MAX_STEPS"
 
 
 class Task(Group):
@@ -243,6 +256,8 @@ class Task(Group):
                                 "for run.json")
     threads: int | None = var(None, TaskVar.THREADS, "(task) the instance's CPU share: torch's threads "
                               "unless train.threads says")
+    site: Path | None = var(None, TaskVar.SITE, "(task) a folder of the job's own packages "
+                            "(resources.requirements), put first on the path")
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -260,6 +275,60 @@ class Task(Group):
 
 def task(environ: dict[str, str] | None = None) -> Task:
     return read(Task, environ)
+
+
+class ScriptEnv(Group):
+    """What a script job is told (`runner.script`); outside qtrain, the defaults."""
+
+    data: Path | None = var(None, TaskVar.DATA, "(script) the job's data.path as the script finds it")
+    data_dir: Path | None = var(None, TaskVar.DATA_DIR, "(script) the folder that holds it")
+    output_dir: Path = var(Path("qtrain-out"), TaskVar.OUTPUT_DIR, "(script) the folder that comes home: "
+                           "models, checkpoints, anything the script writes (its working folder)")
+    checkpoint: Path | None = var(None, TaskVar.CHECKPOINT, "(script) the checkpoint to resume from, when "
+                                  "the run is resumed")
+    trial: int | None = var(None, TaskVar.TRIAL, "(script) the sweep trial it runs", ge=0)
+    params: dict[str, Any] = var({}, TaskVar.PARAMS, "(script) its arguments (script.args, a trial's "
+                                 "values in), as JSON")
+    threads: int | None = var(None, TaskVar.SCRIPT_THREADS, "(script) the CPU threads it may use", ge=1)
+    device: str = var("cpu", TaskVar.DEVICE, "(script) cuda or cpu, as train.device resolves here")
+    seed: int = var(0, TaskVar.SEED, "(script) train.seed")
+    smoke: bool = var(False, TaskVar.SMOKE, "(script) 1: a smoke run (qtrain check --smoke): a few steps "
+                      "on a small slice, to find mistakes")
+    max_steps: int | None = var(None, TaskVar.MAX_STEPS, "(script) in a smoke run, the steps to stop after", ge=1)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        return value
+
+
+def script_env() -> ScriptEnv:
+    return read(ScriptEnv)
+
+
+def script_environment(base: dict[str, str], facts: dict[str, Any]) -> dict[str, str]:
+    """A script job's environment: `base` (the runner's own) with what the script is told, by
+    ScriptEnv's field names (`facts`: data, output_dir, params, ...; None: not set)."""
+    import json
+
+    env = dict(base)
+    for name, field in ScriptEnv.model_fields.items():
+        value = facts.get(name)
+        if value is None:
+            env.pop(field.alias or name, None)
+        else:
+            env[field.alias or name] = json.dumps(value) if isinstance(value, dict) else \
+                ("1" if value is True else "0" if value is False else str(value))
+    return env
 
 
 def task_environment(constants: dict[str, str], *, folder: str, instance_id: int, instance_count: int,
@@ -292,7 +361,7 @@ def library_defaults(values: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------------- listing
-GROUPS: tuple[type[Group], ...] = (Paths, Qarnot, Submission, Emulator, Task)
+GROUPS: tuple[type[Group], ...] = (Paths, Qarnot, Submission, Emulator, Task, ScriptEnv)
 
 
 def describe() -> list[dict[str, Any]]:

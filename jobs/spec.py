@@ -324,8 +324,11 @@ class ResourcesSpec(Spec):
     # file) or a list of requirement lines.  The docker executor and Qarnot run the runner image
     # plus them (`qtrain image build --requirements`); the process executor puts them on the path.
     requirements: str | list[Annotated[str, Field(min_length=1)]] | None = None
-    # End a task still running after this many minutes (its results and checkpoints are uploaded
-    # first): a script stuck in a loop cannot spend credits for ever.
+    # End a task still running after this many minutes, its results and last checkpoint uploaded
+    # (the run fails, and `qtrain resume` continues it): a script stuck in a loop cannot spend
+    # credits for ever.  The runner stops training before an epoch that would end past it, or sends
+    # a script SIGTERM (then SIGKILL STOP_GRACE_SECONDS later); the backend ends the task if it is
+    # still running STOP_GRACE_SECONDS + a margin later (Qarnot: the task's job's maxWallTime).
     max_minutes: float | None = Field(default=None, gt=0)
 
     @field_validator("image")
@@ -410,6 +413,7 @@ class Job(Spec):
         return self
 
 
+STOP_GRACE_SECONDS = 15.0  # resources.max_minutes: from SIGTERM to SIGKILL, for a script's last checkpoint
 SCRIPT_TRAIN = ("seed", "device", "threads")  # what qtrain hands a script (the rest is the script's)
 AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
 

@@ -38,6 +38,8 @@ def read_job(resources: Path) -> dict:
 def main() -> int:
     try:
         env = settings.task()
+        if env.site is not None:  # the job's own packages (resources.requirements), before its code imports
+            sys.path.insert(0, str(env.site))
         resources, results = env.resources, env.results_dir()
         raw = read_job(resources)
         from jobs.load import load_job_dict
@@ -49,12 +51,14 @@ def main() -> int:
         if loaded.trials:
             trial = env.instance_id
             out = out / trial_dir(trial)
-        from runner.imports import heavy_imports
+        from runner.api import run_job  # torch: only once the job is known to be readable
+        from runner.userscript import ScriptFailed
 
-        with heavy_imports():
-            from runner.run import run_job  # torch: only once the job is known to be readable
-
-        run_job(loaded, out, resume=(out / CHECKPOINT).exists(), trial=trial)
+        try:
+            run_job(loaded, out, resume=(out / CHECKPOINT).exists(), trial=trial, site=env.site)
+        except ScriptFailed as exc:  # its results are written: the task fails with its status
+            print(f"[qtrain] error: {exc}", file=sys.stderr, flush=True)
+            return exc.code
         return 0
     except QtrainError as exc:
         print(f"[qtrain] error: {exc.one_line()}", file=sys.stderr, flush=True)

@@ -17,8 +17,9 @@ for them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from runner.imports import exit_fast, heavy_imports
 from runner.warm import become, signal_instance
@@ -30,24 +31,63 @@ if TYPE_CHECKING:
 PRELOAD_MODULE = "runner.preloaded"
 
 __all__ = ["PRELOAD_MODULE", "become", "check_job", "checkpoint_epoch", "exit_fast", "heavy_imports", "load_model",
+           "on_path",
            "plot_curves", "read_input", "run_job", "signal_instance", "write_sweep_report"]
 
 
-def check_job(loaded: "LoadedJob") -> dict[str, Any]:
-    """The check's report (splits, shapes, each trial's model and timed step, warnings); raises
-    the first problem as a QtrainError."""
+def check_job(loaded: "LoadedJob", extra_paths: list[Path] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """The check's report (splits, shapes, each trial's model and timed step, warnings; a script
+    job: its imports against the job's environment, `extra_paths` its requirements); raises the
+    first problem as a QtrainError."""
+    if loaded.job.script is not None:
+        from runner.userscript import check_script
+
+        return check_script(loaded, extra_paths)
     with heavy_imports():
         from runner.run import check_job as check
 
-    return check(loaded)
+    with on_path(extra_paths):  # a module's own packages
+        return check(loaded)
 
 
-def run_job(loaded: "LoadedJob", out_dir: Path, *, resume: bool = False, trial: int | None = None) -> dict[str, Any]:
-    """Train the job (every trial of a sweep when `trial` is None) into `out_dir`."""
+@contextmanager
+def on_path(folders: Any) -> Iterator[None]:
+    """`folders` first on sys.path for the duration (the job's own packages)."""
+    import sys
+
+    added = [str(f) for f in folders or () if str(f) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for f in added:
+            if f in sys.path:
+                sys.path.remove(f)
+
+
+def run_job(loaded: "LoadedJob", out_dir: Path, *, resume: bool = False, trial: int | None = None,
+            smoke_steps: int | None = None, time_limit: float | None = None,
+            site: Path | None = None) -> dict[str, Any]:
+    """Train the job (every trial of a sweep when `trial` is None) into `out_dir`; a script job
+    runs its script (`runner.userscript`: ScriptFailed when it fails; `smoke_steps`: a smoke run).
+    It stops within `time_limit` seconds, default the job's resources.max_minutes, its results and
+    checkpoint written (TimeLimitReached).  `site`: a folder of the job's own packages, first on
+    the path (a script's PYTHONPATH)."""
+    import time
+
+    minutes = loaded.job.resources.max_minutes
+    limit = time_limit if time_limit is not None else (minutes * 60 if minutes else None)
+    deadline = time.monotonic() + limit if limit else None
+    if loaded.job.script is not None:
+        from runner.userscript import run_script
+
+        return run_script(loaded, out_dir, trial=trial, resume=resume, smoke_steps=smoke_steps, deadline=deadline,
+                          site=site)
     with heavy_imports():
         from runner.run import run_job as run
 
-    return run(loaded, out_dir, resume=resume, trial=trial)
+    with on_path([site] if site is not None else []):
+        return run(loaded, out_dir, resume=resume, trial=trial, deadline=deadline)
 
 
 def load_model(path: str | Path):
@@ -88,6 +128,17 @@ def checkpoint_epoch(path: Path) -> int | None:
     with heavy_imports():
         import torch
 
+    import json
+
+    from jobs.results import CHECKPOINT_INFO
+
+    info = Path(path).with_name(CHECKPOINT_INFO)  # a script job's (runner.script.save_checkpoint)
+    if info.is_file():
+        try:
+            epoch = json.loads(info.read_text()).get("epoch")
+            return epoch if isinstance(epoch, int) else None
+        except (OSError, ValueError, AttributeError):
+            return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a checkpoint this runner wrote

@@ -183,7 +183,8 @@ def load_model(path: str | Path) -> Predictor:
     except Exception as exc:  # noqa: BLE001
         raise QtrainError(f"{p}: cannot be read as a qtrain model ({exc})") from exc
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise QtrainError(f"{p}: not a qtrain {MODEL}")
+        raise QtrainError(f"{p}: not a qtrain {MODEL}", hint="qtrain writes it for model jobs (kind mlp, cnn, "
+                          "transfer or module); a script job's model.pt is the script's own")
     model = build_from_arch(saved["arch"], base=p.parent)  # a module model: its code/ beside it
     model.load_state_dict(saved["model_state"])
     model.eval()

@@ -262,3 +262,33 @@ def _save_fig(fig, path: Path) -> None:
                 metadata={"Title": texts["title"] or (texts["axes"][0]["title"] if texts["axes"] else ""),
                           "Description": json.dumps(texts), "Software": "qtrain"})
     os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import numpy as np
+    import pydantic
+    import sklearn
+    import torch
+
+    from runner import __version__
+
+    return {"qtrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
+            "pydantic": pydantic.__version__}
+
+
+def plot_title(job_name: str, out_dir: Path, trial: int | None = None,
+               overrides: dict[str, Any] | None = None) -> str:
+    """What every plot is titled with: the job, the run (the store's id on a backend, else the
+    results folder) and the trial."""
+    from jobs import settings
+    from jobs.load import format_trial
+
+    run = settings.task().run_id or (out_dir.parent.name if trial is not None else out_dir.name)
+    text = f"{job_name} · run {run}"
+    if trial is not None:
+        text += f" · trial {trial}" + (f" ({format_trial(overrides)})" if overrides else "")
+    return text
+

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import socket
 import tempfile
 import time
@@ -20,7 +19,7 @@ import pandas as pd
 import torch
 
 from jobs import settings
-from jobs.errors import DataError, QtrainError
+from jobs.errors import DataError, QtrainError, TimeLimitReached
 from jobs.code import find_code
 from jobs.files import job_files
 from jobs.load import LoadedJob, format_trial
@@ -33,20 +32,11 @@ from runner.evaluate import baseline, classification_metrics, confusion, regress
 from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, save_code,
                            storable_arch)
 from runner.prepare import Prepared, prepare
-from runner.report import (write_confusion, write_csv, write_history, write_json, write_regression,
+from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
 from runner.train import Trainer, TrainResult, predict_raw, seed_everything, select_device, set_threads
 
 
-def versions() -> dict[str, str]:
-    import pydantic
-    import sklearn
-
-    from runner import __version__
-
-    return {"qtrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
-            "pydantic": pydantic.__version__}
 
 
 # ------------------------------------------------------------------------------------- build
@@ -141,14 +131,16 @@ def predictions_frame(p: Prepared, pred: np.ndarray, proba: np.ndarray | None) -
 
 # ---------------------------------------------------------------------------------------- run
 def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
-            trial: int | None = None) -> dict[str, Any]:
+            trial: int | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Train and write the results contract to `out_dir`; returns metrics.json's content.
 
     A job with a sweep runs trial `trial` (the Qarnot INSTANCE_ID) into `out_dir`, or, with
     `trial=None`, every trial in turn into `out_dir/trial-<i>` plus a `sweep.json` summary.
+    `deadline` (time.monotonic()): training stops before an epoch that would end past it, its
+    results and checkpoint written, then TimeLimitReached.
     """
     if loaded.trials and trial is None:
-        return run_sweep(loaded, out_dir, resume=resume)
+        return run_sweep(loaded, out_dir, resume=resume, deadline=deadline)
     # the hashes are those of the job as submitted (a sweep's, sweep included): as in the store
     files = job_files(loaded.job, loaded.base_dir)
     code = find_code(loaded.job, loaded.base_dir, loaded.source)  # in the task: code/, as the submitter hashed it
@@ -173,7 +165,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
              f"{len(p.y.get('test', []))}, {len(p.feature_names)} features, {trainable} trainable "
              f"parameters, device {b.device}")
     checkpoint = out_dir / CHECKPOINT
-    trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint)
+    trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint, deadline=deadline)
     result = trainer.fit(resume_from=checkpoint if resume else None)
     t_eval = time.perf_counter()
     metrics, test_out = evaluate_all(b, job, trainer.data.x)
@@ -194,7 +186,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "timings": timings,
     })
     title = plot_title(job.name, out_dir, trial, overrides)
-    notes = [n for n in (imbalance_note(metrics, p, job),) if n]
+    stopped = (f"stopped by resources.max_minutes ({job.resources.max_minutes:g} min) after epoch "
+               f"{result.time_limited} of {job.train.epochs}" if result.time_limited else None)
+    notes = [n for n in (imbalance_note(metrics, p, job), stopped) if n]
     if notes:
         metrics["notes"] = notes
         for note in notes:
@@ -226,6 +220,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     if head in test:
         log.info(f"done: test {head}={test[head]:.4f} (baseline {base.get(head, float('nan')):.4f}) "
                  f"in {timings['total_seconds']:.1f}s -> {out_dir}")
+    if result.time_limited:
+        raise TimeLimitReached(f"{stopped}: its results and checkpoint are written",
+                               hint="qtrain resume continues it; or raise resources.max_minutes")
     return metrics
 
 
@@ -248,15 +245,6 @@ def imbalance_note(metrics: dict[str, Any], p: Prepared, job) -> str | None:
             f"({test.get('f1_macro', float('nan')):.4f}), and try train.class_weights: balanced")
 
 
-def plot_title(job_name: str, out_dir: Path, trial: int | None = None,
-               overrides: dict[str, Any] | None = None) -> str:
-    """What every plot is titled with: the job, the run (the store's id on a backend, else the
-    results folder) and the trial."""
-    run = settings.task().run_id or (out_dir.parent.name if trial is not None else out_dir.name)
-    text = f"{job_name} · run {run}"
-    if trial is not None:
-        text += f" · trial {trial}" + (f" ({format_trial(overrides)})" if overrides else "")
-    return text
 
 
 def kept_train_loss(result: TrainResult, job) -> float | None:
@@ -268,11 +256,19 @@ def kept_train_loss(result: TrainResult, job) -> float | None:
     return None if row is None else row.get("train_loss")
 
 
-def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False,
+              deadline: float | None = None) -> dict[str, Any]:
     rows = []
+    stopped = None
     for i, overrides in enumerate(loaded.trials):
-        metrics = run_job(loaded, out_dir / trial_dir(i), resume=resume, trial=i)
+        try:
+            metrics = run_job(loaded, out_dir / trial_dir(i), resume=resume, trial=i, deadline=deadline)
+        except TimeLimitReached as exc:  # the trials so far summed up, then the sweep stops
+            stopped = exc
+            metrics = json.loads((out_dir / trial_dir(i) / METRICS).read_text())
         rows.append(TrialResult(trial=i, overrides=overrides, metrics=Metrics.model_validate(metrics)))
+        if stopped:
+            break
     summary = select_best(loaded.job.task, rows, loaded.job.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SWEEP, summary.model_dump())
@@ -283,6 +279,8 @@ def run_sweep(loaded: LoadedJob, out_dir: Path, resume: bool = False) -> dict[st
                  f"{summary.selection}={best.value:.4f}")
     if summary.note:
         log.warn(summary.note)
+    if stopped is not None:
+        raise stopped
     return summary.model_dump()
 
 

@@ -204,6 +204,7 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_seen: int = 0
     resumed_from: int | None = None
+    time_limited: int | None = None  # the epoch training stopped after, at the job's time limit
 
     @property
     def samples_per_second(self) -> float:
@@ -212,7 +213,7 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, model: nn.Module, prepared: Prepared, job: Job, device: torch.device,
-                 job_hash: str, checkpoint_path: Path | None = None):
+                 job_hash: str, checkpoint_path: Path | None = None, deadline: float | None = None):
         self.model = model.to(device)
         if len(prepared.input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -222,6 +223,7 @@ class Trainer:
         self.device = device
         self.job_hash = job_hash
         self.checkpoint_path = checkpoint_path
+        self.deadline = deadline  # time.monotonic() by which training must have stopped (max_minutes)
         self._saved_at, self._save_seconds = time.monotonic(), 0.0  # the timed checkpoints' clock
         self.data = Tensors.from_prepared(prepared, device)
         self.loss_fn = make_loss(job, prepared, device)
@@ -338,6 +340,11 @@ class Trainer:
         interval = max(minutes * 60.0, self._save_seconds / self.CHECKPOINT_BUDGET)
         return time.monotonic() - self._saved_at >= interval
 
+    def _out_of_time(self, epoch_seconds: float) -> bool:
+        """Would another epoch, and then the final evaluation (taken as long as an epoch), end
+        past the deadline?"""
+        return self.deadline is not None and time.monotonic() + 2 * epoch_seconds > self.deadline
+
     def save_checkpoint(self, epoch: int, patience_left: int) -> None:
         if self.checkpoint_path is None:
             return
@@ -427,13 +434,18 @@ class Trainer:
             r.history.append(row)
             log.info(log.epoch_line(fields)[len(log.PREFIX) + 1:])
             stop = bool(es) and patience_left <= 0
-            if stop or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0) \
+            out_of_time = not stop and epoch < spec.epochs and self._out_of_time(time.perf_counter() - t0)
+            if stop or out_of_time or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0) \
                     or self.checkpoint_due():
                 self.save_checkpoint(epoch, patience_left)
             if stop:
                 r.early_stop_epoch = epoch
                 log.info(f"early stop at epoch {epoch}: {self.monitor} has not improved for "
                          f"{es.patience} epochs (best {r.best_value:.6g} at epoch {r.best_epoch})")
+                break
+            if out_of_time:
+                r.time_limited = epoch
+                log.warn(f"stopping after epoch {epoch}: another epoch would end past resources.max_minutes")
                 break
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)

@@ -226,3 +226,107 @@ def push(source: str, target: str, log=print) -> str:
     _run(["docker", "push", "--", target], "docker push", log)
     inspect.cache_clear()  # the push added a registry digest
     return image_digest(target) or ""
+
+
+# ------------------------------------------------------------------------------ derived images
+REQUIREMENTS_LABEL = "org.qtrain.requirements-hash"
+BASE_LABEL = "org.qtrain.base-id"
+DERIVED = """\
+FROM {base}
+USER root
+COPY wheels/ /tmp/qtrain-wheels/
+COPY requirements.txt /tmp/qtrain-requirements.txt
+RUN python -m pip install --no-cache-dir --disable-pip-version-check --no-index \\
+      --find-links /tmp/qtrain-wheels -r /tmp/qtrain-requirements.txt \\
+    && rm -rf /tmp/qtrain-wheels /tmp/qtrain-requirements.txt
+LABEL {requirements_label}={requirements_hash} {base_label}={base_id}
+USER {user}
+"""
+
+
+def derived_tag(image: str, reqs) -> str:
+    """The image a job with requirements runs: `IMAGE-req-<hash>` (its tag, suffixed)."""
+    from jobs.imageref import parse_image
+
+    ref = parse_image(image)
+    tag = ref.docker_tag.split("@")[0]
+    return f"{ref.name}:{tag[:100]}-req-{reqs.hash()[:12]}"
+
+
+def derived_state(image: str, reqs) -> str:
+    """ok | missing | stale (built from another build of its base)."""
+    info = _fresh_inspect(derived_tag(image, reqs))
+    if info is None:
+        return "missing"
+    base = inspect(image)
+    if base is not None and info["labels"].get(BASE_LABEL) != base["id"]:
+        return "stale"
+    return "ok"
+
+
+def _image_packages() -> dict[str, set[str]]:
+    """The runner image's packages (normalised name -> versions), from its pinned requirements."""
+    from submit.run.environment import normal
+
+    found: dict[str, set[str]] = {}
+    for kind in ("cpu", "gpu"):
+        path = DOCKER_DIR / f"requirements-{kind}.txt"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            line = line.split("#")[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                found.setdefault(normal(name), set()).add(version.split("+")[0].strip())
+    return found
+
+
+def _image_python(base: str) -> str:
+    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", "--", base, "-c",
+                           "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise QtrainError(f"image {base}: its Python cannot be run ({' '.join(proc.stderr.split())[:200]})")
+    return proc.stdout.strip()
+
+
+def build_derived(reqs, base: str = CPU_TAG, log=print) -> Built:
+    """The runner image `base` plus the packages of `reqs` (`derived_tag`), built unless an
+    up-to-date one is here.  The wheels come from this machine's package index or the
+    requirements' --find-links folders (`pip download`): the build itself needs no network."""
+    from submit.run.environment import closure, normal, pip
+
+    t0 = time.perf_counter()
+    problem = docker_problem()
+    if problem:
+        raise QtrainError(f"resources.requirements: the image with them cannot be built: {problem}",
+                          hint="start Docker, or use the process executor")
+    _reference(base, "the base image")
+    base_info = _fresh_inspect(base)
+    if base_info is None:
+        raise QtrainError(f"resources.requirements: the base image {base} is not on this machine",
+                          hint="qtrain image build (or docker pull it) first")
+    tag = derived_tag(base, reqs)
+    if derived_state(base, reqs) == "ok":
+        return Built(tag, image_id(tag) or "", 0.0, base_info["labels"].get("org.qtrain.source-digest", ""))
+    has = _image_packages()
+    need = [d for d in closure(reqs) if d.version.split("+")[0] not in has.get(normal(d.name), set())]
+    user = subprocess.run(["docker", "image", "inspect", "--format", "{{.Config.User}}", "--", base],
+                          capture_output=True, text=True).stdout.strip() or "root"
+    with tempfile.TemporaryDirectory(prefix="qtrain-derived-") as tmp:
+        ctx = Path(tmp)
+        (ctx / "wheels").mkdir()
+        if need:
+            log(f"fetching {len(need)} wheel(s) for {tag}: {', '.join(d.pin for d in need)}")
+            python = _image_python(base)
+            extra = [] if python == f"{sys.version_info[0]}.{sys.version_info[1]}" else \
+                ["--python-version", python, "--only-binary=:all:"]
+            pip(["download", "--quiet", "--no-deps", "-d", str(ctx / "wheels"), *extra, *reqs.options,
+                 *[d.pin for d in need]], reqs, "fetching the wheels")
+        (ctx / "requirements.txt").write_text(reqs.text(options=False))
+        (ctx / "Dockerfile").write_text(DERIVED.format(base=base, requirements_label=REQUIREMENTS_LABEL,
+                                                       requirements_hash=reqs.hash(), base_label=BASE_LABEL,
+                                                       base_id=base_info["id"], user=user))
+        log(f"building {tag} (once for these requirements)")
+        _run(["docker", "build", "-t", tag, "--", str(ctx)], f"docker build of {tag}",
+             lambda line: log(line) if line.startswith(("Step ", "Successfully built")) else None,
+             env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return Built(tag, image_id(tag) or "", time.perf_counter() - t0,
+                 base_info["labels"].get("org.qtrain.source-digest", ""))

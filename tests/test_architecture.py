@@ -109,7 +109,9 @@ def test_no_source_file_is_over_500_lines():
 ENVIRONMENT = {
     "jobs/settings.py": {"read", "describe", "library_defaults"},
     "runner/warm.py": {"become"},  # the forked instance's own environment
-    "submit/image.py": {"build"},  # docker build's
+    "runner/userscript.py": {"run_script"},  # a script job's
+    "submit/image.py": {"build", "build_derived"},  # docker build's
+    "submit/run/environment.py": {"pip"},  # pip's
     "submit/emulator/daemon.py": {"_start_locked"},  # the daemon's
     "submit/emulator/docker.py": {"start"},  # the docker client's (it passes the instance's values on)
     "submit/emulator/process.py": {"environment"},  # a process instance's

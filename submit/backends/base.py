@@ -84,6 +84,7 @@ class TaskRequest:
     constants: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     results_whitelist: str | None = None
+    max_wall_seconds: int | None = None  # end the task if it still runs after this (resources.max_minutes)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,11 @@ class Backend(abc.ABC):
     def runs_images(self) -> bool:
         """Do tasks run in the job's image here (so that a stale local image matters)?"""
         return True
+
+    def image_with(self, reqs: Any, image: str, log: Callable[[str], None]) -> str:
+        """The image that runs a job with requirements `reqs` (jobs.requirements) here: `image`
+        where tasks run no image (the packages then travel as a folder on the path, QTRAIN_SITE)."""
+        return image
 
     def executor_name(self) -> str:
         """How tasks run here, for the store: the backend's name, or the emulator's executor."""

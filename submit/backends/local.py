@@ -64,6 +64,16 @@ class LocalBackend(QarnotBackend):
         self.conn  # noqa: B018 - connecting finds (or starts) the daemon and its executor
         return self.endpoint is not None and self.endpoint.executor == "docker"
 
+    def image_with(self, reqs, image: str, log) -> str:
+        """The docker executor runs the runner image plus the job's packages, built here on first
+        use (cached by the requirements' hash); the process executor, the runner's own interpreter
+        with their folder on the path."""
+        if not self.runs_images():
+            return image
+        from submit.image import build_derived
+
+        return build_derived(reqs, image, log).tag
+
     def executor_name(self) -> str:
         self.conn  # noqa: B018
         return f"emulator/{self.endpoint.executor}" if self.endpoint else "emulator"

@@ -9,6 +9,7 @@ the results store.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import threading
 from pathlib import Path
@@ -147,6 +148,22 @@ class QarnotBackend(Backend):
         return sent
 
     # -------------------------------------------------------------------------------- submit
+    def image_with(self, reqs: Any, image: str, log: Callable[[str], None]) -> str:
+        """Qarnot pulls `image-req-<hash>` (submit.image.derived_tag): built here with `qtrain
+        image build --requirements` and pushed with `qtrain image push`.  Where Docker runs, an
+        image of that name must be here, and up to date with its base."""
+        from submit.image import derived_state, derived_tag, docker_problem
+
+        tag = derived_tag(image, reqs)
+        if docker_problem() is None:
+            state = derived_state(image, reqs)
+            if state != "ok":
+                raise BackendError(f"resources.requirements: Qarnot would run {tag}, which is "
+                                   f"{'not built here' if state == 'missing' else 'older than ' + image}",
+                                   hint=f"qtrain image push {image} --requirements {reqs.where} builds and "
+                                        f"pushes it")
+        return tag
+
     @translated
     def check_capacity(self, instances: int, gpu: bool) -> None:
         limit = self.conn.user_info.max_instances
@@ -163,7 +180,13 @@ class QarnotBackend(Backend):
 
         conn = self.conn
         given = settings.submission()
-        task = conn.create_task(request.name, request.profile, request.instances)
+        job = None
+        if request.max_wall_seconds:  # Qarnot's time limit is a job's: one job holds the task
+            job = conn.create_job(request.name)
+            job.max_wall_time = datetime.timedelta(seconds=request.max_wall_seconds)
+            job.tags = request.tags
+            job.submit()
+        task = conn.create_task(request.name, request.profile, request.instances, job=job)
         repo, tag = split_image(request.image)
         task.constants["DOCKER_REPO"] = repo
         task.constants["DOCKER_TAG"] = tag
@@ -271,6 +294,9 @@ class QarnotBackend(Backend):
         if on_total:
             on_total(sum(o.size for o, _ in todo))
         fetch_all(todo, lambda key, tmp: bucket.get_file(key, local=str(tmp)), done, progress)
+        job_uuid = getattr(task, "_job_uuid", None)  # the job that held its time limit: ended with it
+        if job_uuid and task.state in ("Success", "Failure", "Cancelled"):
+            _optional(lambda: self.conn.retrieve_job(job_uuid).terminate())
         return done
 
 
@@ -281,7 +307,7 @@ def _optional(call: Callable[[], Any]) -> Any:
 
     try:
         return call()
-    except (qx.QarnotGenericException, qx.UnauthorizedException, qx.MissingTaskException,
+    except (qx.QarnotGenericException, qx.UnauthorizedException, qx.MissingTaskException, qx.MissingJobException,
             requests.RequestException, ValueError, TypeError, AttributeError):
         return None
 

@@ -122,6 +122,9 @@ SetOption = typer.Option(None, "--set", "-s", metavar="KEY.PATH=VALUE",
 
 RecheckOption = typer.Option(False, "--recheck", help="Check again even if this job, its data "
                                                       "and the code passed before.")
+SmokeOption = typer.Option(False, "--smoke", help="A script job: also run the script here on its data, told "
+                                                  "to stop after a few steps (QTRAIN_SMOKE, QTRAIN_MAX_STEPS), "
+                                                  "with a time limit: its mistakes found before paying.")
 
 
 def _load(job: str, overrides: Optional[list[str]]):

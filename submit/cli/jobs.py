@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from jobs.errors import QtrainError
-from submit.cli.common import (SetOption, RecheckOption, _load, _open_run, command, console, output_file,
+from submit.cli.common import (SetOption, RecheckOption, SmokeOption, _load, _open_run, command, console, output_file,
                                err_console)
 
 
@@ -22,14 +22,20 @@ def check(
     set_: Optional[list[str]] = SetOption,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     recheck: bool = RecheckOption,
+    smoke: bool = SmokeOption,
 ) -> None:
     """Preflight a job: validate it, load and preprocess the data, build the model and run one
     training step on a small batch.  Catches every mistake that can be caught before paying for a
     cloud task.  A job that passed with the same job, data and code is not checked again."""
     from submit.run.checks import check as check_job
+    from submit.run.checks import smoke as smoke_run
+    from submit.run.environment import job_site
 
     loaded = _load(job, set_)
-    report, remembered = check_job(loaded, recheck=recheck)
+    _, site = job_site(loaded, lambda line: err_console.print(line, style="dim", highlight=False, markup=False))
+    report, remembered = check_job(loaded, recheck=recheck, site=site)
+    if smoke:
+        report = {**report, **smoke_run(loaded, site)}
     if as_json:
         print(json.dumps({**report, "remembered": remembered}))
         return
@@ -43,6 +49,15 @@ def _print_check(report: dict[str, Any], source: str, remembered: bool = False) 
     t = Table(title=f"qtrain check {source}: OK", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    if "script" in report:  # a script job: what could be checked without running it (and a smoke run)
+        t.add_row("job", f"{report['job']} (script {report['script']}, {report['code_files']} code file(s))")
+        t.add_row("imports", ", ".join(report["imports"]) or "none")
+        if report.get("trials"):
+            t.add_row("trials", str(report["trials"]))
+        if "smoke" in report:
+            t.add_row("smoke run", f"passed in {report['smoke']['seconds']} s")
+        console.print(t)
+        return
     data = report["data"]
     t.add_row("job", f"{report['job']} ({report['task']})")
     shape = f", images {tuple(data['shape'])}" if data["kind"] == "images" else ""
@@ -81,9 +96,11 @@ def train(
     """Train here, in this process, with no submission: the quickest local dry run.  Writes the
     results contract (metrics.json, confusion matrix, curves, model.pt, ...) to --out."""
     from runner.api import run_job
+    from submit.run.environment import job_site
 
     loaded = _load(job, set_)
-    run_job(loaded, out, resume=resume, trial=trial)
+    _, site = job_site(loaded, lambda line: err_console.print(line, style="dim", highlight=False, markup=False))
+    run_job(loaded, out, resume=resume, trial=trial, site=site)
 
 
 # ------------------------------------------------------------------------------------ predict
@@ -135,8 +152,15 @@ def predict(
 
 def _run_model_dir(ref: str, store_dir: Optional[Path]) -> Path:
     """The folder of the model a stored run stands for (a sweep: the trial chosen on validation)."""
+    from submit.results.query import user_job
+
     store, record = _open_run(ref, store_dir)
     trial, metrics = record.chosen()
+    script = user_job(record, trial).get("script")
+    if script:
+        raise QtrainError(f"run {record.run_id}: a script job ({script.get('path')}): its model.pt is the script's "
+                          "own, which only its code can load", hint="load it with your script's model class; qtrain "
+                          "predict takes runs of model jobs (kind mlp, cnn, transfer or module)")
     if metrics is None:
         raise QtrainError(f"run {record.run_id}: no trained model in the store ({record.state})",
                           hint=f"qtrain fetch {record.run_id} retrieves it once its task has ended")

@@ -148,7 +148,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     your data path), its hyperparameters, metrics, confusion matrix, timings, files; a sweep's
     trials with their parameters and metrics."""
     from jobs.results import headline
-    from submit.results.query import flatten, user_job
+    from submit.results.query import job_fields, user_job
     from submit.run.retrieve import backend_for, refresh
     from submit.run.summary import summary
     from submit.ui import Ui, confusion_table, fmt, metrics_table, printable, trials_table
@@ -170,7 +170,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     t.add_column(style="bold")
     t.add_column()
     t.add_row("state", _state(record) + (f"  ({record.error})" if record.error else ""))
-    t.add_row("job", f"{record.job_name} ({record.task})")
+    t.add_row("job", f"{record.job_name} ({record.kind})")
     info = record.info
     t.add_row("ran on", f"{record.backend}/{record.profile}"
               + (f", {info['execution']}" if info.get("execution") else
@@ -204,7 +204,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
                                        if k.endswith("_seconds") and isinstance(v, (int, float))))
     t.add_row("files", data["artifacts_dir"])
     console.print(t)
-    params = flatten({k: v for k, v in job.items() if k not in ("name", "description", "task")})
+    params = job_fields(job)
     hp = Table(title="hyperparameters" + ("" if trial is None else f" (trial {trial})"),
                show_header=False, title_justify="left")
     hp.add_column(style="bold")
@@ -235,7 +235,9 @@ def _footprint_line(fp: dict | None) -> str:
     if fp.get("erf") is not None:
         parts.append(f"heat reused (ERF) {fp['erf']:.2f}")
     estimate = fp.get("estimate") or {}
-    if estimate.get("cost_eur") is not None:
+    if estimate.get("bounded") is False:
+        parts.append("estimated before: unknown (a script job without resources.max_minutes)")
+    elif estimate.get("cost_eur") is not None:
         parts.append(f"estimated before: {show(estimate['cost_eur'], 'EUR')}, "
                      f"{show(estimate.get('wall_seconds'), 's')}")
     source = "emulated: the local emulator's model, not Qarnot's figures" if fp.get("source") == "emulated" \

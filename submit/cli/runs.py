@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from jobs.errors import QtrainError, RunError
-from submit.cli.common import (JsonOption, RecheckOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
+from submit.cli.common import (JsonOption, RecheckOption, SmokeOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
                                command, console)
 
 
@@ -94,6 +94,7 @@ def run(
                                             help="Tag the run (repeatable); `@KEY` then names it."),
     note: Optional[str] = typer.Option(None, "--note", help="A note kept with the run."),
     recheck: bool = RecheckOption,
+    smoke: bool = SmokeOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and package the job, list every file "
                                                           "and byte an upload would send, and stop: "
                                                           "nothing is sent or recorded."),
@@ -131,7 +132,7 @@ def run(
     store = _store(store_dir)
     be = get_backend(backend)
     record = submit_run(loaded, be, store, ui, profile=profile, recheck=recheck, tags=tags,
-                        note=(note or "").strip() or None, max_cost=max_cost)
+                        note=(note or "").strip() or None, max_cost=max_cost, smoke=smoke)
     if detach:
         ui.say(f"detached: qtrain status {record.run_id}  |  qtrain fetch {record.run_id}")
         if as_json:
@@ -179,13 +180,20 @@ def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
     console.print(f"{len(plan['files'])} file(s), {plan['total_bytes']:,} bytes ({human_bytes(plan['total_bytes'])}) "
                   f"at most (what the backend already has is not sent again); dataset "
                   f"{plan['dataset_hash'][:12]}. Nothing was sent.", highlight=False, markup=False)
+    if plan.get("requirements"):
+        reqs = plan["requirements"]
+        console.print(f"requirements {reqs['requirements_hash'][:12]} ({', '.join(reqs['requirements'])}): not "
+                      f"uploaded; the task runs the image with them (docker, Qarnot) or their folder (process: "
+                      f"{', '.join(reqs['installed']) or 'nothing this interpreter lacks'})", highlight=False,
+                      markup=False)
 
 
 @command()
 def resume(
     run_ref: str = RunArgument,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Train up to this many epochs in all "
-                                                                 "(default: the run's own)."),
+                                                                 "(default: the run's own; a script job: its "
+                                                                 "script.args.epochs)."),
     detach: bool = typer.Option(False, "--detach", help="Return once submitted, with the run id."),
     as_json: bool = JsonOption,
     store_dir: Optional[Path] = StoreOption,
@@ -195,7 +203,8 @@ def resume(
     the result is the one an uninterrupted run would have given.  A succeeded run goes on only
     with --epochs above the epochs it trained (the new total).  The new run records the one it
     resumes (`resumed_from`); it reads the data from where the first run did, unchanged.  One
-    resume of a run at a time."""
+    resume of a run at a time.  A script job is handed its last checkpoint (QTRAIN_CHECKPOINT,
+    runner.script.load_checkpoint), and goes on as far as the script makes it."""
     from submit.backends import get_backend
     from submit.run.resume import resume_job
     from submit.run.retrieve import refresh

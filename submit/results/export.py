@@ -35,7 +35,7 @@ from jobs.code import ROOT as CODE_DIR
 from jobs.results import HISTORY, MODEL, parse_metrics
 from runner.api import load_model
 from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
-from submit.results.query import flatten, resolved, trial_job
+from submit.results.query import flatten, job_fields, resolved, trial_job
 from submit.store import RunRecord, Store
 
 RUN_TAG = "qtrain.run_id"
@@ -129,7 +129,10 @@ def _export(mlflow, record: RunRecord, store: Store, uri: str) -> Exported:
 
 
 def _params(job: dict[str, Any]) -> dict[str, Any]:
-    """A resolved job as MLflow params: its settings flattened (train.lr, model.hidden, ...)."""
+    """A resolved job as MLflow params: its settings flattened (train.lr, model.hidden, ...; a
+    script job: script.args.*, data.path and what it was told)."""
+    if job.get("script"):
+        return job_fields(job)
     return flatten({k: v for k, v in job.items() if k != "description"})
 
 
@@ -181,7 +184,8 @@ def _fill(mlflow, client, uri: str, run_id: str, record: RunRecord, params: dict
                 if key not in logged and _finite(value):
                     series.append(Metric(key, float(value), stamp, 0))
         for key, value in (("epochs_run", metrics.get("epochs_run")),
-                           ("train_seconds", (metrics.get("timings") or {}).get("train_seconds"))):
+                           ("train_seconds", (metrics.get("timings") or {}).get("train_seconds")),
+                           *((f"reported/{k}", v) for k, v in m.reported.items())):  # a script's own numbers
             if key not in logged and _finite(value):
                 series.append(Metric(key, float(value), stamp, 0))
     if trial is None:  # what the run's task cost and emitted (a sweep: on its parent run); unknown: not logged
@@ -204,7 +208,9 @@ def _fill(mlflow, client, uri: str, run_id: str, record: RunRecord, params: dict
         if path.is_file() and not any(part.startswith(".") for part in relative.parts):
             parent = relative.parent.as_posix()
             client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
-    if model_folder is not None and (model_folder / MODEL).is_file() and MODEL_TAG not in existing.tags:
+    # a script job's model.pt is the script's own (an artifact above): only its code can load it
+    if model_folder is not None and (model_folder / MODEL).is_file() and MODEL_TAG not in existing.tags \
+            and not record.job.get("script"):
         _log_model(mlflow, uri, run_id, model_folder)
         client.set_tag(run_id, MODEL_TAG, "true")
     end = _ms(record.history[-1]["at"]) if record.history else None

@@ -67,6 +67,18 @@ def user_job(run: RunRecord, trial: int | None) -> dict[str, Any]:
     return job
 
 
+def job_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a job that shaped its run, flattened: all of a model job's; of a script job,
+    its script, data.path, the train fields it is told (jobs.spec.SCRIPT_TRAIN) and resources."""
+    from jobs.spec import SCRIPT_TRAIN
+
+    if job.get("script"):
+        job = {"script": job["script"], "data": {"path": (job.get("data") or {}).get("path")},
+               "train": {k: v for k, v in (job.get("train") or {}).items() if k in SCRIPT_TRAIN},
+               "resources": job.get("resources") or {}}
+    return flatten({k: v for k, v in job.items() if k not in ("name", "description", "task")})
+
+
 def lower_is_better(metric: str) -> bool:
     return metric.rsplit(".", 1)[-1].removeprefix("val_").removeprefix("test_") in LOWER_IS_BETTER
 

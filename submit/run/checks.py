@@ -48,11 +48,12 @@ def code_version(roots: tuple[Path, ...] | None = None) -> str:
     return h.hexdigest()
 
 
-def check_key(loaded: LoadedJob) -> str:
+def check_key(loaded: LoadedJob, site: Path | None = None) -> str:
     files = job_files(loaded.job, loaded.base_dir)
     code = find_code(loaded.job, loaded.base_dir, loaded.source)
     parts = {"job": job_hash(loaded.job, code.hash() if code else None), "data": dataset_hash(loaded.job, files),
-             "code": code_version(), "device": loaded.job.train.device}
+             "code": code_version(), "device": loaded.job.train.device,
+             "packages": site.name if site is not None else None}  # its requirements' hash
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,15 +61,16 @@ def cache_dir() -> Path:
     return settings.paths().state_dir() / "checks"
 
 
-def check(loaded: LoadedJob, recheck: bool = False) -> tuple[dict[str, Any], bool]:
+def check(loaded: LoadedJob, recheck: bool = False, site: Path | None = None) -> tuple[dict[str, Any], bool]:
     """(the check's report, whether it was remembered).  Raises on the first problem, as
-    `runner.api.check_job` does."""
-    path = cache_dir() / f"{check_key(loaded)}.json"
+    `runner.api.check_job` does.  `site`: the folder of the job's own packages
+    (`submit.run.environment`), which its code may import."""
+    path = cache_dir() / f"{check_key(loaded, site)}.json"
     if not recheck:
         report = read_json(path)
         if report is not None:
             return report, True
-    report = check_job(loaded)
+    report = check_job(loaded, [site] if site is not None else [])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(report, default=_plain))
@@ -79,3 +81,34 @@ def check(loaded: LoadedJob, recheck: bool = False) -> tuple[dict[str, Any], boo
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
+
+
+SMOKE_STEPS = 20  # what a smoke run's script is asked to stop after (QTRAIN_MAX_STEPS)
+SMOKE_SECONDS = 300.0  # and the time it may take
+
+
+def smoke(loaded: LoadedJob, site: Path | None = None) -> dict[str, Any]:
+    """A script job's smoke run: the script here, on the job's data, told to stop after a few steps
+    (QTRAIN_SMOKE=1, QTRAIN_MAX_STEPS; the script may honour them, runner.script.smoke()), with a
+    time limit, into a folder that is then thrown away.  One line when it fails; its output shows
+    above as it runs."""
+    import tempfile
+    import time
+
+    from jobs.errors import JobError
+    from runner.api import run_job
+
+    if loaded.job.script is None:
+        raise JobError("--smoke runs a script job's script; this job trains a model (qtrain check runs one "
+                       "training step of it already)")
+    first = loaded.trial(0) if loaded.trials else loaded
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="qtrain-smoke-") as folder:
+        try:
+            run_job(first, Path(folder) / "out", smoke_steps=SMOKE_STEPS, time_limit=SMOKE_SECONDS, site=site)
+        except JobError as exc:
+            if type(exc).__name__ != "ScriptFailed":
+                raise
+            raise JobError(f"smoke run of {loaded.job.script.path}: {exc.message}",
+                           hint="its output above says why; fix the script, then --smoke again") from None
+    return {"smoke": {"steps": SMOKE_STEPS, "seconds": round(time.monotonic() - started, 2)}}

@@ -17,6 +17,10 @@ The backend says which (`Backend.pricing`: its price table section, and the core
 share, if they do).
     cost, energy = instance time x cores x the table's rate (a GPU profile: per instance hour)
 
+A script job's time is its own: its bound is resources.max_minutes (the runner stops it there, and
+the backend ends the task soon after), so without it the estimate is unknown and --max-cost
+refuses the run.  Any job with resources.max_minutes is bounded by it as well.
+
 The step is measured on this machine: a Qarnot node is timed as this machine (said in the
 estimate's `basis`).  `bench/estimate.py` prints how far the estimate lands from the measured
 wall time.
@@ -55,6 +59,7 @@ from typing import Any
 from jobs import settings
 from jobs.errors import QtrainError
 from jobs.load import LoadedJob
+from jobs.spec import STOP_GRACE_SECONDS as LIMIT_GRACE_SECONDS
 from jobs.spec import resolve_batch_size
 from submit.backends.base import Pricing
 
@@ -118,14 +123,20 @@ class Estimate:
     where: str  # the price table's section: cpu | gpu | local
     basis: list[str] = field(default_factory=list)
     emulated: bool = False  # priced at the local emulator's own rates
+    bounded: bool = True  # False: a script job without resources.max_minutes (startup only counted)
 
     def record(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     def line(self) -> str:
+        if not self.bounded:
+            return ("estimate: unknown: a script runs as long as it does (resources.max_minutes bounds its time "
+                    "and cost)")
         rate = "emulated rates" if self.emulated else f"{prices_file().name} [{self.where}]"
+        why = "the time limit" if self.basis and "resources.max_minutes" in self.basis[0] else \
+            "early stopping only shortens it"
         return (f"estimate: ~{_duration(self.wall_seconds)}, {self.cost_eur:.4g} EUR, "
-                f"{self.energy_wh:.3g} Wh ({rate}; at most: early stopping only shortens it)")
+                f"{self.energy_wh:.3g} Wh ({rate}; at most: {why})")
 
 
 def _duration(seconds: float) -> str:
@@ -148,7 +159,15 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
     models = report.get("models") or []
     jobs = [loaded.trial(i).job for i in range(len(loaded.trials))] or [loaded.job]
     times = []
+    limit = loaded.job.resources.max_minutes
+    startup = rates.get("startup_seconds", pricing.startup_seconds)
+    # a task at its time limit: the runner stops it, writes its results, and they are uploaded
+    ceiling = startup + limit * 60 + LIMIT_GRACE_SECONDS + REPORT_SECONDS if limit else None
+    script = loaded.job.script is not None
     for i, job in enumerate(jobs):
+        if script:
+            times.append(ceiling if ceiling is not None else startup)
+            continue
         model = models[i] if i < len(models) else (models[0] if models else {})
         step = float(model.get("step_seconds") or 0.0)
         measured = max(1, int(model.get("step_rows") or 1))
@@ -156,11 +175,14 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
         per_step = step * max(1.0, batch / measured) * OVERHEAD
         epoch = per_step * (math.ceil(rows / batch) + EVAL_SHARE * math.ceil(val_rows / batch))
         fixed = float(model.get("prepare_seconds") or 0.0) + float(model.get("evaluate_seconds") or 0.0)
-        startup = rates.get("startup_seconds", pricing.startup_seconds)
-        times.append(startup + MARGIN * (job.train.epochs * epoch + fixed + REPORT_SECONDS))
-    basis = [f"{rows} training rows, {jobs[0].train.epochs} epoch(s), one step timed on this machine "
+        times.append(min(startup + MARGIN * (job.train.epochs * epoch + fixed + REPORT_SECONDS), ceiling or math.inf))
+    basis = [f"resources.max_minutes {limit:g} per instance" if script and limit is not None
+             else "a script job without resources.max_minutes: its time is unknown" if script
+             else f"{rows} training rows, {jobs[0].train.epochs} epoch(s), one step timed on this machine "
              f"({models[0].get('step_seconds', 0) * 1000:.1f} ms for {models[0].get('step_rows', 0)} rows)"
              if models else "no timed step in the check report: startup only"]
+    if not script and ceiling is not None and max(times) >= ceiling:
+        basis.append(f"bounded by resources.max_minutes {limit:g}")
     if pricing.shared_cores is not None:  # the instances share one machine's cores
         cores = float(max(1, pricing.shared_cores))
         parallel = min(len(times), int(cores))
@@ -184,12 +206,17 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
         basis.append(f"{len(times)} CPU instance(s) of {rates['cores']:.0f} cores, timed as this machine")
     return Estimate(wall_seconds=wall, instance_seconds=sum(times), cost_eur=cost, energy_wh=energy,
                     trials=len(jobs) if loaded.trials else 0, where=where, basis=basis,
-                    emulated=pricing.emulated)
+                    emulated=pricing.emulated, bounded=not script or ceiling is not None)
 
 
 def refuse_over(est: Estimate, max_cost: float | None, credits_left: float | None) -> None:
     """One line, before anything is uploaded, when the estimate is over what the user allows or
     over what the account has left."""
+    if max_cost is not None and not est.bounded:
+        raise QtrainError(f"--max-cost {max_cost:g}: a script job's cost has no bound without a time limit",
+                          hint="set resources.max_minutes (the estimate is then at most that long)")
+    if not est.bounded:
+        return
     if max_cost is not None and est.cost_eur > max_cost:
         raise QtrainError(f"the estimated cost, {est.cost_eur:.4g} EUR, is over --max-cost {max_cost:g} EUR",
                           hint="raise --max-cost, or make the run smaller (epochs, sweep grid)")

@@ -54,6 +54,10 @@ class Package:
     # (out/checkpoint.pt, out/trial-<i>/checkpoint.pt), from which the runner continues
     extras: list[PackageFile] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)  # the check's report (what the estimate reads)
+    # resources.requirements (jobs.requirements.Requirements) and the folder of what this machine's
+    # interpreter lacks for them (submit.run.environment): not uploaded, the task gets an image or a path
+    requirements: Any = None
+    site: Path | None = None
 
     @property
     def dataset_prefix(self) -> str:

@@ -8,6 +8,7 @@ interrupted anywhere is found again (`recover`) by the next `status`, `fetch`, `
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jobs import settings
@@ -15,10 +16,13 @@ from jobs.errors import QtrainError, RunError
 from jobs.files import JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
 from jobs.results import OUT
+from jobs.spec import STOP_GRACE_SECONDS
 from submit.backends import Backend
 from submit.backends.base import TaskRequest
 from submit.image import image_digest, stale_image
-from submit.run.checks import check
+from submit.run.checks import SMOKE_STEPS, check
+from submit.run.checks import smoke as smoke_run
+from submit.run.environment import describe, job_site
 from submit.run.estimate import Estimate, estimate, prices, refuse_over
 from submit.run.package import Package, build_package
 from submit.run.resume import resume_checkpoints
@@ -32,12 +36,12 @@ COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
 def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                profile: str | None = None, recheck: bool = False,
                tags: dict[str, str] | None = None, note: str | None = None,
-               resume: RunRecord | None = None, max_cost: float | None = None) -> RunRecord:
+               resume: RunRecord | None = None, max_cost: float | None = None, smoke: bool = False) -> RunRecord:
     job = loaded.job
     store.ensure_writable()  # before anything is uploaded
     backend.check_image(job.resources.image)
     backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
-    package = prepare(loaded, ui, recheck)
+    package = prepare(loaded, ui, recheck, smoke)
     if resume is not None:
         package.extras = resume_checkpoints(resume, store)
     if backend.runs_images() and stale_image(job.resources.image):
@@ -46,12 +50,19 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     profile_name, gpu = backend.resolve_profile(profile or job.resources.profile)
     backend.check_capacity(max(1, package.trials), gpu)
     est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost)
-    constants = image_constants(job.resources.image)
-    info = {"data": user_paths(loaded), "code_hash": package.code_hash, "image": job.resources.image,
+    image, site_constants = job.resources.image, {}
+    if package.requirements is not None:  # the runner image plus the job's packages, or a folder of them
+        image = backend.image_with(package.requirements, job.resources.image, lambda line: ui.say(line, style="dim"))
+        if not backend.runs_images():
+            site_constants = {settings.TaskVar.SITE: str(package.site)}
+    constants = {**image_constants(image), **site_constants}
+    info = {"data": user_paths(loaded), "code_hash": package.code_hash, "image": image,
             "image_digest": constants.get(settings.TaskVar.IMAGE_DIGEST), "where": backend.describe(),
             "executor": backend.executor_name(),
             "resumed_from": resume.run_id if resume is not None else None,
             "footprint": {"estimate": est.record()}}
+    if package.requirements is not None:
+        info["requirements"] = describe(package.requirements, package.site)
     # the intent first: from here on, whatever happens, the run is in the store under its id, and
     # its task (if one was made) carries the run's tags, by which `recover` finds it
     run = store.create_run(job_name=job.name, job_hash=package.job_hash,
@@ -60,9 +71,10 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                            tags=tags, note=note, info=info, state="submitting")
     request = TaskRequest(
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
-        instances=max(1, package.trials), image=job.resources.image, command=COMMAND,
+        instances=max(1, package.trials), image=image, command=COMMAND,
         constants={settings.TaskVar.RUN_ID: run.run_id, **constants},
-        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/")
+        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/",
+        max_wall_seconds=wall_limit(job.resources.max_minutes))
 
     def created(uuid: str) -> None:
         store.update(run.run_id, task_uuid=uuid)
@@ -90,6 +102,19 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     return store.get(run.run_id)
 
 
+LIMIT_MARGIN_SECONDS = 120.0  # a task's wall-clock backstop beyond the runner's own limit: start, upload
+
+
+def wall_limit(max_minutes: float | None) -> int | None:
+    """The backend's limit on a task's wall-clock time for resources.max_minutes: the runner stops
+    the training at max_minutes (a script: SIGTERM, SIGKILL STOP_GRACE_SECONDS later) and its
+    results are uploaded; the backend ends the task if it is still running after this, which only
+    a runner that cannot stop its work reaches."""
+    if not max_minutes:
+        return None
+    return math.ceil(max_minutes * 60 + STOP_GRACE_SECONDS + LIMIT_MARGIN_SECONDS)
+
+
 def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: bool, ui: Ui,
                  max_cost: float | None = None) -> tuple[Estimate, float | None]:
     """(the run's estimate, the account's credits left or None), said in one line; refused
@@ -101,21 +126,27 @@ def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: boo
     return est, credits
 
 
-def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False) -> Package:
+def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False, smoke: bool = False) -> Package:
     """Check the job (a verdict remembered for this job, data and code is not redone) and
     package it.  Nothing leaves the machine: every mistake is caught here, before any upload."""
     settings.submission(), settings.qarnot()  # every setting a submission reads, refused now
     prices()  # and the price table of its estimate
-    report, remembered = check(loaded, recheck)
+    reqs, site = job_site(loaded, lambda line: ui.say(line, style="dim"))  # a package it cannot get: one line
+    report, remembered = check(loaded, recheck, site)
     how = "passed before with this job, data and code" if remembered else "checked"
     for line in report.get("warnings") or [] if remembered else []:  # a fresh check printed them
         ui.warn(line)
-    ui.say(f"{how}: {loaded.job.name}, {report['splits']['train']} training rows, "
-           f"{len(loaded.trials) or 1} trial(s)", style="dim")
+    what = (f"script {report['script']}" if "script" in report else f"{report['splits']['train']} training rows")
+    ui.say(f"{how}: {loaded.job.name}, {what}, {len(loaded.trials) or 1} trial(s)", style="dim")
+    if smoke:
+        ui.say(f"smoke run of {loaded.job.script.path if loaded.job.script else loaded.job.name}: "
+               f"{SMOKE_STEPS} steps at most", style="dim")
+        report = {**report, **smoke_run(loaded, site)}
     package = build_package(loaded)
     for line in package.warnings:
         ui.warn(line)
     package.check = report
+    package.requirements, package.site = reqs, site
     return package
 
 
@@ -127,9 +158,12 @@ def upload_plan(package: Package) -> dict[str, Any]:
              for kind, group in (("data", package.files), ("code", package.code), ("checkpoint", package.extras))
              for f in group]
     files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None, "kind": "job"})
-    return {"job": package.job_name, "dataset_hash": package.dataset_hash, "code_hash": package.code_hash,
+    plan = {"job": package.job_name, "dataset_hash": package.dataset_hash, "code_hash": package.code_hash,
             "job_hash": package.job_hash, "trials": package.trials, "files": files,
             "total_bytes": sum(f["bytes"] for f in files)}
+    if package.requirements is not None:  # not uploaded: the task runs an image with them, or their folder
+        plan["requirements"] = describe(package.requirements, package.site)
+    return plan
 
 
 def submission_tags(run_id: str) -> list[str]:

@@ -33,7 +33,7 @@ def summary(run: RunRecord, store: Store) -> dict[str, Any]:
     data: dict[str, Any] = {
         "run_id": run.run_id, "state": run.state, "backend": run.backend, "profile": run.profile,
         "task_uuid": run.task_uuid, "uploaded_bytes": run.uploaded_bytes,
-        "job_name": run.job_name, "created": run.created, "job_hash": run.job_hash,
+        "job_name": run.job_name, "kind": run.kind, "created": run.created, "job_hash": run.job_hash,
         "dataset_hash": run.dataset_hash, "error": run.error, "retrieved": run.retrieved,
         "tags": run.tags, "note": run.note, "info": run.info, "resumed_from": run.info.get("resumed_from"),
         "footprint": run.info.get("footprint"),

@@ -70,7 +70,22 @@ class RunRecord:
 
     @property
     def task(self) -> str:
-        return self.job.get("task") or "classification"
+        """classification or regression: the job's; a script job's, what its predictions were
+        (classification, for the headline's sake, when it reported none)."""
+        if self.job.get("task"):
+            return self.job["task"]
+        for m in self.metrics.values():
+            if isinstance(m, dict) and m.get("task") in ("classification", "regression"):
+                return m["task"]
+        return "classification"
+
+    @property
+    def kind(self) -> str:
+        """What the run trained, in words: its task; a script job: "script" and what it reported."""
+        if not self.job.get("script"):
+            return self.task
+        reported = {m.get("task") for m in self.metrics.values() if isinstance(m, dict)} - {None}
+        return "script" + (f", {reported.pop()}" if len(reported) == 1 else "")
 
     def sweep(self) -> SweepSummary | None:
         """A sweep's trials and best (`jobs.results.select_best` over the indexed metrics)."""

@@ -173,3 +173,36 @@ def test_grid_search_runs_every_trial_and_picks_one(qtrain, tmp_path):
     assert qtrain("train", "grid-search", "--out", one, "--trial", "4", "--set", "train.epochs=3").code == 0
     run = json.loads((one / "run.json").read_text())
     assert run["trial"] == 4 and run["job"]["model"]["n_layers"] == 2 and run["job"]["model"]["dropout"] == 0.5
+
+
+def test_rain_tutorial_runs_the_tutorials_own_script(qtrain, tmp_path, data_dir):
+    """Seed 000's workflow as a script job: the tutorial's script, its preprocessing, MLP and Adam
+    loop; qtrain scores its test predictions."""
+    result = qtrain("train", "rain-tutorial", "--out", tmp_path, "--set", f"data.path={data_dir / 'weatherAUS.csv'}",
+                    "--set", "script.args.epochs=100")
+    assert result.code == 0, result.err
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    preds = pd.read_csv(tmp_path / "predictions.csv")  # the script's own file
+    majority = max((preds["true"] == 1).mean(), (preds["true"] == 0).mean())
+    assert m["test"]["n"] == len(preds) and m["test"]["accuracy"] > majority + 0.03
+    assert m["test"]["roc_auc"] > 0.8 and m["epochs_run"] == 100
+    counts = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
+    assert list(counts.columns) == ["No", "Yes"] and counts.to_numpy().sum() == len(preds)
+
+
+def test_mnist_cnn_module_is_the_builtin_mnist_cnn(qtrain, tmp_path, data_dir):
+    """Seed 004's own Net class as a module job: the same network as the built-in mnist-cnn, so with
+    the same seed the same metrics; predict rebuilds it from the code kept with the run."""
+    sets = (f"data.path={data_dir / 'mnist'}", "train.epochs=3")
+    mine = train(qtrain, "mnist-cnn-module", tmp_path / "module", *sets)
+    check_contract(tmp_path / "module", "classification")
+    builtin = train(qtrain, "mnist-cnn", tmp_path / "builtin", *sets)
+    assert mine["test"] == builtin["test"] and mine["train_loss"] == builtin["train_loss"]
+    assert mine["test"]["accuracy"] >= 0.8
+    images = read_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
+    np.save(tmp_path / "new.npy", images)
+    result = qtrain("predict", tmp_path / "module", tmp_path / "new.npy", "--out", tmp_path / "p.csv")
+    assert result.code == 0, result.err
+    again = pd.read_csv(tmp_path / "p.csv")
+    preds = pd.read_csv(tmp_path / "module" / "predictions.csv")
+    assert (again["predicted"].to_numpy() == preds["predicted"].to_numpy()).all()

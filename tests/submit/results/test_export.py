@@ -150,3 +150,27 @@ def test_a_module_model_is_logged_with_its_code(qtrain, store_dir, tracking, tmp
              f"print(tuple(m(torch.zeros(2, {width})).shape))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.stdout.splitlines()[-2:] == ["['net.py']", "(2, 3)"], out.stderr[-2000:]
+
+
+def test_a_script_run_exports_its_arguments_numbers_and_files(qtrain, store_dir, tracking, tmp_path):
+    """A script job's run: its arguments as params, qtrain's metrics of its predictions and its own
+    numbers, its files as artifacts (its model.pt the script's own: not logged as an MLflow model)."""
+    import yaml
+
+    from tests.submit.run.test_script_jobs import STEADY, _steady
+
+    path = _steady(tmp_path)
+    (tmp_path / "code" / "train.py").write_text(STEADY + "qtrain.log_metrics(my_score=0.25)\n")
+    job = yaml.safe_load(path.read_text())
+    job["script"]["args"]["hidden"] = 6
+    path.write_text(yaml.safe_dump(job))
+    run = qtrain("run", path, "--json", "--store", store_dir).json()
+    exported = qtrain("results", "export", run["run_id"], "--mlflow", tracking, "--json", "--store", store_dir)
+    assert exported.code == 0, exported.err
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    found = client.get_run(exported.json()[0]["mlflow_run_id"])
+    assert found.data.params["script.args.hidden"] == "6" and "preprocess.scale" not in found.data.params
+    assert found.data.metrics["test/accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+    assert found.data.metrics["reported/my_score"] == 0.25
+    names = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"model.pt", "metrics.json", "confusion_matrix.png"} <= names and "model" not in names

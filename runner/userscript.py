@@ -1,0 +1,386 @@
+"""A script job (`script: {path, args}`), run and checked.
+
+The script runs in a process of its own, with the task's working folders: its code in `code/`,
+the job's data in `data/`, its working folder the output folder (what it writes there comes home),
+and what it is told in its environment (`jobs.settings.ScriptEnv`: QTRAIN_DATA, QTRAIN_OUTPUT_DIR,
+QTRAIN_CHECKPOINT, QTRAIN_PARAMS, ...).  Its arguments are `script.args` on its command line, a
+`${NAME}` in a value replaced by that variable (`--data ${QTRAIN_DATA}`).  Once it ends, what it
+reported through `runner.script` becomes qtrain's results: metrics.json (its predictions scored as
+qtrain scores its own models, its own numbers kept as `reported`), the confusion matrix or the
+regression plot, the training curves, run.json.  It fails the run only by failing itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs import settings
+from jobs.code import find_code
+from jobs.errors import JobError, TimeLimitReached
+from jobs.files import job_files, local_value, resolve
+from jobs.load import LoadedJob, format_trial
+from jobs.spec import STOP_GRACE_SECONDS
+from jobs.results import (CHECKPOINT, HISTORY, METRICS, RUN_INFO, SWEEP, Metrics, RunInfo, dataset_hash, headline, job_hash,
+                          summarize, write_record)
+from runner import log
+from runner.script import REPORTS
+
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as Qarnot's DOCKER_CMD: ${NAME}
+
+
+class ScriptFailed(JobError):
+    """The script exited non-zero (its results were written all the same)."""
+
+    exit_code = 1
+
+    def __init__(self, code: int):
+        super().__init__(f"the script exited with status {code}" + (" (it ran past its time)" if code == 124 else ""),
+                         hint="its output above says why")
+        self.code = code
+
+
+def script_argv(args: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """script.args as a command line: --name value; true: --name; false or null: left out; a list:
+    --name a b.  `${NAME}` in a value becomes that variable of the script's environment."""
+    out: list[str] = []
+
+    def word(value: Any) -> str:
+        return REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), str(value))
+
+    for name, value in args.items():
+        if value is None or value is False:
+            continue
+        out.append(f"--{name}")
+        if value is True:
+            continue
+        out += [word(v) for v in value] if isinstance(value, list) else [word(value)]
+    return out
+
+
+def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, resume: bool = False,
+               smoke_steps: int | None = None, deadline: float | None = None,
+               site: Path | None = None) -> dict[str, Any]:
+    """Run the script (a sweep: every trial in turn, or trial `trial`) into `out_dir`; returns
+    metrics.json's content.  ScriptFailed when the script exits non-zero, TimeLimitReached when it
+    runs past `deadline` (time.monotonic(): it is sent SIGTERM, and SIGKILL GRACE_SECONDS later);
+    either way its results are written."""
+    if loaded.trials and trial is None:
+        return _sweep(loaded, out_dir, resume, smoke_steps, deadline, site)
+    files = job_files(loaded.job, loaded.base_dir)
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)
+    jhash, dhash = job_hash(loaded.job, code.hash() if code else None), dataset_hash(loaded.job, files)
+    overrides = None
+    if loaded.trials:
+        overrides = loaded.trials[trial]
+        log.info(f"sweep trial {trial}/{len(loaded.trials) - 1}: {format_trial(overrides)}")
+        loaded = loaded.trial(trial)
+    job = loaded.job
+    out_dir.mkdir(parents=True, exist_ok=True)
+    script = resolve(job.script.path, loaded.base_dir)
+    data = job.data.path if job.data is not None else None
+    data_path = resolve(data, loaded.base_dir) if local_value(data) else None
+    checkpoint = out_dir / CHECKPOINT
+    task_env = settings.task()
+    facts = {"data": data_path or data, "data_dir": data_path.parent if data_path and data_path.is_file() else data_path,
+             "output_dir": out_dir.resolve(), "checkpoint": checkpoint.resolve() if checkpoint.is_file() else None,
+             "trial": trial, "params": job.script.args, "threads": job.train.threads or task_env.threads,
+             "device": _device(job.train.device), "seed": job.train.seed,
+             "smoke": smoke_steps is not None, "max_steps": smoke_steps}
+    env = settings.script_environment(dict(os.environ), facts)
+    site = site or task_env.site
+    if site is not None:  # the job's own packages (resources.requirements), first on the path
+        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    argv = [sys.executable, str(script.resolve()), *script_argv(job.script.args, env)]
+    log.info(f"job {job.name}: script {job.script.path}" + (f" {' '.join(argv[2:])}" if argv[2:] else "")
+             + (" (resumed from its checkpoint)" if facts["checkpoint"] else ""))
+    started = time.perf_counter()
+    code_, late = _call(argv, out_dir, env, deadline)
+    elapsed = time.perf_counter() - started
+    metrics = finalize(loaded, out_dir, elapsed, trial=trial, overrides=overrides, job_hash=jhash,
+                       dataset_hash=dhash, files=[f.remote for f in files], status=code_,
+                       note=_limit_note(job, smoke_steps) if late else None)
+    if late:
+        if smoke_steps is not None:
+            raise JobError(f"the smoke run took over {_limit_note(job, smoke_steps)}",
+                           hint="honour QTRAIN_MAX_STEPS (runner.script.max_steps()) so that it stops early")
+        raise TimeLimitReached(f"the script was stopped at resources.max_minutes ({job.resources.max_minutes:g} min): "
+                               "its output folder and last checkpoint are kept",
+                               hint="qtrain resume continues it from its checkpoint; or raise resources.max_minutes")
+    if code_ != 0:
+        raise ScriptFailed(code_)
+    return metrics
+
+
+GRACE_SECONDS = STOP_GRACE_SECONDS  # between SIGTERM and SIGKILL: time for a script's last checkpoint
+
+
+def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
+    """(exit status, stopped at the deadline?)"""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())), False
+    except subprocess.TimeoutExpired:
+        log.warn(f"the script runs past its time limit: stopping it (SIGTERM; SIGKILL in {GRACE_SECONDS:.0f} s)")
+        proc.terminate()
+        try:
+            proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 124, True
+    except BaseException:  # interrupted (Ctrl-C, the task cancelled): the script goes too
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _die_with_parent() -> None:
+    """In the script's process, before it starts (Linux): SIGKILL when the runner dies, so that a
+    runner killed (a lost machine, SIGKILL to the instance) leaves no script running on."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _limit_note(job: Any, smoke_steps: int | None) -> str:
+    return ("its time limit" if smoke_steps is not None
+            else f"stopped by resources.max_minutes ({job.resources.max_minutes:g} min)")
+
+
+def _sweep(loaded: LoadedJob, out_dir: Path, resume: bool, smoke_steps: int | None,
+           deadline: float | None, site: Path | None) -> dict[str, Any]:
+    from jobs.results import trial_dir
+
+    results: dict[int, dict[str, Any]] = {}
+    stopped: JobError | None = None
+    for i in range(len(loaded.trials)):  # here one after the other (in a task: one instance each)
+        try:
+            results[i] = run_script(loaded, out_dir / trial_dir(i), trial=i, resume=resume,
+                                    smoke_steps=smoke_steps, deadline=deadline, site=site)
+        except (ScriptFailed, TimeLimitReached) as exc:  # its results are written: summed up, then raised
+            stopped = exc
+            results[i] = json.loads((out_dir / trial_dir(i) / METRICS).read_text())
+            break
+    task = next((m.get("task") for m in results.values() if m.get("task")), None)
+    if task is not None:
+        write_record(out_dir / SWEEP, summarize(task, results, loaded.trials, loaded.job.name))
+    if stopped is not None:
+        raise stopped
+    return {"trials": len(results)}
+
+
+def _device(wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------- results
+def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | None, overrides: Any,
+             job_hash: str, dataset_hash: str, files: list[str], status: int = 0,
+             note: str | None = None) -> dict[str, Any]:
+    """What the script reported, as qtrain's results in `out_dir` (whatever it did not report is
+    left out; none of it: a note says so)."""
+    import numpy as np
+
+    from runner.evaluate import classification_metrics, confusion, regression_metrics
+    from runner.report import write_confusion, write_history, write_json, write_regression
+    from runner.report import plot_title, versions
+
+    job = loaded.job
+    reports = out_dir / REPORTS
+    reported = json.loads((reports / "reported.json").read_text()) if (reports / "reported.json").is_file() else {}
+    predictions = {split: dict(np.load(path, allow_pickle=False))
+                   for split in ("train", "val", "test") if (path := reports / f"predictions-{split}.npz").is_file()}
+    task = job.task or ("classification" if any("classes" in p or "proba" in p for p in predictions.values())
+                        else "regression" if predictions else None)
+    metrics: dict[str, Any] = {"task": task, "reported": reported, "timings": {"total_seconds": elapsed},
+                               "notes": []}
+    title = plot_title(job.name, out_dir, trial, overrides)
+    classes = _classes(predictions) if task == "classification" else None
+    for split, p in predictions.items():
+        if classes is not None:
+            y_true, y_pred = _indices(p["y_true"], classes), _indices(p["y_pred"], classes)
+            proba = p.get("proba")
+            metrics[split] = classification_metrics(y_true, y_pred, classes,
+                                                    proba if proba is not None and proba.shape[-1] == len(classes) else None)
+            if split == "test":
+                write_confusion(out_dir, confusion(y_true, y_pred, len(classes)), classes, title)
+        else:
+            y_true, y_pred = p["y_true"].astype(np.float64).ravel(), p["y_pred"].astype(np.float64).ravel()
+            metrics[split] = regression_metrics(y_true, y_pred)
+            if split == "test":
+                write_regression(out_dir, y_true, y_pred, title)
+    history = _history(out_dir / HISTORY)
+    if history:
+        write_history(out_dir, history, title, headline(task).metric if task else None)
+        metrics["epochs_run"] = int(history[-1]["epoch"])
+        losses = [r["train_loss"] for r in history if "train_loss" in r]
+        if losses:
+            metrics["train_loss"] = losses[-1]
+    if isinstance(job.script.args.get("epochs"), int):
+        metrics["epochs"] = job.script.args["epochs"]
+    if note:
+        metrics["notes"].append(note)
+    if not predictions and not reported:
+        metrics["notes"].append("no metrics reported: the script called none of runner.script's log_predictions "
+                                "or log_metrics (its output folder came home)")
+    Metrics.model_validate(metrics)  # the contract, checked where it is written
+    write_json(out_dir / METRICS, metrics)
+    env = settings.task()
+    info = RunInfo(job_name=job.name, job_hash=job_hash, dataset_hash=dataset_hash, dataset_files=files,
+                   trial=trial, overrides=overrides, seed=job.train.seed, device=_device(job.train.device),
+                   threads=job.train.threads or env.threads, host=os.uname().nodename,
+                   image_digest=env.image_digest, image_source_digest=env.source_digest,
+                   execution=env.execution, versions=versions(), timings={"total_seconds": elapsed},
+                   job=job.model_dump(mode="json"))
+    write_json(out_dir / RUN_INFO, info.model_dump())
+    shown = {k: v for k, v in (metrics.get("test") or metrics.get("val") or reported).items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+    ended = "done" if status == 0 else f"the script ended with status {status}"
+    log.info(f"{ended}: {', '.join(f'{k}={v:.4g}' for k, v in shown.items())[:200]} in {elapsed:.1f}s -> {out_dir}"
+             if shown else f"{ended} in {elapsed:.1f}s (no metrics reported) -> {out_dir}")
+    return metrics
+
+
+def _classes(predictions: dict[str, dict[str, Any]]) -> list[str]:
+    import numpy as np
+
+    for p in predictions.values():
+        if "classes" in p:
+            return [str(c) for c in p["classes"]]
+    values = np.concatenate([np.concatenate([p["y_true"].ravel(), p["y_pred"].ravel()]) for p in predictions.values()])
+    return [str(v) for v in sorted(set(values.tolist()), key=lambda v: (str(type(v)), v))]
+
+
+def _indices(values: Any, classes: list[str]) -> Any:
+    """Labels (or their indices into `classes`) as indices."""
+    import numpy as np
+
+    values = np.asarray(values).ravel()
+    if values.dtype.kind in "iu" and (len(values) == 0 or (values.min() >= 0 and values.max() < len(classes))) \
+            and not all(c.lstrip("-").isdigit() for c in classes):
+        return values.astype(np.int64)
+    position = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in values.tolist()} - set(position))
+    if unknown:
+        raise JobError(f"the script's predictions hold {', '.join(unknown[:3])}, which are not among its classes "
+                       f"({', '.join(classes[:6])})", hint="pass classes= to log_predictions, or labels from them")
+    return np.asarray([position[str(v)] for v in values.tolist()], dtype=np.int64)
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: (float(v) if k != "epoch" else int(float(v))) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- check
+def check_script(loaded: LoadedJob, extra_paths: list[Path] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Before a script job is sent: the script parses, and each module it imports is one the job's
+    environment has (the runner image's packages, the standard library, the script's own code,
+    `extra_paths`: its requirements).  One line for the first that is not."""
+    job = loaded.job
+    code = find_code(job, loaded.base_dir, loaded.source)
+    script = resolve(job.script.path, loaded.base_dir)
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"), filename=str(script))
+    except SyntaxError as exc:
+        raise JobError(f"script.path {job.script.path}:{exc.lineno}: syntax error: {exc.msg}"
+                       + (f": {(exc.text or '').strip()}" if exc.text else ""),
+                       hint="fix the script, then qtrain check again") from None
+    except UnicodeDecodeError as exc:
+        raise JobError(f"script.path {job.script.path}: not utf-8 text ({exc.reason})") from None
+    local = _local_modules(code)
+    available = runner_modules() | set(sys.stdlib_module_names) | local | _modules_in(extra_paths)
+    imports = []
+    for node, name, line in _imports(tree):
+        imports.append(name)
+        if name not in available:
+            raise JobError(f"script.path {job.script.path}:{line}: imports {name}, which the runner's environment "
+                           f"does not have", hint="add it to resources.requirements (a requirements file or a list)")
+    return {"job": job.name, "script": job.script.path, "imports": sorted(set(imports)),
+            "code_files": len(code.files) if code else 0, "trials": len(loaded.trials)}
+
+
+def _imports(tree: ast.AST):
+    """(node, top-level module, line) of each absolute import, those inside a try that catches
+    ImportError (optional imports) left out."""
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                h.type is None or any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError",
+                                                                         "Exception")
+                                      for n in ast.walk(h.type)) for h in node.handlers):
+            for inner in node.body:
+                guarded.update(id(n) for n in ast.walk(inner))
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name.split(".")[0], node.lineno
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node, node.module.split(".")[0], node.lineno
+
+
+def _local_modules(code: Any) -> set[str]:
+    names = set()
+    for f in (code.files if code else ()):
+        parts = f.remote.split("/")[1:]
+        if parts:
+            names.add(parts[0][:-3] if parts[0].endswith(".py") else parts[0])
+    return names
+
+
+def runner_modules() -> set[str]:
+    """The modules the runner image provides: those of the distributions its pinned requirements
+    name (docker/requirements-cpu.txt), as this machine maps distributions to modules; where that
+    file is not at hand, every module this interpreter can import."""
+    from importlib import metadata
+
+    pinned = Path(__file__).resolve().parents[1] / "docker" / "requirements-cpu.txt"
+    if not pinned.is_file():
+        return _importable()
+    wanted = set()
+    for line in pinned.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            wanted.add(_normal(re.split(r"[=<>!~\[ ;]", line)[0]))
+    found = {module for module, dists in metadata.packages_distributions().items()
+             if any(_normal(d) in wanted for d in dists)}
+    return found | {"jobs", "runner"}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _importable() -> set[str]:
+    import pkgutil
+
+    return {m.name for m in pkgutil.iter_modules()} | {"jobs", "runner"}
+
+
+def _modules_in(paths: Any) -> set[str]:
+    import pkgutil
+
+    return {m.name for m in pkgutil.iter_modules([str(p) for p in paths])} if paths else set()
