@@ -240,3 +240,21 @@ def test_a_local_sweep_over_a_script_argument(tmp_path, qtrain):
     for i, hidden in ((0, 8), (1, 16)):
         model = torch.load(out / f"trial-{i}" / "model.pt")
         assert model["layers.0.weight"].shape[0] == hidden
+
+
+def test_the_script_is_told_where_things_are_and_never_the_secrets(tmp_path, qtrain, monkeypatch):
+    monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "not-for-the-script")
+    monkeypatch.setenv("DOCKER_REGISTRY_PASSWORD", "nor-this")
+    datagen.small_table(tmp_path / "table.csv")
+    body = ("import json, os\n"
+            "json.dump({k: v for k, v in os.environ.items() if k.startswith(('QTRAIN_', 'QARNOT_CLIENT', 'DOCKER_'))},"
+            " open('env.json', 'w'))\n")
+    path = _write(tmp_path, {"name": "told", "data": {"path": "table.csv"}, "train": {"seed": 7},
+                             "script": {"path": "code/train.py", "args": {"lr": 0.1}}}, body)
+    out = tmp_path / "out"
+    assert qtrain("train", path, "--out", out).code == 0
+    env = json.loads((out / "env.json").read_text())
+    assert env["QTRAIN_DATA"] == str(tmp_path / "table.csv") and env["QTRAIN_DATA_DIR"] == str(tmp_path)
+    assert env["QTRAIN_OUTPUT_DIR"] == str(out.resolve()) and json.loads(env["QTRAIN_PARAMS"]) == {"lr": 0.1}
+    assert env["QTRAIN_SEED"] == "7" and env["QTRAIN_DEVICE"] == "cpu" and env["QTRAIN_SMOKE"] == "0"
+    assert "QTRAIN_CHECKPOINT" not in env and "QARNOT_CLIENT_TOKEN" not in env and "DOCKER_REGISTRY_PASSWORD" not in env
