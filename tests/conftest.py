@@ -142,3 +142,14 @@ def csv_job(tmp_path, write_job):
     """A small classification table on disk (so that it is uploaded), and its job file."""
     datagen.small_table(tmp_path / "table.csv")
     return write_job(datagen.SMALL_JOB)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default run (`pytest -q`: no -m, no paths) leaves out the fault-injection tier, which
+    takes about as long again; `-m faults`, or naming its files or tests, runs it (.ci/run does)."""
+    if config.option.markexpr or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    faults = [item for item in items if item.get_closest_marker("faults")]
+    if faults:
+        config.hook.pytest_deselected(items=faults)
+        items[:] = [item for item in items if not item.get_closest_marker("faults")]

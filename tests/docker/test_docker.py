@@ -154,6 +154,7 @@ def test_a_rebuilt_image_gets_a_fresh_warm_container(qtrain, tmp_path, docker_ho
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
+@pytest.mark.faults  # a fault injected: in the fault tier (pytest -m faults)
 def test_a_killed_daemon_leaves_no_container_behind(qtrain, tmp_path, docker_home):
     """kill -9 of the daemon mid-training: its keeper removes the instance's container and the
     warm one at once, and the `docker run` clients and the instance's files are gone with them."""
@@ -243,6 +244,7 @@ def test_runs_as_non_root_without_network(conn_factory, docker_emulator, wait_ta
     assert interfaces == "1", "only the loopback interface: no network, like docker-batch"
 
 
+@pytest.mark.faults  # a fault injected: in the fault tier (pytest -m faults)
 def test_stopping_the_emulator_mid_task_removes_its_containers_and_files(qtrain, tmp_path, docker_home):
     from submit.emulator import daemon
 

@@ -92,6 +92,7 @@ def test_a_script_job_runs_on_the_emulator_and_qtrain_keeps_its_results(emulator
     assert predict.code == 2 and "a script job" in predict.err and len(predict.err.strip().splitlines()) == 1
 
 
+@pytest.mark.faults  # a fault injected: in the fault tier (pytest -m faults)
 def test_a_killed_script_run_resumes_to_the_uninterrupted_result(emulator, qtrain, tmp_path):
     store = tmp_path / "store"
     path = _steady(tmp_path, epochs=80, pause=0.05)
