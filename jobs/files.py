@@ -121,7 +121,38 @@ def job_files(job: Job, base_dir: Path) -> list[JobFile]:
                 out.append(JobFile(field, f"{remote}/{path.relative_to(local).as_posix()}", path, outside))
         elif local.exists():
             out.append(JobFile(field, remote, local))
+            if job.data.image_column and field in ("data.path", "data.test_path"):
+                folder = remote.rpartition("/")[0]  # the images go beside the CSV, as they lie here
+                out += [JobFile(field, f"{folder}/{rel}", local.parent / rel)
+                        for rel in listed_images(local, job.data.image_column, job.data.sep, job.data.encoding)]
     return out
+
+
+def listed_images(table: Path, column: str, sep: str | None = None, encoding: str = "utf-8") -> list[str]:
+    """The image files a CSV's `column` names that exist inside its folder, relative to it, each
+    once, in a stable order (what is absolute, leads out or is missing: the check refuses it)."""
+    import csv
+
+    root = table.parent.resolve()
+    delimiter = sep or ("\t" if table.suffix.lower() == ".tsv" else ",")
+    found: set[str] = set()
+    try:
+        with open(table, newline="", encoding=encoding, errors="replace") as fh:
+            rows = csv.reader(fh, delimiter=delimiter)
+            header = next(rows, [])
+            if column not in header:
+                return []
+            i = header.index(column)
+            for row in rows:
+                value = row[i].strip() if i < len(row) else ""
+                if not value or Path(value).is_absolute() or PurePosixPath(value).is_absolute():
+                    continue
+                path = (root / value).resolve()
+                if path.is_relative_to(root) and path.is_file():
+                    found.add(path.relative_to(root).as_posix())
+    except (OSError, csv.Error):
+        return []
+    return sorted(found)
 
 
 def _npy_file(value: str | None, fmt: str, base_dir: Path) -> bool:

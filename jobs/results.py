@@ -236,7 +236,9 @@ def _canonical(obj: Any) -> bytes:
 # fields added since the first version: left out of the job hash at their default, so the hash
 # of a job written before them (its check verdict, its checkpoints' resume key) is unchanged
 ADDED_AT_DEFAULT: dict[str, Any] = {"data.follow_symlinks": False, "data.encoding": "utf-8", "script": None,
-                                    "resources.requirements": None, "resources.max_minutes": None}
+                                    "resources.requirements": None, "resources.max_minutes": None,
+                                    "data.image_column": None, "data.image_size": None, "data.strict": False,
+                                    "preprocess.augment": {"flip": False, "crop": 1.0, "jitter": 0.0}}
 
 
 def job_hash(job: Job, code_hash: str | None = None) -> str:

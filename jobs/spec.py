@@ -51,8 +51,18 @@ class DataSpec(Spec):
     path: str = Field(min_length=1)
     # How to read `path`.  `auto` decides from the extension: .csv/.tsv/.txt, .parquet/.pq,
     # .npz, .npy, .pkl.gz (the `mnist.pkl.gz` layout), a folder of MNIST IDX files or of
-    # `{train,test}_{images,labels}.npy`.
-    format: Literal["auto", "csv", "parquet", "npy", "npz", "idx", "mnist_pkl"] = "auto"
+    # `{train,test}_{images,labels}.npy`, or an `imagefolder`: one subfolder of image files
+    # (PNG, JPEG, ...) per class, named after it.
+    format: Literal["auto", "csv", "parquet", "npy", "npz", "idx", "mnist_pkl", "imagefolder"] = "auto"
+    # A CSV that lists image files: the column naming each file, relative to the CSV's folder
+    # (the label is `target`).
+    image_column: str | None = None
+    # Image files: the size each is brought to, one number (a square) or [height, width]: resized
+    # on its shorter side, then centre-cropped.  Default: their own size, when they all share one.
+    image_size: int | list[int] | None = None
+    # Image files that cannot be decoded: skipped with a warning naming the first few (false), or
+    # refused (true).
+    strict: bool = False
     # The column to predict (tables).  Image arrays carry their labels and need none.
     target: str | None = None
     # Label taken from `target_shift` rows later (1 = "tomorrow's value" on daily rows).  The last
@@ -81,6 +91,17 @@ class DataSpec(Spec):
     sep: str | None = None
     na_values: list[str] = Field(default_factory=lambda: ["NA", "N/A", "na", "?", ""])
 
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: Any) -> Any:
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (
+            isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+        if value is not None and not ok:
+            raise ValueError(f"{value!r} is not a size: give one positive number (a square) or [height, width], "
+                             "e.g. 64 or [48, 64]")
+        return value
 
     @field_validator("encoding")
     @classmethod
@@ -112,6 +133,21 @@ class PreprocessSpec(Spec):
     pixel_scale: float | Literal["auto"] = "auto"
     # Images: subtract the training mean and divide by the training std (one value per channel).
     standardize_images: bool = False
+    # Images, training batches only: random changes that the model learns to ignore.
+    augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec())
+
+
+class AugmentSpec(Spec):
+    # Mirror left-right, half of the time.
+    flip: bool = False
+    # Random resized crop: keep a random part of at least this fraction of the area (at an aspect
+    # between 3/4 and 4/3), resized back to the image's size; 1 = off (e.g. 0.5).
+    crop: float = Field(default=1.0, gt=0, le=1)
+    # Colour jitter: brightness and contrast each scaled by a random factor in [1-j, 1+j]; 0 = off.
+    jitter: float = Field(default=0.0, ge=0, lt=1)
+
+    def active(self) -> bool:
+        return self.flip or self.crop < 1 or self.jitter > 0
 
 
 class SplitSpec(Spec):

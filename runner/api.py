@@ -99,7 +99,7 @@ def load_model(path: str | Path):
 
 
 def read_input(path: Path, na_values: list[str] | None = None):
-    """New data for `predict`: a table (CSV, Parquet) or an array of images (.npy)."""
+    """New data for `predict`: a table (CSV, Parquet), an array of images (.npy), or a folder of image files."""
     with heavy_imports():
         from runner.predict import read_input as read
 

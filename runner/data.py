@@ -21,6 +21,7 @@ from jobs.errors import DataError
 from jobs.files import resolve
 from jobs.spec import BUILTIN_DATA, DataSpec, Job, is_builtin_source
 from jobs.suggest import suggestion
+from runner import images as images_mod
 from runner import log
 
 BASELINE_COLUMN = "__qtrain_today__"
@@ -40,6 +41,7 @@ class Images:
     y: np.ndarray  # (N,) labels
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    files: dict[str, Any] | None = None  # image files: what decoding found (sizes, unreadable files)
 
 
 Dataset = Table | Images
@@ -47,10 +49,23 @@ Dataset = Table | Images
 
 def load_dataset(job: Job, base_dir: Path) -> Dataset:
     spec = job.data
+    if spec.image_column and not is_builtin_source(spec.path) and resolve(spec.path, base_dir).is_dir():
+        raise DataError(f"data.image_column '{spec.image_column}': it names image files in a CSV, and data.path "
+                        f"{spec.path} is a folder", hint="remove data.image_column, or point data.path at the CSV")
     if is_builtin_source(spec.path):
         data = _load_builtin(spec)
     else:
         data = _load_files(spec, base_dir)
+    if spec.image_column and not isinstance(data, pd.DataFrame):  # (said before decoding a folder: below)
+        raise DataError(f"data.image_column '{spec.image_column}': it names image files in a CSV, and data.path "
+                        f"{spec.path} is not a table", hint="remove data.image_column, or point data.path at the CSV")
+    if isinstance(data, pd.DataFrame) and spec.image_column:  # a CSV that lists image files
+        data = _listed_images(data, resolve(spec.path, base_dir), spec, "data.path")
+        if spec.test_path:
+            test_path = resolve(spec.test_path, base_dir)
+            listed = _listed_images(_read_table(test_path, spec, "data.test_path"), test_path, spec, "data.test_path",
+                                    shape=data.x.shape[1:])
+            data.x_test, data.y_test = listed.x, listed.y
     if isinstance(data, pd.DataFrame):
         test = None
         if spec.test_path:
@@ -253,7 +268,8 @@ def _load_files(spec: DataSpec, base_dir: Path) -> pd.DataFrame | Images:
     name = path.name.lower()
     if fmt == "auto":
         if path.is_dir():
-            fmt = "idx" if _idx_files(path) else "npy"
+            images_here = images_mod.is_image_folder(path) or any(images_mod.is_image(p) for p in path.iterdir())
+            fmt = "idx" if _idx_files(path) else "imagefolder" if images_here else "npy"
         elif name.endswith(".npz"):
             fmt = "npz"
         elif name.endswith(".npy"):
@@ -266,6 +282,8 @@ def _load_files(spec: DataSpec, base_dir: Path) -> pd.DataFrame | Images:
             fmt = "table"
     if fmt in ("table", "csv", "parquet"):
         return _read_table(path, spec, "data.path")
+    if fmt == "imagefolder":
+        return _folder_images(path, spec, base_dir)
     try:
         if fmt == "npz":
             images = _read_npz(path)
@@ -438,5 +456,37 @@ def describe(data: Dataset) -> dict[str, Any]:
     if isinstance(data, Table):
         return {"kind": "table", "rows": len(data.frame), "columns": len(data.features),
                 "test_rows": None if data.test_frame is None else len(data.test_frame)}
-    return {"kind": "images", "rows": len(data.x), "shape": list(data.x.shape[1:]),
-            "test_rows": None if data.x_test is None else len(data.x_test)}
+    out = {"kind": "images", "rows": len(data.x), "shape": list(data.x.shape[1:]),
+           "test_rows": None if data.x_test is None else len(data.x_test)}
+    if data.files is not None:
+        out["files"] = data.files
+    return out
+
+
+# ---------------------------------------------------------------------------------- image files
+def _decoded(found: images_mod.ImageFiles, spec: DataSpec, shape: Any = None) -> Images:
+    for note in found.notes:
+        log.warn(note)
+    decoded = images_mod.decode(found, spec.image_size, spec.strict, shape=shape)
+    labels = np.array(found.labels, dtype=object)[decoded.keep]
+    return Images(x=decoded.x, y=labels.astype(str), files=decoded.report)
+
+
+def _folder_images(path: Path, spec: DataSpec, base_dir: Path) -> Images:
+    """An image folder (one subfolder per class); data.test_path, if given, is another."""
+    if not path.is_dir():
+        raise DataError(f"data.path {path}: format imagefolder needs a folder",
+                        hint="one subfolder of images per class, named after the class")
+    images = _decoded(images_mod.scan_folder(path, "data.path"), spec)
+    if spec.test_path:
+        test_path = resolve(spec.test_path, base_dir)
+        if not test_path.is_dir():
+            raise DataError(f"data.test_path {test_path}: expected an image folder like data.path")
+        test = _decoded(images_mod.scan_folder(test_path, "data.test_path"), spec, shape=images.x.shape[1:])
+        images.x_test, images.y_test = test.x, test.y
+    return images
+
+
+def _listed_images(frame: pd.DataFrame, csv: Path, spec: DataSpec, name: str, shape: Any = None) -> Images:
+    found = images_mod.from_table(frame, csv, spec.image_column, spec.target, f"{name} {csv}")
+    return _decoded(found, spec, shape=shape)

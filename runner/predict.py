@@ -19,6 +19,7 @@ from jobs.errors import DataError, QtrainError
 from jobs.results import MODEL, RunResults
 from jobs.suggest import suggestion
 from runner.data import to_nchw
+from runner.images import ImageFiles, decode, files_of_folder
 from runner.models import MODEL_FORMAT, Net, build_from_arch
 from runner.prepare import transform_images, transform_table
 from runner.train import predict_raw
@@ -45,6 +46,13 @@ class Predictor:
         imputed or, where training dropped such rows, left without a prediction (and counted),
         unseen categories named; and, when the target column is there, the metrics."""
         notes: list[str] = []
+        if isinstance(data, ImageFiles):  # a folder of image files: decoded to the model's (C, H, W)
+            if self.preprocess["kind"] != "images":
+                raise DataError(f"{where}: this model takes a table (CSV/Parquet) of features, not images")
+            decoded = decode(data, None, shape=self.preprocess["shape"])  # warns of unreadable files
+            x = transform_images(decoded.x, self.preprocess, where)
+            frame = pd.DataFrame({"file": np.array(data.names(), dtype=object)[decoded.keep]})
+            return Prediction(self._outputs(frame, x, np.ones(len(x), dtype=bool)), notes, None)
         if self.preprocess["kind"] != "table":
             if isinstance(data, pd.DataFrame):
                 raise DataError(f"{where}: this model takes images (.npy/.npz), not a table")
@@ -192,9 +200,11 @@ def load_model(path: str | Path) -> Predictor:
                      json.loads(saved["job"]))
 
 
-def read_input(path: Path, na_values: list[str] | None = None) -> pd.DataFrame | np.ndarray:
+def read_input(path: Path, na_values: list[str] | None = None) -> pd.DataFrame | np.ndarray | ImageFiles:
     """A file to predict on: CSV/TSV/Parquet table (`na_values`: the training job's missing-value
-    markers), or .npy/.npz images."""
+    markers), .npy/.npz images, or a folder of image files (every one below it)."""
+    if path.is_dir():
+        return files_of_folder(path)
     if not path.is_file():
         raise QtrainError(f"{path}: file not found")
     name = path.name.lower()

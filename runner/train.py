@@ -26,6 +26,7 @@ from jobs import settings
 from jobs.errors import JobError, QtrainError
 from jobs.spec import Job, TrainSpec, resolve_batch_size
 from runner import log
+from runner.augment import augment
 from runner.prepare import Prepared
 
 EVAL_BATCH = 2048
@@ -232,6 +233,10 @@ class Trainer:
         self.autocast, self.scaler = autocast_for(device, self.spec)
         self.scheduler = self._make_scheduler()
         self.generator = torch.Generator(device="cpu").manual_seed(self.spec.seed)
+        aug = job.preprocess.augment
+        self.augment = aug if aug.active() and len(prepared.input_shape) == 3 else None  # images only
+        if aug.active() and self.augment is None:
+            log.warn("preprocess.augment changes images only: this job's data is a table, so it is not used")
         es = self.spec.early_stopping
         self.monitor = es.monitor if es else ("val_loss" if "val" in self.data.y else "train_loss")
         self.minimize = self.monitor.split("_", 1)[-1] in MIN_IS_BETTER or self.monitor.endswith("loss")
@@ -298,7 +303,8 @@ class Trainer:
             idx = order[start: start + bs]
             if len(idx) < 2 and n >= 2 and self.has_batchnorm:
                 continue  # batchnorm cannot train on a single sample
-            loss, correct = self.train_step(x[idx], y[idx])
+            xb = x[idx] if self.augment is None else augment(x[idx], self.augment, self.generator)
+            loss, correct = self.train_step(xb, y[idx])
             loss_sum.add_(loss, alpha=len(idx))
             if correct is not None:
                 correct_sum += correct

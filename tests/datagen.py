@@ -197,3 +197,37 @@ def dollar_street(folder: Path, n_train: int = 400, n_test: int = 150, seed: int
         np.save(folder / f"{split}_images.npy", x)
         np.save(folder / f"{split}_labels.npy", y)
     return folder
+
+
+SHAPES = ("bars", "rings", "cross")
+
+
+def image_folder(folder: Path, per_class: int = 40, seed: int = 0, sizes=((32, 32), (40, 36), (48, 48)),
+                 gray: bool = False, corrupt: int = 1) -> Path:
+    """An ImageFolder: one subfolder per class (bars, rings, cross: shapes a small CNN tells apart),
+    PNG and JPEG files of mixed sizes, and `corrupt` files that are not images at all."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(SHAPES):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = sizes[i % len(sizes)]
+            grid = np.mgrid[0:h, 0:w]
+            yy, xx = grid[0] / h, grid[1] / w
+            if c == 0:
+                base = (np.sin(yy * 6 * np.pi) > 0).astype(float)
+            elif c == 1:
+                base = (np.sin(np.hypot(yy - 0.5, xx - 0.5) * 8 * np.pi) > 0).astype(float)
+            else:
+                base = ((np.abs(yy - 0.5) < 0.12) | (np.abs(xx - 0.5) < 0.12)).astype(float)
+            pixels = np.clip(base * 200 + rng.normal(30, 25, (h, w)), 0, 255).astype(np.uint8)
+            if gray:
+                img = Image.fromarray(pixels, "L")
+            else:
+                tint = rng.uniform(0.6, 1.0, 3)
+                img = Image.fromarray((pixels[..., None] * tint).astype(np.uint8), "RGB")
+            img.save(folder / name / f"{i:03d}.{'jpg' if i % 4 == 3 else 'png'}")
+    for i in range(corrupt):
+        (folder / SHAPES[i % 3] / f"broken-{i}.png").write_bytes(b"not an image at all")
+    return folder

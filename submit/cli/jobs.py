@@ -65,6 +65,17 @@ def _print_check(report: dict[str, Any], source: str, remembered: bool = False) 
     sp = report["splits"]
     t.add_row("splits", f"train {sp['train']} / val {sp['val']} / test {sp['test']}")
     t.add_row("features", f"{report['features']} after encoding")
+    files = data.get("files")
+    if files:  # image files: the sizes found, and what could not be read
+        found = ", ".join(f"{size} ({n})" for size, n in files["sizes_found"].items())
+        more = f" and {files['distinct_sizes'] - len(files['sizes_found'])} more" if files["distinct_sizes"] > len(
+            files["sizes_found"]) else ""
+        h, w = files["image_size"]
+        t.add_row("image files", f"sizes found (h x w) {found}{more}; each brought to {h}x{w}, "
+                                 f"{'grayscale' if files['channels'] == 1 else 'RGB'}")
+        if files["unreadable"]:
+            t.add_row("unreadable", f"{files['unreadable']} skipped: {', '.join(files['unreadable_files'])}"
+                                    + (" ..." if files["unreadable"] > len(files["unreadable_files"]) else ""))
     if "classes" in report:
         total = sum(report["classes"].values())
         t.add_row("classes", ", ".join(f"{c}: {n} ({100 * n / total:.0f}%)"
@@ -108,7 +119,7 @@ def train(
 def predict(
     run: str = typer.Argument(..., help="A run from the results store (id, job name, JOB~N, @TAG; "
                                         "a sweep: its best trial), a results directory, or a model.pt."),
-    data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, or .npy/.npz images."),
+    data: Path = typer.Argument(..., help="CSV/Parquet of feature columns, .npy/.npz images, or a folder of image files."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write CSV here (default: stdout); "
                                        "with the target column present, its metrics beside it "
                                        "(OUT.metrics.json)."),
