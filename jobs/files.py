@@ -102,6 +102,19 @@ def refuse_special(job: Job, base_dir: Path, source: str) -> None:
                                 "finish reading this")
 
 
+def refuse_too_large(job: Job, base_dir: Path, source: str) -> None:
+    """A data file (data.path, data.test_path) read whole is refused when it is larger than the
+    memory free here, before anything hashes, sends or reads it (data.max_rows reads only the first
+    rows of a table: then it may be as large as it likes)."""
+    from jobs.memory import refuse_too_large as refuse
+
+    if job.data is None or job.data.max_rows is not None:
+        return
+    for field, value in (("data.path", job.data.path), ("data.test_path", job.data.test_path)):
+        if local_value(value) and (path := resolve(value, base_dir)).is_file():
+            refuse(path, field, source)
+
+
 def job_files(job: Job, base_dir: Path) -> list[JobFile]:
     """The local files the job's path fields name, folders expanded, in a stable order.  A path
     that does not exist here is left out (the check reports it; a backbone may be a built-in).

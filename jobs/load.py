@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import JobError
-from jobs.files import PATH_FIELDS, refuse_special, unread_fields
+from jobs.files import PATH_FIELDS, refuse_special, refuse_too_large, unread_fields
 from jobs.spec import Job, is_builtin_source
 from jobs.suggest import suggestion
 
@@ -85,6 +85,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     job = validate(raw, source)
     loaded = LoadedJob(job, file.resolve().parent, source, raw)
     refuse_special(job, loaded.base_dir, source)
+    refuse_too_large(job, loaded.base_dir, source)
     unread = unread_fields(job, loaded.base_dir)
     if unread:  # a path the job never reads would still be sent: refused, whatever its file
         field, why = next(iter(unread.items()))
@@ -98,6 +99,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
 def load_job_dict(raw: dict[str, Any], base_dir: Path, source: str = "job.json") -> LoadedJob:
     job = validate(copy.deepcopy(raw), source)
     refuse_special(job, base_dir, source)
+    refuse_too_large(job, base_dir, source)
     return LoadedJob(job, base_dir, source, copy.deepcopy(raw))
 
 

@@ -5,6 +5,8 @@ out are named), image references are validated, and `qtrain run --dry-run` lists
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 import pytest
 import yaml
@@ -123,3 +125,20 @@ def test_a_job_file_is_read_only_up_to_a_bound(tmp_path):
                    + "#" * (2 << 20) + "\n")
     result = _qtrain("check", job, cwd=tmp_path)
     assert result.returncode == 2 and "huge.yaml" in result.stderr and "MiB" in result.stderr, result.stderr
+
+
+def test_a_table_larger_than_free_memory_is_refused_before_it_is_read(tmp_path, qtrain):
+    from jobs.memory import available_bytes
+
+    free = available_bytes()
+    assert free is not None and free > 0  # /proc/meminfo (and the cgroup's limit) are read here
+    with open(tmp_path / "huge.csv", "wb") as fh:
+        fh.truncate(free + (1 << 30))  # sparse: as large as it says, and no disk used
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"name": "huge", "task": "classification",
+                                                       "data": {"path": "huge.csv", "target": "y"}}))
+    for command in (("check",), ("run", "--dry-run")):
+        started = time.monotonic()
+        result = qtrain(*command, tmp_path / "job.yaml")
+        assert result.code == 2 and "Traceback" not in result.err
+        assert "huge.csv is" in result.err and "GiB of memory free" in result.err and "data.max_rows" in result.err
+        assert time.monotonic() - started < 30  # said at load: nothing hashed or read
