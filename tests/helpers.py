@@ -101,3 +101,58 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> 
         for path, text in contents.items():
             zf.writestr(path, text)
     return wheel
+
+
+def docker_skip_reason() -> str | None:
+    """Why the docker tests cannot run here (no engine, or no runner image), else None."""
+    from submit.image import CPU_TAG, docker_problem, image_id
+
+    problem = docker_problem()
+    if problem:
+        return f"no Docker engine: {problem}"
+    if image_id(CPU_TAG) is None:
+        return f"the runner image {CPU_TAG} is not built (qtrain image build --offline)"
+    return None
+
+
+@contextmanager
+def emulator_at(home: Path, executor: str):
+    """A daemon of its own (state and config under `home`), stopped on the way out."""
+    from submit.emulator import daemon
+
+    keys = ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
+    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
+    try:
+        endpoint, _ = daemon.start(executor)
+        yield endpoint
+    finally:
+        daemon.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _hold_run_lock(root: str, run_id: str, name: str, ready) -> None:
+    from submit.store import Store
+
+    with Store(Path(root)).run_lock(run_id, name):
+        ready.set()
+        time.sleep(600)  # until killed: flock lets go with the process
+
+
+@contextmanager
+def run_lock_held(store_root: Path | str, run_id: str, name: str):
+    """Another process holds the run's `name` lock (as a concurrent qtrain would) while the block runs."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_run_lock, args=(str(store_root), run_id, name, ready))
+    holder.start()
+    try:
+        assert ready.wait(60), "the lock holder did not start"
+        yield
+    finally:
+        holder.kill()
+        holder.join(30)

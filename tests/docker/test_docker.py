@@ -10,51 +10,15 @@ import json
 import os
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from submit.emulator.processes import LABEL, WARM_LABEL
 from submit.image import CPU_TAG, docker_problem, image_id
-from tests.helpers import sh
+from tests.helpers import docker_skip_reason, emulator_at, sh
 
 pytestmark = pytest.mark.docker
-
-
-def _skip_reason() -> str | None:
-    problem = docker_problem()
-    if problem:
-        return f"no Docker engine: {problem}"
-    if image_id(CPU_TAG) is None:
-        return f"the runner image {CPU_TAG} is not built (qtrain image build --offline)"
-    return None
-
-
-@contextmanager
-def emulator_at(home: Path, executor: str):
-    """A daemon of its own (state and config under `home`), stopped on the way out."""
-    from submit.emulator import daemon
-
-    keys = ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
-    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
-    try:
-        endpoint, _ = daemon.start(executor)
-        yield endpoint
-    finally:
-        daemon.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-@pytest.fixture(scope="module")
-def docker_home(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return tmp_path_factory.mktemp("docker-emulator")
 
 
 @pytest.fixture
@@ -262,7 +226,7 @@ def test_the_warm_container_comes_up_when_the_state_lies_under_a_private_folder(
     """As root, a user's state is under /root (0700): the image's non-root user must not need to
     cross it, so the task folders are mounted at a path of their own inside the container."""
     if docker_problem() or image_id(CPU_TAG) is None:
-        pytest.skip(_skip_reason())
+        pytest.skip(docker_skip_reason())
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     with emulator_at(private / "home", "docker") as endpoint:

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.test_docker import _skip_reason, emulator_at
+from tests.helpers import emulator_at
 from tests.submit.run.test_image_data import run_image_folder
 
 pytestmark = pytest.mark.docker
 
 
-def test_an_image_folder_in_the_runner_image(qtrain, tmp_path_factory, tmp_path):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with emulator_at(tmp_path_factory.mktemp("docker-images"), "docker"):
+def test_an_image_folder_in_the_runner_image(qtrain, tmp_path, docker_home):
+    with emulator_at(docker_home, "docker"):
         data = run_image_folder(qtrain, tmp_path)
     assert json.loads((Path(data["artifacts_dir"]) / "run.json").read_text())["execution"].startswith("docker")

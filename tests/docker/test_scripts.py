@@ -13,27 +13,18 @@ import pytest
 import yaml
 
 from submit.image import BASE_LABEL, CPU_TAG, REQUIREMENTS_LABEL, image_id, inspect
-from tests.docker.test_docker import _skip_reason, emulator_at
-from tests.helpers import wait_for
+from tests.helpers import emulator_at, wait_for
 from tests.submit.run.test_script_jobs import _greeting_job, _steady
 
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return tmp_path_factory.mktemp("docker-scripts")
-
-
-def test_a_script_job_in_the_runner_image(qtrain, tmp_path, home):
+def test_a_script_job_in_the_runner_image(qtrain, tmp_path, docker_home):
     import torch
 
     store = tmp_path / "store"
     path = _steady(tmp_path, epochs=5)
-    with emulator_at(home, "docker"):
+    with emulator_at(docker_home, "docker"):
         reference = qtrain("run", path, "--json", "--store", store)
         assert reference.code == 0, reference.err
         shown = reference.out + reference.err
@@ -52,10 +43,10 @@ def test_a_script_job_in_the_runner_image(qtrain, tmp_path, home):
 
 
 @pytest.mark.faults  # a fault injected: in the fault tier (pytest -m faults)
-def test_a_cancelled_script_run_in_the_runner_image_resumes_to_the_uninterrupted_result(qtrain, tmp_path, home):
+def test_a_cancelled_script_run_in_the_runner_image_resumes_to_the_uninterrupted_result(qtrain, tmp_path, docker_home):
     store = tmp_path / "store"
     path = _steady(tmp_path, epochs=60, pause=0.1)
-    with emulator_at(home, "docker"):
+    with emulator_at(docker_home, "docker"):
         reference = qtrain("run", path, "--json", "--store", store)
         assert reference.code == 0, reference.err
         run = qtrain("run", path, "--detach", "--json", "--store", store).json()
@@ -70,12 +61,12 @@ def test_a_cancelled_script_run_in_the_runner_image_resumes_to_the_uninterrupted
         assert resumed.json()["metrics"]["test"] == reference.json()["metrics"]["test"]
 
 
-def test_requirements_run_in_a_derived_image_built_once(qtrain, tmp_path, home):
+def test_requirements_run_in_a_derived_image_built_once(qtrain, tmp_path, docker_home):
     path = _greeting_job(tmp_path, requirements=True)
     store = tmp_path / "store"
     tag = None
     try:
-        with emulator_at(home, "docker"):
+        with emulator_at(docker_home, "docker"):
             first = qtrain("run", path, "--json", "--store", store)
             assert first.code == 0, first.err
             assert "hello qarnot" in first.out + first.err and "building" in first.err

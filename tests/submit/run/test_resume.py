@@ -5,14 +5,12 @@ line, before anything is sent."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import time
-from pathlib import Path
 
 import yaml
 
 from submit.store import Store
 from tests import datagen
+from tests.helpers import run_lock_held
 
 SHORT = ["--set", "train.epochs=3", "--set", "train.early_stopping=null", "--set", "train.checkpoint_every=1",
          "--set", "split.val_size=0"]
@@ -51,26 +49,13 @@ def test_a_succeeded_run_goes_on_only_to_more_epochs_which_become_its_total(emul
     assert Store(store).get(data["run_id"]).job["train"]["epochs"] == 5
 
 
-def _hold(root: str, run_id: str, seconds: float, ready) -> None:
-    with Store(Path(root)).run_lock(run_id, "resume"):
-        ready.set()
-        time.sleep(seconds)
-
-
 def test_one_resume_of_a_run_at_a_time(emulator, qtrain, tmp_path):
     store = tmp_path / "store"
     run_id = qtrain("run", "penguins", *SHORT, "--json", "--store", store).json()["run_id"]
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(store), run_id, 8, ready))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with run_lock_held(store, run_id, "resume"):
         tasks = _tasks(emulator)
         line = _one_line(qtrain("resume", run_id, "--epochs", "5", "--store", store))
         assert "another qtrain is resuming" in line and _tasks(emulator) == tasks
-    finally:
-        holder.join(60)
 
 
 def test_a_data_file_that_is_gone_is_named_as_missing(emulator, qtrain, tmp_path):

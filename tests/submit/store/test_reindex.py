@@ -7,7 +7,6 @@ lock."""
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from jobs.results import METRICS, MODEL, RUN_INFO, RunInfo
 from submit.store import Store
 from submit.store.mirror import RECORD
+from tests.helpers import run_lock_held
 
 METRICS_OK = {"test": {"n": 10, "accuracy": 0.9}, "task": "classification", "epochs_run": 3}
 
@@ -128,26 +128,13 @@ def test_gc_never_removes_a_folder_that_holds_results(tmp_path, qtrain):
     assert (orphan / "trial-0" / "checkpoint.pt").is_file() and not junk.exists() and not stale.exists()
 
 
-def _hold(root: str, run_id: str, seconds: float, ready) -> None:
-    with Store(Path(root)).run_lock(run_id, "fetch"):
-        ready.set()
-        time.sleep(seconds)
-
-
 def test_rm_refuses_a_run_being_retrieved_and_a_fetch_of_a_removed_run_is_one_line(tmp_path, qtrain):
     store = Store(tmp_path)
     run_id = _finished_run(store, "busy")
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(tmp_path), run_id, 8, ready))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with run_lock_held(tmp_path, run_id, "fetch"):
         refused = qtrain("results", "rm", run_id, "--yes", "--store", tmp_path)
         assert refused.code == 2 and "being retrieved" in refused.err and "Traceback" not in refused.err
         assert (store.artifacts_dir(run_id) / MODEL).is_file()
-    finally:
-        holder.join(60)
     assert qtrain("results", "rm", run_id, "--yes", "--store", tmp_path).code == 0
     gone = qtrain("fetch", run_id, "--store", tmp_path)
     assert gone.code == 2 and len(gone.err.strip().splitlines()) == 1 and "Traceback" not in gone.err
