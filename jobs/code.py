@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jobs.errors import JobError
-from jobs.files import (PATH_FIELDS, file_sha256, get_dotted, local_value, resolve, special_kind)
+from jobs.files import (PATH_FIELDS, LocalFile, get_dotted, local_value, resolve, special_kind)
 from jobs.spec import Job
 
 ROOT = "code"  # the code's folder in the task's working directory
@@ -38,17 +38,9 @@ LIMIT_BYTES = 200 << 20
 
 
 @dataclass(frozen=True)
-class CodeFile:
+class CodeFile(LocalFile):
     remote: str  # its path in the task (posix), e.g. code/nets/vision.py
     local: Path
-
-    @property
-    def size(self) -> int:
-        return self.local.stat().st_size
-
-    @property
-    def sha256(self) -> str:
-        return file_sha256(self.local)
 
 
 @dataclass(frozen=True)

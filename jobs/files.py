@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jobs.errors import JobError
+from jobs.memory import available_bytes
 from jobs.spec import Job, is_builtin_source
 
 JOB_FILE = "job.json"  # the resolved job, in the task's working directory beside the data
@@ -37,12 +38,10 @@ FIELD_FOLDERS = {"data.path": "data", "data.labels": "labels", "data.test_path":
 PATH_FIELDS = tuple(FIELD_FOLDERS)
 
 
-@dataclass(frozen=True)
-class JobFile:
-    field: str  # the job field that names it, e.g. data.path
-    remote: str  # its path in the task's working directory (posix), e.g. data/mnist/x.idx
-    local: Path  # where it is here
-    outside: Path | None = None  # a link in a data folder to this file outside it (follow_symlinks)
+class LocalFile:
+    """A file that is sent: its size and content hash, read from `local` (data and code alike)."""
+
+    local: Path
 
     @property
     def size(self) -> int:
@@ -51,6 +50,14 @@ class JobFile:
     @property
     def sha256(self) -> str:
         return file_sha256(self.local)
+
+
+@dataclass(frozen=True)
+class JobFile(LocalFile):
+    field: str  # the job field that names it, e.g. data.path
+    remote: str  # its path in the task's working directory (posix), e.g. data/mnist/x.idx
+    local: Path  # where it is here
+    outside: Path | None = None  # a link in a data folder to this file outside it (follow_symlinks)
 
 
 def get_dotted(node: Any, key: str) -> Any:
@@ -106,13 +113,17 @@ def refuse_too_large(job: Job, base_dir: Path, source: str) -> None:
     """A data file (data.path, data.test_path) read whole is refused when it is larger than the
     memory free here, before anything hashes, sends or reads it (data.max_rows reads only the first
     rows of a table: then it may be as large as it likes)."""
-    from jobs.memory import refuse_too_large as refuse
-
     if job.data is None or job.data.max_rows is not None:
         return
     for field, value in (("data.path", job.data.path), ("data.test_path", job.data.test_path)):
-        if local_value(value) and (path := resolve(value, base_dir)).is_file():
-            refuse(path, field, source)
+        if not local_value(value) or not (path := resolve(value, base_dir)).is_file():
+            continue
+        size, free = path.stat().st_size, available_bytes()
+        if free is not None and size > free:
+            raise JobError(f"{source}: {field} {path} is {human_bytes(size)} and this machine has {human_bytes(free)} "
+                           f"of memory free: read whole, it would not fit",
+                           hint="read its first rows with data.max_rows, or check and train on a machine with more "
+                                "memory (tables larger than memory are not supported)")
 
 
 def job_files(job: Job, base_dir: Path) -> list[JobFile]:
@@ -225,6 +236,16 @@ def folder_files(folder: Path, field: str, follow_symlinks: bool = False) -> lis
                 target = path.resolve()
                 found.append((path, None if root in target.parents else target))
     return sorted(found)
+
+
+def human_bytes(n: int) -> str:
+    """A byte count as people read it: 512 B, 3.4 MiB, 1.2 TiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 def file_sha256(path: Path) -> str:

@@ -1,12 +1,10 @@
-"""Memory: what this machine (or its container) has free, and a data file too large for it, said
-when the job is loaded (before it is hashed, sent or read) instead of a process killed halfway
-through: tables and arrays are read whole, and tables larger than memory are not supported."""
+"""Memory: what this machine (or its container) has free.  `jobs.files.refuse_too_large` uses it to
+refuse a data file too large to read whole when the job is loaded, instead of a process killed
+halfway through (tables larger than memory are not supported)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from jobs.errors import JobError
 
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
 
@@ -36,22 +34,3 @@ def available_bytes() -> int | None:
         if limit is not None and usage is not None and limit < UNLIMITED:
             found.append(max(limit - usage, 0))
     return min(found) if found else None
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def refuse_too_large(path: Path, name: str, source: str) -> None:
-    """A data file larger than the memory free here cannot be read whole: said now, in one line."""
-    size = path.stat().st_size
-    free = available_bytes()
-    if free is not None and size > free:
-        raise JobError(f"{source}: {name} {path} is {_size(size)} and this machine has {_size(free)} of memory "
-                       f"free: read whole, it would not fit",
-                       hint="read its first rows with data.max_rows, or check and train on a machine with more "
-                            "memory (tables larger than memory are not supported)")

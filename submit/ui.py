@@ -117,15 +117,6 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def trials_table(sweep: SweepSummary, metric: str) -> Table:
     """A sweep's trials: what each one changed, its validation and test headline, the best marked
     (chosen on validation, or on the training loss when there is none: the title says which)."""

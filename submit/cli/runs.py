@@ -161,7 +161,7 @@ def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
     from rich.table import Table
 
     from submit.run.submission import prepare, upload_plan
-    from submit.ui import human_bytes
+    from jobs.files import human_bytes
 
     plan = upload_plan(prepare(loaded, ui, recheck))
     if as_json:

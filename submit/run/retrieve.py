@@ -20,7 +20,8 @@ from submit.backends.base import UNWRITABLE, BackendUnreachable, TaskNotFound, T
 from submit.run.follow import follow, task_uuid
 from submit.run.submission import recover
 from submit.store import RunRecord, Store
-from submit.ui import Ui, human_bytes
+from jobs.files import human_bytes
+from submit.ui import Ui
 
 RESULTS_PREFIX = f"{OUT}/"  # where the runner writes in the task's working directory
 LOG_FILES = {"stdout": "task-stdout.txt", "stderr": "task-stderr.txt"}

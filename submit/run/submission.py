@@ -27,7 +27,8 @@ from submit.run.estimate import Estimate, estimate, prices, refuse_over
 from submit.run.package import Package, build_package
 from submit.run.resume import resume_checkpoints
 from submit.store import RunRecord, Store
-from submit.ui import Ui, human_bytes
+from jobs.files import human_bytes
+from submit.ui import Ui
 
 COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
 
