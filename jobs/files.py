@@ -152,6 +152,20 @@ def job_files(job: Job, base_dir: Path) -> list[JobFile]:
     return out
 
 
+def listed_file(root: Path, value: Any) -> Path | str:
+    """A file a table names, relative to its folder `root` (resolved): the file, or why it is not one
+    that can be sent: "empty", "absolute", "outside" (it leads out of the folder) or "missing"."""
+    if not isinstance(value, str) or not value.strip():
+        return "empty"
+    value = value.strip()
+    if Path(value).is_absolute() or PurePosixPath(value).is_absolute():
+        return "absolute"
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        return "outside"
+    return path if path.is_file() else "missing"
+
+
 def listed_images(table: Path, column: str, sep: str | None = None, encoding: str = "utf-8") -> list[str]:
     """The image files a CSV's `column` names that exist inside its folder, relative to it, each
     once, in a stable order (what is absolute, leads out or is missing: the check refuses it)."""
@@ -168,11 +182,8 @@ def listed_images(table: Path, column: str, sep: str | None = None, encoding: st
                 return []
             i = header.index(column)
             for row in rows:
-                value = row[i].strip() if i < len(row) else ""
-                if not value or Path(value).is_absolute() or PurePosixPath(value).is_absolute():
-                    continue
-                path = (root / value).resolve()
-                if path.is_relative_to(root) and path.is_file():
+                path = listed_file(root, row[i] if i < len(row) else None)
+                if isinstance(path, Path):
                     found.add(path.relative_to(root).as_posix())
     except (OSError, csv.Error):
         return []

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from jobs.errors import DataError
+from jobs.files import listed_file
 from jobs.suggest import suggestion
 from runner import log
 
@@ -94,23 +95,16 @@ def from_table(frame: Any, csv: Path, column: str, target: str | None, where: st
         raise DataError(f"data.target {target!r}: not a column of {csv}"
                         f"{suggestion(target or '', frame.columns)}", hint="name the column holding each image's label")
     root = csv.parent.resolve()
-    files, labels, absolute, outside, missing, empty = [], [], [], [], [], 0
+    files, labels = [], []
+    why: dict[str, list[str]] = {"empty": [], "absolute": [], "outside": [], "missing": []}
     for value, label in zip(frame[column].tolist(), frame[target].tolist()):
-        if not isinstance(value, str) or not value.strip():
-            empty += 1
-            continue
-        if PurePosixPath(value).is_absolute() or Path(value).is_absolute():
-            absolute.append(value)
-            continue
-        path = (root / value).resolve()
-        if not path.is_relative_to(root):
-            outside.append(value)
-            continue
-        if not path.is_file():
-            missing.append(value)
+        path = listed_file(root, value)  # the rule packaging follows: what is valid here is sent
+        if isinstance(path, str):
+            why[path].append(str(value).strip())
             continue
         files.append(path)
         labels.append(str(label))
+    absolute, outside, missing, empty = why["absolute"], why["outside"], why["missing"], len(why["empty"])
     total = len(frame)
     if absolute or outside:
         bad = absolute or outside
