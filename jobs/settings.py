@@ -59,7 +59,7 @@ def read(group: type[G], environ: dict[str, str] | None = None) -> G:
         problem = exc.errors()[0]
         name = str(problem["loc"][0]) if problem["loc"] else next(iter(found), "?")
         field = next((f for f in group.model_fields.values() if f.alias == name), None)
-        secret = field is not None and "SecretStr" in str(field.annotation)
+        secret = field is not None and _secret(field)
         shown = "(hidden)" if secret else repr(found.get(name, ""))
         meaning = f": {field.description}" if field is not None and field.description else ""
         message = problem["msg"].removeprefix("Value error, ")
@@ -364,6 +364,17 @@ def library_defaults(values: dict[str, str]) -> None:
 GROUPS: tuple[type[Group], ...] = (Paths, Qarnot, Submission, Emulator, Task, ScriptEnv)
 
 
+def _secret(field: Any) -> bool:
+    return "SecretStr" in str(field.annotation)
+
+
+def secret_names() -> frozenset[str]:
+    """The variables that hold secrets (the Qarnot token, the registry password), and the task
+    constant that carries the registry password to Qarnot: never handed to a user's script."""
+    return frozenset({f.alias for group in GROUPS for f in group.model_fields.values() if f.alias and _secret(f)}
+                     | {"DOCKER_REGISTRY_PASSWORD"})
+
+
 def describe() -> list[dict[str, Any]]:
     """Every variable: its name, group, default, meaning, whether it is secret, its value here (a
     secret's as "(set)"), and the one-line problem of its group's values, if any."""
@@ -376,7 +387,7 @@ def describe() -> list[dict[str, Any]]:
             problem = exc
         for name, f in group.model_fields.items():
             default = f.default
-            secret = "SecretStr" in str(f.annotation)
+            secret = _secret(f)
             raw = os.environ.get(f.alias or "", "").strip()
             rows.append({
                 "name": f.alias, "group": group.__name__.lower(), "field": name,

@@ -33,7 +33,6 @@ from jobs.results import (CHECKPOINT, HISTORY, METRICS, RUN_INFO, SWEEP, Metrics
 from runner import log
 from runner.script import REPORTS
 
-SECRETS = ("QARNOT_CLIENT_TOKEN", "DOCKER_REGISTRY_PASSWORD")  # never handed to the script
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as Qarnot's DOCKER_CMD: ${NAME}
 
 
@@ -95,7 +94,7 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
              "trial": trial, "params": job.script.args, "threads": job.train.threads or task_env.threads,
              "device": _device(job.train.device), "seed": job.train.seed,
              "smoke": smoke_steps is not None, "max_steps": smoke_steps}
-    env = settings.script_environment({k: v for k, v in os.environ.items() if k not in SECRETS}, facts)
+    env = settings.script_environment({k: v for k, v in os.environ.items() if k not in settings.secret_names()}, facts)
     site = site or task_env.site
     if site is not None:  # the job's own packages (resources.requirements), first on the path
         env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])

@@ -245,6 +245,7 @@ def test_a_local_sweep_over_a_script_argument(tmp_path, qtrain):
 def test_the_script_is_told_where_things_are_and_never_the_secrets(tmp_path, qtrain, monkeypatch):
     monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "not-for-the-script")
     monkeypatch.setenv("DOCKER_REGISTRY_PASSWORD", "nor-this")
+    monkeypatch.setenv("QTRAIN_REGISTRY_PASSWORD", "nor-that")
     datagen.small_table(tmp_path / "table.csv")
     body = ("import json, os\n"
             "json.dump({k: v for k, v in os.environ.items() if k.startswith(('QTRAIN_', 'QARNOT_CLIENT', 'DOCKER_'))},"
@@ -258,3 +259,4 @@ def test_the_script_is_told_where_things_are_and_never_the_secrets(tmp_path, qtr
     assert env["QTRAIN_OUTPUT_DIR"] == str(out.resolve()) and json.loads(env["QTRAIN_PARAMS"]) == {"lr": 0.1}
     assert env["QTRAIN_SEED"] == "7" and env["QTRAIN_DEVICE"] == "cpu" and env["QTRAIN_SMOKE"] == "0"
     assert "QTRAIN_CHECKPOINT" not in env and "QARNOT_CLIENT_TOKEN" not in env and "DOCKER_REGISTRY_PASSWORD" not in env
+    assert "QTRAIN_REGISTRY_PASSWORD" not in env
