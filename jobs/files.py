@@ -266,7 +266,7 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 17)  # a 100,000-image folder hashed once
 def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:  # noqa: ARG001
     h = hashlib.sha256()
     with open(path, "rb") as fh:

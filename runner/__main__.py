@@ -1,6 +1,7 @@
 """Container entrypoint: `python -m runner`, no arguments.
 
-Reads `job.json` and the data from $QARNOT_RESOURCES_DIRECTORY (default /job), picks the sweep
+Reads `job.json` and the data from $QARNOT_RESOURCES_DIRECTORY (default /job), the data's shards
+unpacked there first (`jobs.shards`), picks the sweep
 trial from $INSTANCE_ID, and writes the results contract (`jobs.results`) to
 $QARNOT_RESULTS_DIRECTORY/out (a sweep trial to out/trial-<INSTANCE_ID>).  Resumes from a
 checkpoint.pt already there (a retried or re-run instance).  Exit status: 0 done, 2 a problem with
@@ -42,6 +43,11 @@ def main() -> int:
             sys.path.insert(0, str(env.site))
         resources, results = env.resources, env.results_dir()
         raw = read_job(resources)
+        from jobs import shards
+
+        unpacked = shards.unpack(resources)  # the dataset's shards, before anything reads its files
+        if unpacked:
+            print(f"[qtrain] unpacked {unpacked} data file(s) from their shards", flush=True)
         from jobs.load import load_job_dict
         from jobs.results import CHECKPOINT, OUT, trial_dir
 

@@ -302,6 +302,11 @@ class Backend(abc.ABC):
     def upload(self, package, progress: Progress | None = None) -> int:
         """Put the package's files where tasks read them; returns the bytes actually sent."""
 
+    def missing(self, package) -> list | None:
+        """The package's data objects (`jobs.shards.DataObject`) the backend lacks: what an upload
+        would send of its data.  None when this backend cannot say."""
+        return None
+
     @abc.abstractmethod
     def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:
         """Start the task; returns its uuid.  `on_created` is called with the uuid as soon as the

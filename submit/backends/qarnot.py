@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jobs import settings
+from jobs.files import JOB_FILE
+from jobs.shards import DATA_PREFIX, MANIFEST, SHARD_BYTES, SHARD_FOLDER, DataObject, write_shard
 from submit.backends.base import (Backend, BackendError, Downloaded, Progress, ProgressReader, RemoteFile,
                                   TaskRequest, TaskStatus, fetch_all, plan_download)
 from submit.backends.errors import translated
@@ -35,6 +37,49 @@ def s3_etag(path: Path) -> str:
         while block := fh.read(PART):
             digests.append(hashlib.md5(block).digest())  # noqa: S324
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
+
+
+def send_objects(bucket, objects: list[DataObject], advance: Progress, workers: int = 8) -> int:
+    """Upload `objects` (a shard written into a temporary file first: in memory up to twice SHARD_BYTES),
+    up to `workers` at a time: each costs a round trip or more before its first byte.  The first
+    error stops what has not started and is raised once the started ones end.  Returns the bytes
+    sent."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    lock = threading.Lock()
+    sent = 0
+
+    def one(obj: DataObject) -> None:
+        nonlocal sent
+        if obj.shard is None:
+            with ProgressReader(obj.files[0].local, advance) as fh:
+                bucket.add_file(fh, obj.key)
+            size = obj.payload
+        else:
+            with tempfile.SpooledTemporaryFile(max_size=2 * SHARD_BYTES) as tmp:
+                write_shard(obj, lambda f: f.local, tmp)
+                size = tmp.tell()
+                tmp.seek(0)
+                bucket.add_file(tmp, obj.key)
+            advance(obj.payload)
+        with lock:
+            sent += size
+
+    if len(objects) <= 1:
+        for obj in objects:
+            one(obj)
+        return sent
+    with ThreadPoolExecutor(min(workers, len(objects)), thread_name_prefix="upload") as pool:
+        futures = [pool.submit(one, obj) for obj in objects]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return sent
 
 
 class QarnotBackend(Backend):
@@ -119,33 +164,58 @@ class QarnotBackend(Backend):
     # -------------------------------------------------------------------------------- upload
     @translated
     def upload(self, package, progress: Progress | None = None) -> int:
-        """Dataset files missing under their content-addressed prefix, then job.json."""
+        """The data objects and code files the bucket lacks, then job.json and the data's
+        manifest; returns the bytes sent."""
         import io
 
+        advance = progress or (lambda n: None)
         bucket = self.conn.create_bucket(settings.submission().data_bucket)
-        sent = 0
-        for prefix, files in ((package.dataset_prefix, package.files), (package.code_prefix, package.code)):
-            present = {o.key: o.size for o in bucket.directory(prefix)} if files else {}
-            for f in files:  # by content: what the bucket has under the prefix is what it should hold
-                key = prefix + f.remote
-                if present.get(key) == f.size:
-                    continue
-                with ProgressReader(f.local, progress or (lambda n: None)) as fh:
+        sent = send_objects(bucket, self._missing(bucket, package), advance)
+        present = {o.key: o.size for o in bucket.directory(package.code_prefix)} if package.code else {}
+        for f in package.code:  # by content: what the bucket has under the prefix is what it should hold
+            key = package.code_prefix + f.remote
+            if present.get(key) != f.size:
+                with ProgressReader(f.local, advance) as fh:
                     bucket.add_file(fh, key)
                 sent += f.size
-        job_key = package.job_key
-        if not any(o.key == job_key for o in bucket.directory(job_key)):
-            data = package.job_json
-            bucket.add_file(io.BytesIO(data), job_key)
-            sent += len(data)
+        beside = [(JOB_FILE, package.job_json)] + ([(MANIFEST, package.manifest)] if package.manifest else [])
+        for name, data in beside:
+            key = package.job_prefix + name
+            if not any(o.key == key for o in bucket.directory(key)):
+                bucket.add_file(io.BytesIO(data), key)
+                sent += len(data)
         for f in package.extras:  # a resumed run's checkpoints, beside job.json
             key = package.job_prefix + f.remote
             if any(o.key == key and o.size == f.size for o in bucket.directory(key)):
                 continue
-            with ProgressReader(f.local, progress or (lambda n: None)) as fh:
+            with ProgressReader(f.local, advance) as fh:
                 bucket.add_file(fh, key)
             sent += f.size
         return sent
+
+    @translated
+    def missing(self, package) -> list[DataObject]:
+        """The package's data objects the data bucket lacks (what an upload would send)."""
+        bucket = self.conn.create_bucket(settings.submission().data_bucket)
+        return self._missing(bucket, package)
+
+    @staticmethod
+    def _missing(bucket, package) -> list[DataObject]:
+        objects = package.objects
+        if not objects:
+            return []
+        # one listing of the shards (pages of 1,000), one per lone file: a key names its content,
+        # and an object is whole or absent (a failed upload leaves none), so being there is enough
+        shard_keys = {o.key for o in bucket.directory(f"{DATA_PREFIX}{SHARD_FOLDER}/")} \
+            if any(o.shard for o in objects) else set()
+        out = []
+        for o in objects:
+            if o.shard:
+                if o.key not in shard_keys:
+                    out.append(o)
+            elif not any(x.key == o.key and x.size == o.payload for x in bucket.directory(o.key)):
+                out.append(o)
+        return out
 
     # -------------------------------------------------------------------------------- submit
     def image_with(self, reqs: Any, image: str, log: Callable[[str], None]) -> str:
@@ -194,15 +264,15 @@ class QarnotBackend(Backend):
         for key, value in request.constants.items():
             task.constants[key] = value
 
-        def view(prefix: str, ttl: int | None):
+        def view(prefix: str, ttl: int | None, strip: str | None = None):
             b = Bucket(conn, given.data_bucket, create=False)
             b = b.with_filtering(BucketPrefixFiltering(prefix))
-            b = b.with_resource_transformation(PrefixResourcesTransformation(prefix))
+            b = b.with_resource_transformation(PrefixResourcesTransformation(prefix if strip is None else strip))
             return b.with_cache_ttl(ttl) if ttl else b
 
         resources = [view(package.job_prefix, None)]
-        if package.files:
-            resources.insert(0, view(package.dataset_prefix, given.resource_cache_ttl))
+        for obj in reversed(package.objects):  # one view an object: the bucket holds other datasets too
+            resources.insert(0, view(obj.key, given.resource_cache_ttl, strip=obj.strip))
         if package.code:
             resources.insert(0, view(package.code_prefix, given.resource_cache_ttl))
         task.resources = resources

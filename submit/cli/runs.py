@@ -124,7 +124,7 @@ def run(
     tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
     loaded = _load(job, set_)
     if dry_run:
-        _dry_run(loaded, ui, recheck, as_json)
+        _dry_run(loaded, ui, recheck, as_json, backend)
         return
     if estimate:
         _estimate(loaded, get_backend(backend), ui, profile, recheck, max_cost, as_json)
@@ -156,30 +156,63 @@ def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: floa
         ui.say(f"  {line}", style="dim")
 
 
-def _dry_run(loaded, ui, recheck: bool, as_json: bool) -> None:
+def _dry_run(loaded, ui, recheck: bool, as_json: bool, backend: str | None = None) -> None:
+    """`run --dry-run`: the check and the package, then what would travel: the data's objects
+    (shards and lone files), the code, job.json; which of them the backend lacks when it answers
+    without being started.  Nothing is sent or recorded."""
     from rich.markup import escape
     from rich.table import Table
 
-    from submit.run.submission import prepare, upload_plan
     from jobs.files import human_bytes
+    from submit.backends import get_backend
+    from submit.run.submission import carried, prepare, upload_plan
 
-    plan = upload_plan(prepare(loaded, ui, recheck))
+    package = prepare(loaded, ui, recheck)
+    try:
+        be = get_backend(backend, start=False)  # asks a running emulator, never starts one
+    except QtrainError as exc:
+        be, unknown = None, exc.message
+    plan = upload_plan(package, be)
+    if be is None:
+        plan["send_unknown"] = unknown
     if as_json:
         print(json.dumps({"dry_run": True, **plan}), flush=True)
         return
+    known = plan["send"] is not None
     table = Table(title=f"qtrain run {loaded.job.name} --dry-run: what an upload sends", title_justify="left")
+    table.add_column("object")
     table.add_column("in the task")
     table.add_column("bytes", justify="right")
-    table.add_column("from")
+    if known:
+        table.add_column("sent")
+    by_key = {o["key"]: o for o in plan["objects"]}
+    for obj in package.objects:
+        files = [f.remote for f in obj.files]
+        what = files[0] if len(files) == 1 else f"{len(files):,} files: {files[0]} ... {files[-1]}"
+        name = f"shard {obj.shard[:12]}" if obj.shard else "file"
+        row = [name, escape(what), f"{obj.payload:,}"]
+        table.add_row(*row, *(["yes" if by_key[obj.key]["sent"] else "has it"] if known else []))
     for f in plan["files"]:
-        origin = f["from"] or "(the job, resolved)"
-        if f.get("link_to"):
-            origin += f" -> {f['link_to']} (outside its folder)"
-        table.add_row(escape(f["path"]), f"{f['bytes']:,}", escape(origin))
+        if f["kind"] == "data":
+            continue
+        origin = "(the job, resolved)" if f["from"] is None else f["kind"]
+        table.add_row(escape(origin), escape(f["path"]), f"{f['bytes']:,}", *(["if absent"] if known else []))
     console.print(table)
+    data = f"dataset {plan['dataset_hash'][:12]}: {carried(package)}" if package.files else "no data files"
     console.print(f"{len(plan['files'])} file(s), {plan['total_bytes']:,} bytes ({human_bytes(plan['total_bytes'])}) "
-                  f"at most (what the backend already has is not sent again); dataset "
-                  f"{plan['dataset_hash'][:12]}. Nothing was sent.", highlight=False, markup=False)
+                  f"at most; {data}.", highlight=False, markup=False)
+    if known:
+        send = plan["send"]
+        console.print(f"{be.describe()} lacks {send['objects']} of the {len(package.objects)} data object(s): "
+                      f"{human_bytes(send['data_bytes'])} of data would be sent.", highlight=False, markup=False)
+    else:
+        console.print(f"what the backend already has is not sent again (not asked: {plan.get('send_unknown')}).",
+                      highlight=False, markup=False)
+    links = [f for f in plan["files"] if f.get("link_to")]
+    for f in links:
+        console.print(f"{f['path']} comes from {f['link_to']}, outside its folder (data.follow_symlinks)",
+                      highlight=False, markup=False)
+    console.print("Nothing was sent.", highlight=False, markup=False)
     if plan.get("requirements"):
         reqs = plan["requirements"]
         console.print(f"requirements {reqs['requirements_hash'][:12]} ({', '.join(reqs['requirements'])}): not "

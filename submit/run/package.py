@@ -7,16 +7,19 @@ point there:
     data.path: ~/datasets/weatherAUS.csv   ->  data/weatherAUS.csv
     data.path: ~/datasets/mnist/           ->  data/mnist/...
 
-The files go to the data bucket under `datasets/<dataset hash>/` (`jobs.results.dataset_hash`, the
-hash the runner writes in run.json): an unchanged dataset has the same prefix and is never uploaded
-twice, from any job.  A module's or a script's code goes the same way under `code/<code hash>/`
-(`jobs.code`): in the task it is `code/...`, and unchanged code uploads nothing.  `job.json` goes
-under `jobs/<sha256 of job.json>/`.
+The data files travel as the objects `jobs.shards` plans: small files packed in shards, large
+ones alone, each object named by its content, so an unchanged file is never uploaded twice (from
+any job) and changing one file sends its shard only.  The dataset hash (`jobs.results.dataset_hash`,
+the hash the runner writes in run.json) covers every file and stays the run's data identity.  The
+task gets the manifest of its objects (`dataset.json`) beside `job.json`.  A module's or a script's code goes the same way under `code/<code hash>/`
+(`jobs.code`): in the task it is `code/...`, and unchanged code uploads nothing.  `job.json` (and the manifest) go
+under `jobs/<sha256 of both>/`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from jobs.errors import QtrainError
 from jobs.files import JOB_FILE, PATH_FIELDS, JobFile, get_dotted, job_files, portable_path
 from jobs.load import LoadedJob, set_dotted
 from jobs.results import dataset_hash, job_hash
+from jobs import shards
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,15 @@ class Package:
     requirements: Any = None
     site: Path | None = None
 
+    @functools.cached_property
+    def objects(self) -> list[shards.DataObject]:
+        """The data files as they travel: shards of small files, large files alone."""
+        return shards.plan(self.files)
+
     @property
-    def dataset_prefix(self) -> str:
-        return f"datasets/{self.dataset_hash}/"
+    def manifest(self) -> bytes | None:
+        """What the task must hold of the dataset (`jobs.shards.MANIFEST`), None without data files."""
+        return shards.manifest(self.objects) if self.files else None
 
     @property
     def code_prefix(self) -> str:
@@ -74,6 +84,8 @@ class Package:
     @property
     def job_prefix(self) -> str:
         digest = hashlib.sha256(self.job_json)
+        if self.manifest is not None:
+            digest.update(b"\0" + self.manifest)
         for f in self.extras:
             digest.update(f"\0{f.remote}\0{f.sha256}".encode())
         return f"jobs/{digest.hexdigest()}/"

@@ -90,10 +90,9 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
             if package.files or package.code:
                 what = ("uploaded " + human_bytes(uploaded)) if uploaded > len(package.job_json) \
                     else "data and code already uploaded"
-                parts = [f"dataset {package.dataset_hash[:12]}"] if package.files else []
-                parts += [f"code {package.code_hash[:12]}"] if package.code else []
-                ui.say(f"{what} ({len(package.files) + len(package.code)} file(s), "
-                       f"{human_bytes(package.dataset_bytes)}, {', '.join(parts)})", style="dim")
+                parts = [f"dataset {package.dataset_hash[:12]}: {carried(package)}"] if package.files else []
+                parts += [f"code {package.code_hash[:12]}: {len(package.code)} file(s)"] if package.code else []
+                ui.say(f"{what} ({human_bytes(package.dataset_bytes)} in all; {'; '.join(parts)})", style="dim")
             uuid = backend.submit(package, request, on_created=created)
         except BaseException as exc:  # noqa: BLE001 - the run's fate is recorded, then it goes on up
             _submission_interrupted(store.get(run.run_id), backend, store, ui, exc)
@@ -151,17 +150,40 @@ def prepare(loaded: LoadedJob, ui: Ui, recheck: bool = False, smoke: bool = Fals
     return package
 
 
-def upload_plan(package: Package) -> dict[str, Any]:
-    """Every file and byte an upload of `package` sends at most (what the backend already has
-    is skipped then): `qtrain run --dry-run`."""
+def carried(package: Package) -> str:
+    """How the data files travel, in words: "20,000 files in 12 shards, 1 file alone"."""
+    shards = [o for o in package.objects if o.shard]
+    alone = len(package.objects) - len(shards)
+    words = [f"{sum(len(o.files) for o in shards):,} file(s) in {len(shards)} shard(s)"] if shards else []
+    words += [f"{alone} file(s) alone"] if alone else []
+    return ", ".join(words)
+
+
+def upload_plan(package: Package, backend: Backend | None = None) -> dict[str, Any]:
+    """Every file and byte an upload of `package` sends at most, the objects its data travels as,
+    and, when `backend` answers, which of them it lacks: what would actually be sent
+    (`qtrain run --dry-run`)."""
     files = [{"path": f.remote, "bytes": f.size, "from": str(f.local), "kind": kind,
               **({"link_to": str(f.outside)} if f.outside else {})}
              for kind, group in (("data", package.files), ("code", package.code), ("checkpoint", package.extras))
              for f in group]
     files.append({"path": JOB_FILE, "bytes": len(package.job_json), "from": None, "kind": "job"})
+    objects = [{"key": o.key, "kind": "shard" if o.shard else "file", "files": len(o.files), "bytes": o.payload}
+               for o in package.objects]
     plan = {"job": package.job_name, "dataset_hash": package.dataset_hash, "code_hash": package.code_hash,
             "job_hash": package.job_hash, "trials": package.trials, "files": files,
-            "total_bytes": sum(f["bytes"] for f in files)}
+            "total_bytes": sum(f["bytes"] for f in files), "objects": objects, "send": None}
+    if backend is not None:
+        try:
+            lacking = backend.missing(package)
+        except QtrainError as exc:  # the dry run still lists what would go at most
+            plan["send_unknown"] = exc.message
+        else:
+            if lacking is not None:
+                keys = {o.key for o in lacking}
+                for o in objects:
+                    o["sent"] = o["key"] in keys
+                plan["send"] = {"objects": len(lacking), "data_bytes": sum(o.payload for o in lacking)}
     if package.requirements is not None:  # not uploaded: the task runs an image with them, or their folder
         plan["requirements"] = describe(package.requirements, package.site)
     return plan

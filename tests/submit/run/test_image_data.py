@@ -36,3 +36,47 @@ def test_a_bad_image_listing_uploads_nothing(emulator, qtrain, tmp_path):
     result = qtrain("run", path, "--store", tmp_path / "store")
     assert result.code == 2 and "2 of 3 files do not exist" in result.err.strip().splitlines()[-1]
     assert _uploaded(emulator) == before
+
+
+def _objects(emulator, prefix: str = "datasets/") -> dict[str, tuple[str, object]]:
+    """The data bucket's objects under `prefix`: key -> (ETag, LastModified)."""
+    from jobs import settings
+    from submit.emulator.fields import EMAIL
+    from submit.emulator.s3server import s3_client
+
+    s3 = s3_client(emulator.s3_url, EMAIL, emulator.token, attempts=1, timeout=10)
+    listed = s3.list_objects_v2(Bucket=settings.submission().data_bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
+
+
+def test_changing_one_image_resends_its_shard_only(emulator, qtrain, tmp_path, monkeypatch):
+    from jobs import shards
+
+    monkeypatch.setattr(shards, "SHARD_BYTES", 40_000)  # tens of shards of this small folder
+    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 160_000)
+    datagen.image_folder(tmp_path / "shapes", per_class=60)
+    job = _job(tmp_path, strict=False)
+    store = ["--store", tmp_path / "store", "--set", "train.epochs=1"]
+    plan = qtrain("run", job, "--dry-run", "--json", *store[2:]).json()
+    first = qtrain("run", job, "--json", *store)
+    assert first.code == 0, first.err
+    before = _objects(emulator)
+    ours = {o["key"] for o in plan["objects"]}
+    assert len(ours) >= 5 and ours <= set(before) and all(o["kind"] == "shard" for o in plan["objects"])
+
+    again = qtrain("run", job, "--json", *store)  # unchanged: nothing of the data is sent again
+    assert again.code == 0 and again.json()["uploaded_bytes"] == 0, again.err
+    assert again.json()["dataset_hash"] == first.json()["dataset_hash"]
+
+    changed = tmp_path / "shapes" / "rings" / "017.png"
+    changed.write_bytes(changed.read_bytes() + b"\0")  # one byte more: the same image, another file
+    dry = qtrain("run", job, "--dry-run", "--json", *store[2:]).json()
+    assert dry["send"]["objects"] == 1  # the dry run asks the running emulator what it lacks
+    [resent] = [o for o in dry["objects"] if o["sent"]]
+    third = qtrain("run", job, "--json", *store)
+    assert third.code == 0, third.err
+    after = _objects(emulator)
+    assert set(after) - set(before) == {resent["key"]}  # its shard, and nothing else
+    assert all(after[k] == before[k] for k in before)  # the other objects untouched
+    assert third.json()["dataset_hash"] != first.json()["dataset_hash"]
+    assert resent["bytes"] <= third.json()["uploaded_bytes"] <= resent["bytes"] * 1.5 + 4096
