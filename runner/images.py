@@ -1,9 +1,10 @@
 """Image files as data: a folder with one subfolder per class (torchvision's ImageFolder layout),
 or a CSV whose column names image files (`data.image_column`, relative to the CSV's folder).
 
-Files are decoded with Pillow to uint8 (N, C, H, W): grayscale when every image is, RGB otherwise;
-brought to `data.image_size` (resized on the shorter side, then centre-cropped), or kept at their
-own size when they all share one.  A file that cannot be decoded is skipped with a warning naming
+Files are decoded with Pillow to uint8 (C, H, W), a batch at a time as training needs them
+(`runner.stream`): grayscale when every image is, RGB otherwise; brought to `data.image_size`
+(resized on the shorter side, then centre-cropped), or kept at their own size when they all share
+one.  A file that cannot be decoded is skipped with a warning naming
 the first few, or refused with `data.strict: true`: never a crash in epoch 7.
 """
 
@@ -20,6 +21,7 @@ from jobs.errors import DataError
 from jobs.files import listed_file
 from jobs.suggest import suggestion
 from runner import log
+from runner.stream import ImageSet, survey, why
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
@@ -125,8 +127,8 @@ def from_table(frame: Any, csv: Path, column: str, target: str | None, where: st
 
 @dataclass
 class Decoded:
-    x: np.ndarray  # uint8 (N, C, H, W)
-    keep: np.ndarray  # indices into the ImageFiles that were decoded
+    x: ImageSet  # the readable files, decoded as they are needed (runner.stream)
+    keep: np.ndarray  # indices into the ImageFiles that can be read
     report: dict[str, Any]
 
 
@@ -140,7 +142,9 @@ def _size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: bool = False,
            shape: Sequence[int] | None = None) -> Decoded:
-    """Decode every file.  `shape` (C, H, W): a trained model's, which predictions must match."""
+    """Every file's header here, then every file decoded once in workers (`runner.stream.survey`),
+    keeping only its pixel sums: what can be read, at which size and channels, and what cannot.
+    `shape` (C, H, W): a trained model's, which predictions must match."""
     from PIL import Image, UnidentifiedImageError
 
     errors = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
@@ -152,7 +156,7 @@ def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: b
             with Image.open(path) as img:
                 heads.append((i, img.mode, img.size))
         except errors as exc:
-            bad.append((names[i], _why(exc)))
+            bad.append((names[i], why(exc)))
     if shape is not None:
         channels, size = int(shape[0]), (int(shape[1]), int(shape[2]))
     else:
@@ -166,17 +170,13 @@ def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: b
                                 hint="set data.image_size (one number for a square, or [height, width]): "
                                      "each image is resized on its shorter side, then centre-cropped")
             size = next(iter(sizes)) if sizes else (1, 1)
-    x = np.empty((len(heads), channels, size[0], size[1]), dtype=np.uint8)
-    keep: list[int] = []
-    for i, _, _ in heads:
-        try:
-            with Image.open(images.files[i]) as img:
-                x[len(keep)] = _fit(img, channels, size)
-            keep.append(i)
-        except errors as exc:
-            bad.append((names[i], _why(exc)))
+    readable = [i for i, _, _ in heads]
+    sums, unreadable, cache = survey([images.files[i] for i in readable], channels, size)
+    lost = {j for j, _ in unreadable}
+    bad += [(names[readable[j]], reason) for j, reason in unreadable]
+    keep = [i for j, i in enumerate(readable) if j not in lost]
     if bad:
-        first = "; ".join(f"{name} ({why})" for name, why in bad[:SHOWN])
+        first = "; ".join(f"{name} ({reason})" for name, reason in bad[:SHOWN])
         if strict or not keep:
             raise DataError(f"{images.where}: {len(bad)} file(s) cannot be read as images: {first}",
                             hint="remove or replace them" + (", or set data.strict: false to skip them"
@@ -187,29 +187,6 @@ def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: b
     report = {"image_size": list(size), "channels": channels, "sizes_found": dict(sizes_found.most_common(5)),
               "distinct_sizes": len(sizes_found), "unreadable": len(bad),
               "unreadable_files": [name for name, _ in bad[:SHOWN]]}
-    return Decoded(x[:len(keep)], np.array(keep, dtype=np.int64), report)
-
-
-def _why(exc: BaseException) -> str:
-    from PIL import UnidentifiedImageError
-
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image Pillow can read"
-    return f"{type(exc).__name__}: {str(exc)[:60]}"
-
-
-def _fit(img: Any, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """One image as (C, H, W) uint8: converted, resized on the shorter side, centre-cropped."""
-    from PIL import Image
-
-    img = img.convert("L" if channels == 1 else "RGB")
-    height, width = size
-    w, h = img.size
-    if (h, w) != (height, width):
-        scale = max(height / h, width / w)
-        new = (max(width, round(w * scale)), max(height, round(h * scale)))
-        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left, top = (new[0] - width) // 2, (new[1] - height) // 2
-        img = img.crop((left, top, left + width, top + height))
-    array = np.asarray(img, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    kept = np.array([j for j in range(len(readable)) if j not in lost], dtype=np.int64)
+    return Decoded(ImageSet([images.files[i] for i in keep], channels, size, sums[kept], cache,
+                            kept if cache is not None else None), np.array(keep, dtype=np.int64), report)

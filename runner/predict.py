@@ -20,9 +20,10 @@ from jobs.results import MODEL, RunResults
 from jobs.suggest import suggestion
 from runner.data import to_nchw
 from runner.images import ImageFiles, decode, files_of_folder
+from runner.stream import ImageSplit
 from runner.models import MODEL_FORMAT, Net, build_from_arch
 from runner.prepare import transform_images, transform_table
-from runner.train import predict_raw
+from runner.batches import predict_raw
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Predictor:
             if self.preprocess["kind"] != "images":
                 raise DataError(f"{where}: this model takes a table (CSV/Parquet) of features, not images")
             decoded = decode(data, None, shape=self.preprocess["shape"])  # warns of unreadable files
-            x = transform_images(decoded.x, self.preprocess, where)
+            x = ImageSplit(decoded.x, self.preprocess)  # decoded batch by batch, in workers
             frame = pd.DataFrame({"file": np.array(data.names(), dtype=object)[decoded.keep]})
             return Prediction(self._outputs(frame, x, np.ones(len(x), dtype=bool)), notes, None)
         if self.preprocess["kind"] != "table":
@@ -118,8 +119,11 @@ class Predictor:
                          "imputed as in training")
         return np.ones(len(data), dtype=bool)
 
-    def _outputs(self, frame: pd.DataFrame, x: np.ndarray, usable: np.ndarray) -> pd.DataFrame:
-        out = predict_raw(self.model, torch.from_numpy(x[usable])) if usable.any() else None
+    def _outputs(self, frame: pd.DataFrame, x: np.ndarray | ImageSplit, usable: np.ndarray) -> pd.DataFrame:
+        if isinstance(x, ImageSplit):  # every file decoded could be read: all usable
+            out = predict_raw(self.model, x) if len(x) else None
+        else:
+            out = predict_raw(self.model, torch.from_numpy(x[usable])) if usable.any() else None
         if self.classes is not None:
             proba = np.full((len(frame), len(self.classes)), np.nan)
             if out is not None:

@@ -19,11 +19,12 @@ from jobs.spec import Job
 from runner import log
 from runner.audit import numeric_view
 from runner.data import BASELINE_COLUMN, Dataset, Images, Table
+from runner.stream import ImageSet, ImageSplit
 
 
 @dataclass
 class Prepared:
-    x: dict[str, np.ndarray]  # split -> float32 features (N, F) or images (N, C, H, W)
+    x: dict[str, Any]  # split -> float32 features (N, F) or images (N, C, H, W); image files: ImageSplit
     y: dict[str, np.ndarray]  # split -> int64 class index or float32 target (unscaled)
     rows: dict[str, np.ndarray]  # split -> original row identifiers (for predictions.csv)
     today: np.ndarray | None  # test split: today's target value (shifted-target baseline)
@@ -203,6 +204,16 @@ def fit_images(x: np.ndarray, job: Job) -> dict[str, Any]:
     return state
 
 
+def fit_image_set(images: ImageSet, job: Job) -> dict[str, Any]:
+    """`fit_images` for image files, from the pixel sums their survey kept (nothing decoded again)."""
+    p = job.preprocess
+    scale = 255.0 if p.pixel_scale == "auto" else float(p.pixel_scale)  # decoded files are 8-bit
+    state: dict[str, Any] = {"kind": "images", "shape": list(images.shape[1:]), "pixel_scale": scale}
+    if p.standardize_images:
+        state["mean"], state["std"] = images.stats(scale)
+    return state
+
+
 def transform_images(x: np.ndarray, state: dict[str, Any], where: str = "data") -> np.ndarray:
     if list(x.shape[1:]) != list(state["shape"]):
         raise DataError(f"{where}: images are {tuple(x.shape[1:])} (C,H,W) but the model was "
@@ -275,14 +286,15 @@ def _prepare_images(data: Images, job: Job) -> Prepared:
     classes = class_names(all_labels)
     labels = pd.Series(data.y).astype(str).to_numpy()
     parts = split_indices(labels, len(data.x), job, has_test=data.x_test is not None)
-    state = fit_images(data.x[parts["train"]], job)
+    files = isinstance(data.x, ImageSet)  # image files: decoded batch by batch as training reads them
+    state = fit_image_set(data.x.take(parts["train"]), job) if files else fit_images(data.x[parts["train"]], job)
     x, y, rows = {}, {}, {}
     for split, idx in parts.items():
-        x[split] = transform_images(data.x[idx], state)
+        x[split] = ImageSplit(data.x.take(idx), state) if files else transform_images(data.x[idx], state)
         y[split] = encode_classes(data.y[idx], classes, "labels")
         rows[split] = idx
     if data.x_test is not None:
-        x["test"] = transform_images(data.x_test, state)
+        x["test"] = ImageSplit(data.x_test, state) if files else transform_images(data.x_test, state)
         y["test"] = encode_classes(data.y_test, classes, "test labels")
         rows["test"] = np.arange(len(data.x_test))
     state["classes"] = classes

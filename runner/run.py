@@ -34,7 +34,8 @@ from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters,
 from runner.prepare import Prepared, prepare
 from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
-from runner.train import Trainer, TrainResult, predict_raw, seed_everything, select_device, set_threads
+from runner.batches import predict_raw
+from runner.train import Trainer, TrainResult, seed_everything, select_device, set_threads
 
 
 

@@ -28,8 +28,9 @@ from jobs.spec import Job, TrainSpec, resolve_batch_size
 from runner import log
 from runner.augment import augment
 from runner.prepare import Prepared
+from runner.batches import predict_raw
+from runner.stream import ImageSplit
 
-EVAL_BATCH = 2048
 MIN_IS_BETTER = ("loss", "rmse", "mae", "log_loss")
 
 
@@ -158,18 +159,6 @@ def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     return optimizer
 
 
-@torch.no_grad()
-def predict_raw(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Model outputs for `x` in eval mode, batched; float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    outs = [model(x[i: i + batch]).float() for i in range(0, len(x), batch)]
-    model.train(was_training)
-    if not outs:
-        return torch.zeros(0)
-    return torch.cat(outs).cpu()
-
-
 # --------------------------------------------------------------------------------- the loop
 @dataclass
 class Tensors:
@@ -181,6 +170,10 @@ class Tensors:
         scale = prepared.state.get("target")
         xs, ys = {}, {}
         for split in prepared.splits:
+            if isinstance(prepared.x[split], ImageSplit):  # image files: decoded batch by batch
+                xs[split] = prepared.x[split].to(device)
+                ys[split] = torch.from_numpy(np.array(prepared.y[split], dtype=np.int64)).to(device)
+                continue
             x = torch.from_numpy(prepared.x[split]).to(device)
             if x.ndim == 4:  # NHWC in memory: oneDNN/cuDNN convolutions run much faster
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -299,11 +292,16 @@ class Trainer:
                                dtype=torch.float32 if self.device.type == "mps" else torch.float64)
         correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
-        for start in range(0, n, bs):
-            idx = order[start: start + bs]
+        if isinstance(x, ImageSplit):  # image files: batches decoded ahead in workers
+            batches = ((idx.to(self.device), xb) for idx, xb in x.batches(order, bs))
+        else:
+            batches = ((order[start: start + bs], None) for start in range(0, n, bs))
+        for idx, xb in batches:
             if len(idx) < 2 and n >= 2 and self.has_batchnorm:
                 continue  # batchnorm cannot train on a single sample
-            xb = x[idx] if self.augment is None else augment(x[idx], self.augment, self.generator)
+            xb = x[idx] if xb is None else xb
+            if self.augment is not None:
+                xb = augment(xb, self.augment, self.generator)
             loss, correct = self.train_step(xb, y[idx])
             loss_sum.add_(loss, alpha=len(idx))
             if correct is not None:
