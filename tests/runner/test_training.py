@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,8 @@ import torch
 from jobs import QtrainError, load_job
 from runner.run import run_job
 from runner.train import select_device
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def metrics(out):
@@ -222,3 +226,53 @@ def test_training_imports_no_dynamo_and_steps_as_torch_does(tmp_path):
         with mock.patch.object(train, "_step_without_dynamo", lambda optimizer: None):
             torchs = run_job(load_job("penguins", over), tmp_path / f"torch-{optimizer}")
         assert json_module.dumps(ours["test"], sort_keys=True) == json_module.dumps(torchs["test"], sort_keys=True)
+
+
+@pytest.mark.parametrize("activation,pooled_first", [("relu", True), ("tanh", True), ("gelu", False)])
+def test_a_monotone_activation_runs_after_the_pooling_with_the_same_outputs_and_gradients(activation, pooled_first):
+    """Max pooling commutes with a never-decreasing activation: the cnn pools first (a quarter
+    of the values to activate), the outputs and gradients are the textbook order's, and the
+    parameters keep their names (a model.pt from before loads)."""
+    from torch import nn
+
+    from runner.models import ACTIVATIONS, build_from_arch, make_arch
+
+    acts = tuple(ACTIVATIONS.values())
+
+    job = load_job("mnist-cnn", [f"model.activation={activation}"]).job
+    net = build_from_arch(make_arch(job.model, (1, 28, 28), 10, None, classification=True))
+    layers = list(net.features)
+    textbook, i = [], 0  # conv, activation, pool: the order the seed's notebook writes
+    while i < len(layers):
+        if isinstance(layers[i], nn.MaxPool2d) and i + 1 < len(layers) and isinstance(layers[i + 1], acts):
+            assert pooled_first  # pooled, then activated
+            textbook += [layers[i + 1], layers[i]]
+            i += 2
+            continue
+        textbook.append(layers[i])
+        i += 1
+    assert sum(isinstance(m, nn.MaxPool2d) for m in textbook) == 3
+    assert (textbook != layers) == pooled_first  # pooled first exactly when the activation allows
+    x = torch.randn(8, 1, 28, 28, requires_grad=True)
+    ours = net.head(net.features(x))
+    grad_ours = torch.autograd.grad(ours.sum(), x)[0]
+    ref = net.head(nn.Sequential(*textbook)(x))
+    grad_ref = torch.autograd.grad(ref.sum(), x)[0]
+    assert torch.allclose(ours, ref) and torch.allclose(grad_ours, grad_ref)
+    assert {k for k in net.state_dict()} >= {"features.0.weight", "features.3.weight", "features.6.weight"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_training_memory_is_kept_for_the_next_step():
+    """A step's megabytes freed are kept (not handed back and faulted in again next step) once
+    the runner has set the allocator up; without it, glibc gives a large block straight back."""
+    import subprocess
+
+    probe = ("import sys, torch\nfrom runner.train import keep_freed_memory\n"
+             "if sys.argv[1] == 'keep': keep_freed_memory()\n"
+             "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+             "x = torch.ones(48 << 20, dtype=torch.uint8); before = rss(); del x\n"
+             "print(before - rss())\n")
+    given_back = {how: int(subprocess.run([sys.executable, "-c", probe, how], capture_output=True, text=True,
+                                          check=True, cwd=str(ROOT)).stdout) for how in ("keep", "default")}
+    assert given_back["default"] > 40 << 20 and given_back["keep"] < 8 << 20, given_back
