@@ -35,7 +35,7 @@ from runner.prepare import Prepared, prepare
 from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
 from runner.batches import predict_raw
-from runner.train import Trainer, TrainResult, seed_everything, select_device, set_threads
+from runner.train import Trainer, TrainResult, keep_freed_memory, seed_everything, select_device, set_threads
 
 
 
@@ -62,6 +62,7 @@ def build(loaded: LoadedJob) -> Built:
     device = select_device(job.train.device)
     seed_everything(job.train.seed)
     set_threads(job.train)
+    keep_freed_memory()
     arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir,
                      classification=prepared.classes is not None)
     model = build_from_arch(arch)

@@ -55,6 +55,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def keep_freed_memory() -> None:
+    """Have glibc keep what a training step frees for the next one, instead of handing it back to
+    the system and faulting it in again, zeroed, page by page: a step's activations and gradients
+    are megabytes, each freed and allocated anew every step (on the seed-004 CNN, 1.5x the
+    images/s).  Big blocks come from the heap (mmap from 256 MiB only) and the heap is trimmed only
+    past 1 GiB free.  Peak memory is unchanged; memory stays at its peak until the run ends.  A C
+    library other than glibc (macOS, musl) is left alone."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 256 << 20)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 def set_threads(spec: TrainSpec) -> None:
     """torch's threads: `train.threads`, else the CPU share the platform gives this process
     (OMP_NUM_THREADS, which the emulator sets per instance so that a sweep's concurrent trials
