@@ -1,12 +1,18 @@
 """Runner benchmark, all measured in one process against a reference run.
 
 (a) The seed notebook's MNIST CNN trained the notebook's way (torch DataLoader, batch 8) against
-    the qtrain runner (mnist-cnn catalog job: tensors on the device, batch 64) on the same 28x28
-    images: images per second and test accuracy of each.
+    the qtrain runner (mnist-cnn catalog job: tensors on the device, batch 128) on the same 28x28
+    images, read from IDX arrays and from a folder of PNG files (decoded once, then read back from
+    the pixel cache: runner/stream.py): images per second and test accuracy of each, `--pairs`
+    rounds taken in turn (the order alternating), each ratio within its round, median and spread.
+    Each way runs in a fresh process of its own, as a notebook and a task do: a process's history
+    changes what its allocator does (a runner trained after other work in the same process
+    faulted fewer pages than a task's fresh runner ever does).
+    Goals (issue 25): runner / notebook >= 4.5 steadily; PNG folder / arrays >= 0.8.
 (b) Seconds to reach 0.97 test accuracy on penguins and on digits: qtrain against scikit-learn's
     MLPClassifier (seed 003's comparison), same split.
 
-    python bench/training.py [--images 6000]    -> prints a table, writes bench/results/training.json
+    python bench/training.py [--images 6000] [--pairs 5]  -> prints a table, writes bench/results/training.json
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import io
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -77,8 +84,9 @@ def notebook_way(x, y, xt, yt, epochs: int) -> dict:
             "test_accuracy": float((pred == yt).mean())}
 
 
-def runner_way(folder: Path, out: Path, epochs: int) -> dict:
-    job = load_job("mnist-cnn", [f"data.path={folder}", f"train.epochs={epochs}"])
+def runner_way(folder: Path, out: Path, epochs: int, test: Path | None = None) -> dict:
+    sets = [f"data.path={folder}", f"train.epochs={epochs}"] + ([f"data.test_path={test}"] if test else [])
+    job = load_job("mnist-cnn", sets)
     with contextlib.redirect_stdout(io.StringIO()):
         m = run_job(job, out)
     return {"images_per_second": m["timings"]["samples_per_second"],
@@ -128,11 +136,35 @@ def split_arrays(job_name: str):
     return flat(p.x["train"]), p.y["train"], flat(p.x["test"]), p.y["test"]
 
 
+def one_way(way: str, data: Path, images: int) -> dict:
+    """`way` of (a) in a fresh process."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, "--one", way, "--data", str(data), "--images", str(images)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{way} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=6000, help="training images for (a)")
+    ap.add_argument("--pairs", type=int, default=5, help="rounds of (a)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training.json")
+    ap.add_argument("--one", choices=("notebook", "arrays", "png_folder"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:  # one way of (a), in this fresh process: its figures as JSON on the last line
+        d = args.data
+        if args.one == "notebook":
+            row = notebook_way(*digits28(n_train=args.images, n_test=400), epochs=2)
+        elif args.one == "arrays":
+            row = runner_way(d / "mnist", d / "runner", epochs=4)
+        else:
+            row = runner_way(d / "png-train", d / "png", 4, d / "png-test")
+        print(json.dumps(row))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -145,14 +177,39 @@ def main() -> None:
         write_idx(folder / "train-labels-idx1-ubyte", y)
         write_idx(folder / "t10k-images-idx3-ubyte", xt)
         write_idx(folder / "t10k-labels-idx1-ubyte", yt)
-        nb = notebook_way(x, y, xt, yt, epochs=2)
-        rn = runner_way(folder, tmp / "runner", epochs=4)
-        speedup = rn["images_per_second"] / nb["images_per_second"]
+        from bench.images import write_folder
+
+        write_folder(tmp / "png-train", x, y)
+        write_folder(tmp / "png-test", xt, yt)
+        rounds = []
+        for i in range(-1, args.pairs):  # round -1 warms up
+            ways = {way: (lambda way=way: one_way(way, tmp, args.images)) for way in ("notebook", "arrays", "png_folder")}
+            order = list(ways) if i % 2 == 0 else list(ways)[::-1]
+            row = {way: ways[way]() for way in order}
+            if i >= 0:
+                rounds.append(row)
+                print(f"  #{i}: notebook {row['notebook']['images_per_second']:.0f}, arrays "
+                      f"{row['arrays']['images_per_second']:.0f}, png folder {row['png_folder']['images_per_second']:.0f}"
+                      f" img/s", flush=True)
+
+        def spread(values: list[float]) -> dict:
+            return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+        speedup = [r["arrays"]["images_per_second"] / r["notebook"]["images_per_second"] for r in rounds]
+        folder_ratio = [r["png_folder"]["images_per_second"] / r["arrays"]["images_per_second"] for r in rounds]
+        median_round = sorted(rounds, key=lambda r: r["arrays"]["images_per_second"] / r["notebook"]["images_per_second"])[len(rounds) // 2]
+        nb, rn = median_round["notebook"], median_round["arrays"]
         results = {"machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
                                "torch": torch.__version__},
-                   "cnn_28x28": {"images": args.images, "notebook_dataloader_batch8": nb,
-                                 "qtrain_runner": rn, "speedup_images_per_second": speedup,
-                                 "wall_clock_ratio": nb["train_seconds"] / rn["train_seconds"]}}
+                   "cnn_28x28": {"images": args.images, "pairs": args.pairs, "rounds": rounds,
+                                 "notebook_dataloader_batch8": nb, "qtrain_runner": rn,
+                                 "speedup_images_per_second": spread(speedup),
+                                 "png_folder_over_arrays": spread(folder_ratio),
+                                 "speedup_png_folder_over_notebook": spread(
+                                     [r["png_folder"]["images_per_second"] / r["notebook"]["images_per_second"]
+                                      for r in rounds]),
+                                 "wall_clock_ratio": nb["train_seconds"] / rn["train_seconds"],
+                                 "goal": "runner/notebook >= 4.5 in every round; png folder/arrays >= 0.8"}}
         tta = {}
         for job_name, step, limit in (("penguins", 10, 200), ("digits-cnn", 2, 40)):
             q = seconds_to(0.97, job_name, tmp, step, limit)
@@ -163,12 +220,13 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     c = results["cnn_28x28"]
     print(f"(a) seed CNN on {args.images} 28x28 images, {torch.get_num_threads()} threads")
+    sp, fr = c["speedup_images_per_second"], c["png_folder_over_arrays"]
     print(f"    notebook (DataLoader, batch 8): {c['notebook_dataloader_batch8']['images_per_second']:8.0f} img/s"
-          f"  test acc {c['notebook_dataloader_batch8']['test_accuracy']:.4f} after 2 epochs")
+          f"  test acc {c['notebook_dataloader_batch8']['test_accuracy']:.4f} after 2 epochs (median round)")
     print(f"    qtrain runner (batch 128)     : {c['qtrain_runner']['images_per_second']:8.0f} img/s"
           f"  test acc {c['qtrain_runner']['test_accuracy']:.4f} after 4 epochs")
-    print(f"    speed-up: {c['speedup_images_per_second']:.2f}x images/s, "
-          f"{c['wall_clock_ratio']:.2f}x less training time")
+    print(f"    speed-up: median {sp['median']:.2f}x [{sp['min']:.2f}..{sp['max']:.2f}] over {args.pairs} rounds; "
+          f"PNG folder / arrays: {fr['median']:.3f}x [{fr['min']:.3f}..{fr['max']:.3f}]")
     print("(b) seconds to 0.97 test accuracy")
     for job_name, r in tta.items():
         q, s = r["qtrain"], r["sklearn_mlp"]
