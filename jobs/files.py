@@ -244,6 +244,9 @@ def folder_files(folder: Path, field: str, follow_symlinks: bool = False) -> lis
                 raise JobError(f"{field}: {path} is {kind}, not a file",
                                hint="remove it from the data folder: qtrain sends and reads files only")
             if path.is_file():
+                if not follow_symlinks:  # no link was met (each is refused above): it lies inside
+                    found.append((path, None))
+                    continue
                 target = path.resolve()
                 found.append((path, None if root in target.parents else target))
     return sorted(found)
@@ -262,12 +265,12 @@ def human_bytes(n: int) -> str:
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, computed once per process for an unchanged file (`qtrain run`
     checks the job, then packages it: both need the hashes)."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    st = os.stat(path)  # the file by its inode, size and time: no path resolution (20,000 files: 3 s)
+    return _sha256(os.fspath(path), st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino))
 
 
 @functools.lru_cache(maxsize=1 << 17)  # a 100,000-image folder hashed once
-def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:  # noqa: ARG001
+def _sha256(path: str, size: int, mtime_ns: int, inode: tuple[int, int], chunk: int = 1 << 20) -> str:  # noqa: ARG001
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
