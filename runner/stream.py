@@ -1,5 +1,5 @@
-"""Image files decoded as they are needed, in DataLoader workers: memory that does not grow with
-the number of images (issue 25, part 2).
+"""Image files decoded in DataLoader workers and read back a few batches at a time: memory that
+does not grow with the number of images (issue 25, part 2).
 
 - `ImageSet`: the readable files of a dataset at one size and channel count, with each image's
   pixel sums (what standardisation needs), found by `survey`: one pass that decodes every file
@@ -181,7 +181,7 @@ def survey(files: Sequence[Path], channels: int,
     when the disk has no room for them)."""
     chunks = _Chunks(files, channels, size)
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=workers(len(files), CHUNK),
-                                         collate_fn=_same, worker_init_fn=_worker_start)
+                                         collate_fn=_same)
     cache = PixelCache(len(files), (channels, *size)) if PixelCache.fits(len(files), (channels, *size)) else None
     sums = np.zeros((len(files), channels, 2), dtype=np.float64)
     bad: list[tuple[int, str]] = []
@@ -195,15 +195,6 @@ def survey(files: Sequence[Path], channels: int,
 
 def _same(item: Any) -> Any:
     return item
-
-
-def _worker_start(_: int) -> None:
-    """A decoding worker leaves the objects it inherited to its parent: the collector never walks
-    them, so their pages stay shared instead of being copied one by one (a worker otherwise grows
-    to the size of its parent's heap within a long epoch, and memory with the run's length)."""
-    import gc
-
-    gc.freeze()
 
 
 FORMATS = {".png": ["PNG"], ".jpg": ["JPEG"], ".jpeg": ["JPEG"]}
@@ -233,7 +224,6 @@ class ImageSet:
     sums: np.ndarray  # (N, C, 2) float64: sum of pixel values, and of their squares
     cache: PixelCache | None = None  # the decoded pixels, if the disk had room
     rows: np.ndarray | None = None  # each file's row in the cache
-    dtype = np.dtype(np.uint8)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -303,7 +293,6 @@ class ImageSplit:
         self._order = _Order()
 
     shape = property(lambda self: self.images.shape)
-    ndim = 4
 
     def __len__(self) -> int:
         return len(self.images)
@@ -356,11 +345,7 @@ class ImageSplit:
         n = workers(len(self.images), size, cuda)
         loader = torch.utils.data.DataLoader(_Batches(self.images), batch_size=None, sampler=self._order,
                                              num_workers=n, pin_memory=cuda, persistent_workers=cuda and n > 0,
-                                             prefetch_factor=PREFETCH if n else None, worker_init_fn=_worker_start)
-        if cuda and n:  # kept: its workers live from epoch to epoch (close() ends them)
+                                             prefetch_factor=PREFETCH if n else None)
+        if cuda and n:  # kept: its workers live from epoch to epoch, and end with it
             self._loader = loader
         return loader
-
-    def close(self) -> None:
-        """End the workers a GPU run keeps between epochs."""
-        self._loader = None

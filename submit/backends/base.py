@@ -198,14 +198,21 @@ def fetch_all(todo: list[tuple[RemoteFile, Path]], fetch: Callable[[str, Path], 
             if progress:
                 progress(o.size)
 
-    if len(todo) <= 1 or workers <= 1:
-        for item in todo:
+    in_turn(todo, one, workers, "download")
+
+
+def in_turn(items: list, one: Callable[[Any], None], workers: int, name: str) -> None:
+    """`one(item)` for each of `items`, up to `workers` at a time in threads named `name`: each
+    transfer costs a round trip or more before its first byte.  The first error stops what has
+    not started and is raised once the started ones end."""
+    if len(items) <= 1 or workers <= 1:
+        for item in items:
             one(item)
         return
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="download") as pool:
-        futures = [pool.submit(one, item) for item in todo]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix=name) as pool:
+        futures = [pool.submit(one, item) for item in items]
         try:
             for future in as_completed(futures):
                 future.result()

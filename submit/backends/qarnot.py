@@ -19,7 +19,7 @@ from jobs import settings
 from jobs.files import JOB_FILE
 from jobs.shards import DATA_PREFIX, MANIFEST, SHARD_BYTES, SHARD_FOLDER, DataObject, write_shard
 from submit.backends.base import (Backend, BackendError, Downloaded, Progress, ProgressReader, RemoteFile,
-                                  TaskRequest, TaskStatus, fetch_all, plan_download)
+                                  TaskRequest, TaskStatus, fetch_all, in_turn, plan_download)
 from submit.backends.errors import translated
 from submit.backends.footprint import euros, from_sdk
 from submit.image import CPU_TAG, GPU_TAG
@@ -41,11 +41,8 @@ def s3_etag(path: Path) -> str:
 
 def send_objects(bucket, objects: list[DataObject], advance: Progress, workers: int = 8) -> int:
     """Upload `objects` (a shard written into a temporary file first: in memory up to twice SHARD_BYTES),
-    up to `workers` at a time: each costs a round trip or more before its first byte.  The first
-    error stops what has not started and is raised once the started ones end.  Returns the bytes
-    sent."""
+    up to `workers` at a time (`in_turn`).  Returns the bytes sent."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     lock = threading.Lock()
     sent = 0
@@ -66,19 +63,7 @@ def send_objects(bucket, objects: list[DataObject], advance: Progress, workers: 
         with lock:
             sent += size
 
-    if len(objects) <= 1:
-        for obj in objects:
-            one(obj)
-        return sent
-    with ThreadPoolExecutor(min(workers, len(objects)), thread_name_prefix="upload") as pool:
-        futures = [pool.submit(one, obj) for obj in objects]
-        try:
-            for future in as_completed(futures):
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    in_turn(objects, one, workers, "upload")
     return sent
 
 

@@ -68,7 +68,7 @@ class Package:
         """The data files as they travel: shards of small files, large files alone."""
         return shards.plan(self.files)
 
-    @property
+    @functools.cached_property
     def manifest(self) -> bytes | None:
         """What the task must hold of the dataset (`jobs.shards.MANIFEST`), None without data files."""
         return shards.manifest(self.objects) if self.files else None

@@ -7,31 +7,20 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from jobs import shards
 from jobs.errors import DataError
-from jobs.files import file_sha256
+from jobs.files import JobFile, file_sha256
 
 
-@dataclass(frozen=True)
-class F:
-    remote: str
-    local: Path
-
-    @property
-    def size(self) -> int:
-        return self.local.stat().st_size
-
-    @property
-    def sha256(self) -> str:
-        return file_sha256(self.local)
+def F(remote: str, local: Path) -> JobFile:
+    return JobFile("data.path", remote, local)
 
 
-def _folder(root: Path, n: int = 300, size: int = 2000) -> list[F]:
+def _folder(root: Path, n: int = 300, size: int = 2000) -> list[JobFile]:
     out = []
     for i in range(n):
         path = root / f"c{i % 3}" / f"{i:04d}.png"
