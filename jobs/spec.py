@@ -15,7 +15,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
                       model_validator)
 
 from jobs import settings
@@ -336,6 +336,13 @@ class TrainSpec(Spec):
     # Left out: the defaults above (val_loss, patience 10, best weights restored) whenever the job
     # has a validation split; `null` trains every epoch.
     early_stopping: EarlyStoppingSpec | None = None
+    # Choose on held-out rows, then train the final model on train + validation (runner/refit.py):
+    # `auto`: a table of at most 2,000 train + validation rows whose job leaves early_stopping out
+    # is cross-validated (5 folds) for its epochs, and, when the job also leaves `model` out, for
+    # the MLP or the linear model, then refit on all of them; `true`: larger tables too (epochs
+    # chosen by early stopping on the validation split, then refit); `false`: train once on the
+    # training split, keeping the best validation epoch's weights.
+    refit: bool | Literal["auto"] = "auto"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # Mixed precision (bf16/fp16 autocast): `auto` turns it on for CUDA only.
@@ -392,6 +399,13 @@ class Job(Spec):
     # Grid of dotted overrides, e.g. {"model.n_layers": [1, 2], "model.dropout": [0.2, 0.5]}.
     # Every combination is one trial; on Qarnot one instance per trial ($INSTANCE_ID).
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    # the fields the job left out that validation filled in with a default that depends on others
+    _filled: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def filled(self, dotted: str) -> bool:
+        """Whether `dotted` (e.g. train.early_stopping) holds the default validation filled in, the
+        job having left it out (a job that writes the default value out has chosen it)."""
+        return dotted in self._filled
 
     @field_validator("sweep")
     @classmethod
@@ -418,6 +432,7 @@ class Job(Spec):
             raise ValueError("data: required field is missing (at least data.path)")
         if "early_stopping" not in self.train.model_fields_set and self.split.val_size > 0:
             self.train.early_stopping = EarlyStoppingSpec()  # the default: watch the held-out split
+            self._filled = self._filled | {"train.early_stopping"}
         es = self.train.early_stopping
         if es is not None and es.monitor.startswith("val") and self.split.val_size == 0:
             raise ValueError(

@@ -35,6 +35,7 @@ from runner.prepare import Prepared, prepare
 from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
 from runner.batches import predict_raw
+from runner import refit
 from runner.train import Trainer, TrainResult, keep_freed_memory, seed_everything, select_device, set_threads
 
 
@@ -167,23 +168,42 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
              f"{len(p.y.get('test', []))}, {len(p.feature_names)} features, {trainable} trainable "
              f"parameters, device {b.device}")
     checkpoint = out_dir / CHECKPOINT
-    trainer = Trainer(b.model, p, job, b.device, resume_hash, checkpoint, deadline=deadline)
+    t_choose = time.perf_counter()
+    choice, fit_job = choose(b, job), job
+    if choice is not None:  # the final model: the chosen one, on train + validation
+        log.info(choice.record()["text"])
+        seed_everything(job.train.seed)
+        b.arch, b.model, b.prepared = choice.arch, build_from_arch(choice.arch), refit.pooled(p)
+        p, fit_job = b.prepared, refit.refit_job(job, choice)
+    choose_seconds = time.perf_counter() - t_choose
+    trainer = Trainer(b.model, p, fit_job, b.device, resume_hash, checkpoint, deadline=deadline)
     result = trainer.fit(resume_from=checkpoint if resume else None)
+    if choice is not None:
+        result.history = refit.merge_history(result.history, choice.curve)
+        result.best_epoch = choice.epochs
     t_eval = time.perf_counter()
     metrics, test_out = evaluate_all(b, job, trainer.data.x)
+    if choice is not None:
+        if choice.val_metrics is not None:
+            metrics["val"] = choice.val_metrics
+        metrics["refit"] = choice.record()
     timings = {
         "load_seconds": b.timings["load_seconds"],
         "train_seconds": result.train_seconds,
         "evaluate_seconds": time.perf_counter() - t_eval,
         "samples_per_second": result.samples_per_second,
     }
+    if choice is not None:
+        timings["choose_seconds"] = choose_seconds  # cross-validation, or the run on the validation split
     head = headline(job.task).metric
     metrics.update({
         "task": job.task, "headline": head, "train_loss": kept_train_loss(result, job),
         "device": str(b.device),
         "epochs_run": result.epochs_run, "epochs": job.train.epochs, "batch_size": trainer.batch_size,
         "best_epoch": result.best_epoch, "early_stop_epoch": result.early_stop_epoch,
-        "monitor": trainer.monitor, "resumed_from_epoch": result.resumed_from,
+        "monitor": trainer.monitor if choice is None else (
+            f"val_loss ({refit.FOLDS}-fold mean)" if choice.how == "cv" else "val_loss"),
+        "resumed_from_epoch": result.resumed_from,
         "parameters": {"total": total, "trainable": trainable},
         "timings": timings,
     })
@@ -226,6 +246,25 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         raise TimeLimitReached(f"{stopped}: its results and checkpoint are written",
                                hint="qtrain resume continues it; or raise resources.max_minutes")
     return metrics
+
+
+def choose(b: Built, job) -> "refit.Choice | None":
+    """What `train.refit` chooses on held-out rows before the final model trains (runner/refit.py):
+    cross-validated on a small table; on a larger one with `refit: true`, early stopping on the
+    validation split, its metrics kept as the run's validation metrics."""
+    how = refit.mode(job, b.prepared)
+    if how == "cv":
+        return refit.cross_validate(job, b.prepared, b.arch, b.device)
+    if how != "val":
+        return None
+    first = Trainer(b.model, b.prepared, refit.quiet(job), b.device, "refit")
+    result = first.fit()
+    choice = refit.from_validation(result.history, result.best_epoch or result.epochs_run, b.arch,
+                                   refit.label_of(job.model),
+                                   len(b.prepared.y["train"]) + len(b.prepared.y["val"]), result.best_value)
+    metrics, _ = evaluate_all(b, job, first.data.x)
+    choice.val_metrics = metrics.get("val")
+    return choice
 
 
 def imbalance_note(metrics: dict[str, Any], p: Prepared, job) -> str | None:

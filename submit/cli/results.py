@@ -202,6 +202,9 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     if timings:
         t.add_row("timings", ", ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in timings.items()
                                        if k.endswith("_seconds") and isinstance(v, (int, float))))
+    chosen = (metrics or {}).get("refit") or {}
+    if chosen.get("text"):  # train.refit: what the held-out rows chose (runner/refit.py)
+        t.add_row("chosen", printable(str(chosen["text"])))
     t.add_row("files", data["artifacts_dir"])
     console.print(t)
     params = job_fields(job)

@@ -21,8 +21,10 @@ def short_job(tmp_path, frame: pd.DataFrame, **extra) -> str:
 
 
 def test_a_short_job_holds_out_validation_and_stops_early_on_it(tmp_path, qtrain):
+    """On a table above 2,000 train + validation rows: a smaller one is cross-validated and refit
+    (train.refit, tests/runner/test_refit.py)."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 3))
+    x = rng.normal(size=(2600, 3))
     frame = pd.DataFrame(x, columns=list("abc")).assign(y=np.where(x[:, 0] > 0, "p", "n"))
     job = load_job(short_job(tmp_path, frame, train={"epochs": 400}))
     assert job.job.split.val_size == 0.15
@@ -30,7 +32,8 @@ def test_a_short_job_holds_out_validation_and_stops_early_on_it(tmp_path, qtrain
     result = qtrain("train", tmp_path / "job.json", "--out", tmp_path / "out")
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert 85 <= metrics["val"]["n"] <= 95 and metrics["monitor"] == "val_loss"  # about 15% of 600
+    assert 380 <= metrics["val"]["n"] <= 400 and metrics["monitor"] == "val_loss"  # about 15% of 2600
+    assert "refit" not in metrics
     assert metrics["early_stop_epoch"] is not None and metrics["epochs_run"] < 400  # it stopped
     curve = json.loads(Image.open(tmp_path / "out" / "loss_curve.png").text["Description"])
     assert "val loss" in curve["axes"][0]["legend"]
