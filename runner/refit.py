@@ -91,6 +91,20 @@ def mode(job: Job, prepared: Prepared, resuming: bool = False) -> str | None:
     return "val" if refit is True else None
 
 
+def plan(job: Job, prepared: Prepared) -> str | None:
+    """What the run will do to choose, in words (`qtrain check`), or None."""
+    how = mode(job, prepared)
+    if how is None:
+        return None
+    rows = len(prepared.y["train"]) + len(prepared.y["val"])
+    if how == "cv":
+        labels = " and ".join(label for label, _, _ in candidates(job, {}, rows))
+        return (f"{FOLDS}-fold cross-validation of {labels} on the {rows} train + val rows, then one model "
+                f"refit on all of them (train.refit)")
+    return (f"epochs by early stopping on the validation split, then refit on the {rows} train + val rows "
+            f"(train.refit: true)")
+
+
 def label_of(model: Any) -> str:
     if isinstance(model, MLPSpec):
         return "linear" if not model.hidden else f"mlp {model.hidden}"

@@ -453,6 +453,7 @@ def _check_job(loaded: LoadedJob) -> dict[str, Any]:
         total, trainable = count_parameters(b.model)
         if i == 0:
             report.update(_describe_prepared(b, loaded))
+            report["refit"] = refit.plan(job, p)
             report["warnings"] = [f.line() for f in b.findings] + _link_warnings(loaded)
         report.setdefault("models", []).append({
             "trial": i if loaded.trials else None,

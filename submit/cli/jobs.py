@@ -65,6 +65,8 @@ def _print_check(report: dict[str, Any], source: str, remembered: bool = False) 
     sp = report["splits"]
     t.add_row("splits", f"train {sp['train']} / val {sp['val']} / test {sp['test']}")
     t.add_row("features", f"{report['features']} after encoding")
+    if report.get("refit"):  # train.refit: how the epochs (and the model) will be chosen
+        t.add_row("training", report["refit"])
     files = data.get("files")
     if files:  # image files: the sizes found, and what could not be read
         found = ", ".join(f"{size} ({n})" for size, n in files["sizes_found"].items())

@@ -35,6 +35,10 @@ def metrics(out) -> dict:
 
 def test_a_small_table_is_cross_validated_then_refit_on_train_and_validation(tmp_path, qtrain):
     job = table_job(tmp_path, linear_table(60))
+    check = qtrain("check", job)  # says so before anything trains
+    assert check.code == 0 and "5-fold cross-validation" in check.out
+    assert qtrain("check", job, "--json", "--recheck").json()["refit"].startswith(
+        "5-fold cross-validation of mlp [64, 64] and linear on the ")
     result = qtrain("train", job, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     m = metrics(tmp_path / "out")
@@ -101,6 +105,9 @@ def test_saying_how_to_stop_or_what_model_keeps_the_job_as_written(tmp_path):
     stopping = load_job(table_job(tmp_path, frame, train={"early_stopping": {"patience": 10}}))
     assert not stopping.job.filled("train.early_stopping")  # written out, even as the default: chosen
     assert "refit" not in run_job(stopping, tmp_path / "stopping")
+    from runner.api import check_job
+
+    assert check_job(stopping)["refit"] is None
     model = run_job(load_job(table_job(tmp_path, frame, model={"hidden": [16]})), tmp_path / "model")
     assert model["refit"]["candidates"].keys() == {"mlp [16]"}  # the job's model only
     assert model["refit"]["model"] == "mlp [16]"
