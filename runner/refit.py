@@ -76,7 +76,7 @@ class Choice:
                 "candidates": {k: round(v, 6) for k, v in self.candidates.items()}, "text": text}
 
 
-def mode(job: Job, prepared: Prepared, resuming: bool = False) -> str | None:
+def mode(job: Job, prepared: Prepared) -> str | None:
     """"cv", "val" or None (train once, as the job says)."""
     refit = job.train.refit
     if refit is False:
