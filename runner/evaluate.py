@@ -8,6 +8,29 @@ import numpy as np
 from sklearn import metrics as skm
 
 
+def to_predictions(out: Any, classes: list[str] | None,
+                   target: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predictions, probabilities or None) from a model's raw outputs (a CPU tensor), in the
+    target's own units (`target`: the training split's scaling of a regression target)."""
+    import torch
+
+    if classes is not None:
+        proba = torch.softmax(out, dim=1).numpy()
+        return proba.argmax(axis=1), proba
+    pred = out[:, 0].numpy().astype(np.float64)
+    if target:
+        pred = pred * target["scale"] + target["center"]
+    return pred, None
+
+
+def split_metrics(y_true: np.ndarray, pred: np.ndarray, proba: np.ndarray | None,
+                  classes: list[str] | None) -> dict[str, Any]:
+    """A split's metrics: classification's with `classes`, else regression's."""
+    if classes is not None:
+        return classification_metrics(y_true, pred, classes, proba)
+    return regression_metrics(y_true.astype(np.float64), pred)
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str],
                            proba: np.ndarray | None = None) -> dict[str, Any]:
     if len(y_true) == 0:

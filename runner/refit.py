@@ -39,7 +39,7 @@ import torch
 
 from jobs.spec import Job, MLPSpec
 from runner import log
-from runner.evaluate import classification_metrics, regression_metrics
+from runner.evaluate import split_metrics, to_predictions
 from runner.models import build_from_arch
 from runner.prepare import Prepared
 from runner.train import Trainer, seed_everything
@@ -64,6 +64,11 @@ class Choice:
     candidates: dict[str, float] = field(default_factory=dict)  # label -> best mean validation loss
     curve: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean validation fields
     val_metrics: dict[str, Any] | None = None  # out-of-fold metrics at `epochs` (cv)
+
+    @property
+    def monitor(self) -> str:
+        """metrics.json's `monitor`: what chose the epochs."""
+        return f"val_loss ({FOLDS}-fold mean)" if self.how == "cv" else "val_loss"
 
     def record(self) -> dict[str, Any]:
         """metrics.json's `refit`."""
@@ -131,9 +136,8 @@ def pooled(prepared: Prepared) -> Prepared:
     x = {"train": np.concatenate([prepared.x["train"], prepared.x["val"]])}
     y = {"train": np.concatenate([prepared.y["train"], prepared.y["val"]])}
     rows = {"train": np.concatenate([prepared.rows["train"], prepared.rows["val"]])}
-    for split in ("test",):
-        if split in prepared.x:
-            x[split], y[split], rows[split] = prepared.x[split], prepared.y[split], prepared.rows[split]
+    if "test" in prepared.x:
+        x["test"], y["test"], rows["test"] = prepared.x["test"], prepared.y["test"], prepared.rows["test"]
     return dataclasses.replace(prepared, x=x, y=y, rows=rows)
 
 
@@ -210,10 +214,12 @@ def cross_validate(job: Job, prepared: Prepared, arch: dict[str, Any], device: t
             wait = max(patience, LINEAR_PATIENCE)
         waited = 0
         for epoch in range(1, limit + 1):
-            rows = []
+            rows, outs = [], []
             for trainer in trainers:
-                trainer.model.train()
-                rows.append({**trainer.run_epoch(), **trainer.evaluate_split("val")})
+                trained = trainer.run_epoch()
+                fields, out = trainer.evaluate_outputs("val")
+                rows.append({**trained, **fields})
+                outs.append(out)
             mean = {k: float(np.dot(weights, [r[k] for r in rows])) for k in rows[0]}
             t.curve.append(mean)
             if not math.isfinite(mean["val_loss"]):
@@ -221,7 +227,7 @@ def cross_validate(job: Job, prepared: Prepared, arch: dict[str, Any], device: t
             if mean["val_loss"] < t.loss - min_delta:
                 t.loss, t.epoch, waited = mean["val_loss"], epoch, 0
                 t.fold_losses = [r["val_loss"] for r in rows]
-                t.out = _out_of_fold(trainers, parts, len(pool.y["train"]))
+                t.out = _out_of_fold(outs, parts, len(pool.y["train"]))
             else:
                 waited += 1
                 if waited >= wait:
@@ -236,34 +242,24 @@ def cross_validate(job: Job, prepared: Prepared, arch: dict[str, Any], device: t
                   {t.label: t.loss for t in tried}, chosen.curve[:epochs], val)
 
 
-def _out_of_fold(trainers: list[Trainer], parts, n: int) -> torch.Tensor:
-    """Every pooled row's output from the fold model that did not train on it."""
-    from runner.batches import predict_raw
-
-    out = None
-    for t, (_, va) in zip(trainers, parts):
-        o = predict_raw(t.model, t.data.x["val"])
-        if out is None:
-            out = torch.empty((n, o.shape[1]), dtype=o.dtype)
+def _out_of_fold(outs: list[torch.Tensor], parts, n: int) -> torch.Tensor:
+    """Every pooled row's output from the fold model that did not train on it (`outs`: each
+    fold's outputs on its validation rows)."""
+    out = torch.empty((n, outs[0].shape[1]), dtype=outs[0].dtype)
+    for o, (_, va) in zip(outs, parts):
         out[torch.from_numpy(va)] = o
     return out
 
 
 def _metrics(prepared: Prepared, y: np.ndarray, out: torch.Tensor) -> dict[str, Any]:
-    if prepared.classes is not None:
-        proba = torch.softmax(out, dim=1).numpy()
-        return classification_metrics(y, proba.argmax(axis=1), prepared.classes, proba)
-    pred = out[:, 0].numpy().astype(np.float64)
-    scale = prepared.state.get("target")
-    if scale:
-        pred = pred * scale["scale"] + scale["center"]
-    return regression_metrics(y.astype(np.float64), pred)
+    pred, proba = to_predictions(out, prepared.classes, prepared.state.get("target"))
+    return split_metrics(y, pred, proba, prepared.classes)
 
 
 def from_validation(history: list[dict[str, Any]], best_epoch: int, arch: dict[str, Any], label: str,
                     rows: int, best_value: float) -> Choice:
     """`refit: true` on a larger table: the epochs early stopping chose on the validation split."""
-    curve = [{k: v for k, v in h.items() if k.startswith(("val_", "train_"))} for h in history[:best_epoch]]
+    curve = [{k: v for k, v in h.items() if k.startswith("val_")} for h in history[:best_epoch]]
     return Choice("val", arch, label, best_epoch, {}, rows, {label: best_value}, curve)
 
 

@@ -28,7 +28,7 @@ from jobs.results import (CHECKPOINT, METRICS, MODEL, PREDICTIONS, RUN_INFO, SWE
 from runner import log
 from runner.audit import Finding, audit_table
 from runner.data import Dataset, Table, describe, load_dataset
-from runner.evaluate import baseline, classification_metrics, confusion, regression_metrics
+from runner.evaluate import baseline, confusion, split_metrics, to_predictions
 from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, save_code,
                            storable_arch)
 from runner.prepare import Prepared, prepare
@@ -87,33 +87,24 @@ def audit(data: Dataset, job) -> list[Finding]:
 # ---------------------------------------------------------------------------------- evaluate
 def predict_split(model: Net, prepared: Prepared, x: torch.Tensor):
     """(predictions, probabilities or None) for a split's inputs, in the target's own units."""
-    out = predict_raw(model, x)
-    if prepared.classes is not None:
-        proba = torch.softmax(out, dim=1).numpy()
-        return proba.argmax(axis=1), proba
-    pred = out[:, 0].numpy().astype(np.float64)
-    scale = prepared.state.get("target")
-    if scale:
-        pred = pred * scale["scale"] + scale["center"]
-    return pred, None
+    return to_predictions(predict_raw(model, x), prepared.classes, prepared.state.get("target"))
 
 
-def evaluate_all(b: Built, job, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics per split + baseline, test predictions); `inputs` are the trainer's device tensors."""
+def evaluate_all(b: Built, job, inputs: dict[str, torch.Tensor],
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics per split of `splits` + baseline, test predictions); `inputs` are the trainer's
+    device tensors."""
     p = b.prepared
     result: dict[str, Any] = {}
     test_out: dict[str, Any] = {}
-    for split in ("train", "val", "test"):
+    for split in splits:
         if split not in p.splits:
             continue
         pred, proba = predict_split(b.model, p, inputs[split])
-        if p.classes is not None:
-            result[split] = classification_metrics(p.y[split], pred, p.classes, proba)
-        else:
-            result[split] = regression_metrics(p.y[split].astype(np.float64), pred)
+        result[split] = split_metrics(p.y[split], pred, proba, p.classes)
         if split == "test":
             test_out = {"pred": pred, "proba": proba}
-    if "test" in p.splits:
+    if "test" in p.splits and "test" in splits:
         result["baseline"] = baseline(job.task, p.y["train"], p.y["test"], p.classes, p.today)
     return result, test_out
 
@@ -201,8 +192,7 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "device": str(b.device),
         "epochs_run": result.epochs_run, "epochs": job.train.epochs, "batch_size": trainer.batch_size,
         "best_epoch": result.best_epoch, "early_stop_epoch": result.early_stop_epoch,
-        "monitor": trainer.monitor if choice is None else (
-            f"val_loss ({refit.FOLDS}-fold mean)" if choice.how == "cv" else "val_loss"),
+        "monitor": trainer.monitor if choice is None else choice.monitor,
         "resumed_from_epoch": result.resumed_from,
         "parameters": {"total": total, "trainable": trainable},
         "timings": timings,
@@ -262,8 +252,7 @@ def choose(b: Built, job) -> "refit.Choice | None":
     choice = refit.from_validation(result.history, result.best_epoch or result.epochs_run, b.arch,
                                    refit.label_of(job.model),
                                    len(b.prepared.y["train"]) + len(b.prepared.y["val"]), result.best_value)
-    metrics, _ = evaluate_all(b, job, first.data.x)
-    choice.val_metrics = metrics.get("val")
+    choice.val_metrics = evaluate_all(b, job, first.data.x, ("val",))[0].get("val")
     return choice
 
 

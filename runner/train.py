@@ -338,6 +338,10 @@ class Trainer:
         return fields
 
     def evaluate_split(self, split: str) -> dict[str, float]:
+        return self.evaluate_outputs(split)[0]
+
+    def evaluate_outputs(self, split: str) -> tuple[dict[str, float], torch.Tensor]:
+        """(the split's loss and metric fields, the model's raw outputs on it, on the CPU)."""
         out = predict_raw(self.model, self.data.x[split])
         y = self.data.y[split].cpu()
         loss = float(self.eval_loss_fn(out, y))
@@ -349,7 +353,7 @@ class Trainer:
             err = (out - y) * scale["scale"]
             fields[f"{split}_rmse"] = float(err.pow(2).mean().sqrt())
             fields[f"{split}_mae"] = float(err.abs().mean())
-        return fields
+        return fields, out
 
     # ------------------------------------------------------------------------ checkpointing
     # saving may cost at most this share of the training time (train.checkpoint_minutes)
