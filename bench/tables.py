@@ -241,9 +241,7 @@ def peers(frame: pd.DataFrame, target: str, task: str, test_rows: np.ndarray, me
                                                OneHotEncoder(handle_unknown="ignore")), text))
         return ColumnTransformer(parts)
 
-    as_category = lambda f: f.assign(**{c: f[c].astype("category") for c in text})  # noqa: E731
-    cats = pd.concat([train, test])
-    cats = as_category(cats)
+    cats = frame.assign(**{c: frame[c].astype("category") for c in text})  # HistGradientBoosting's categories
     models = {
         "linear": (make_pipeline(encoded(), LogisticRegression(max_iter=5000) if clf else Ridge()), train, test),
         "hgb": ((HistGradientBoostingClassifier if clf else HistGradientBoostingRegressor)(
@@ -259,10 +257,6 @@ def peers(frame: pd.DataFrame, target: str, task: str, test_rows: np.ndarray, me
     return out
 
 
-def qtrain_value(metrics: dict, metric: str) -> float:
-    return float(metrics["test"][metric])
-
-
 def bench_table(table: Table, splits: int, tmp: Path, sets: list[str], before: bool = False) -> dict:
     frame, target = table.load()
     frame = frame.reset_index(drop=True)
@@ -272,14 +266,14 @@ def bench_table(table: Table, splits: int, tmp: Path, sets: list[str], before: b
     rounds = []
     for rs in range(splits):
         metrics, rows, seconds = run_qtrain(csv, target, table.task, rs, tmp / f"{table.name}-{rs}", sets)
-        row = {"qtrain": {"value": qtrain_value(metrics, metric), "seconds": seconds,
+        row = {"qtrain": {"value": float(metrics["test"][metric]), "seconds": seconds,
                           "refit": (metrics.get("refit") or {}).get("text")},
                **peers(frame, target, table.task, rows, metric)}
         if before:  # the defaults before issue 27: one split, the best validation epoch's weights
             old, old_rows, old_seconds = run_qtrain(csv, target, table.task, rs, tmp / f"{table.name}-{rs}-before",
                                                     sets + ["train.refit=false"])
             assert (old_rows == rows).all()
-            row["before"] = {"value": qtrain_value(old, metric), "seconds": old_seconds}
+            row["before"] = {"value": float(old["test"][metric]), "seconds": old_seconds}
         rounds.append(row)
     ways = ("qtrain", "linear", "hgb", "naive") + (("before",) if before else ())
     mean = {way: statistics.fmean(r[way]["value"] for r in rounds) for way in ways}
