@@ -238,7 +238,8 @@ def _canonical(obj: Any) -> bytes:
 ADDED_AT_DEFAULT: dict[str, Any] = {"data.follow_symlinks": False, "data.encoding": "utf-8", "script": None,
                                     "resources.requirements": None, "resources.max_minutes": None,
                                     "data.image_column": None, "data.image_size": None, "data.strict": False,
-                                    "preprocess.augment": {"flip": False, "crop": 1.0, "jitter": 0.0}, "train.refit": "auto"}
+                                    "preprocess.augment": {"flip": False, "crop": 1.0, "jitter": 0.0}, "train.refit": "auto",
+                                    "resources.nodes": 1, "resources.procs_per_node": "auto"}
 
 
 def job_hash(job: Job, code_hash: str | None = None) -> str:

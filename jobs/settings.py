@@ -132,6 +132,12 @@ class Submission(Group):
                            "resources.profile: cpu")
     profile_gpu: str = var("docker-nvidia-batch", "QTRAIN_PROFILE_GPU", "the Qarnot profile behind "
                            "resources.profile: gpu")
+    profile_cluster: str = var("docker-cluster-network", "QTRAIN_PROFILE_CLUSTER", "the Qarnot cluster "
+                               "profile behind resources.profile: cpu when resources.nodes > 1")
+    profile_gpu_cluster: str = var("docker-nvidia-cluster-network", "QTRAIN_PROFILE_GPU_CLUSTER", "the Qarnot "
+                                   "cluster profile behind resources.profile: gpu when resources.nodes > 1")
+    gpus_per_node: int = var(1, "QTRAIN_GPUS_PER_NODE", "the GPUs of one node of a Qarnot GPU profile "
+                             "(procs_per_node auto starts one process each; the emulator counts its own)", ge=1)
     data_bucket: str = var("qtrain-data", "QTRAIN_DATA_BUCKET", "the bucket that holds datasets "
                            "(by content) and job files")
     resource_cache_ttl: int = var(7 * 24 * 3600, "QTRAIN_RESOURCE_CACHE_TTL", "seconds Qarnot may "
@@ -226,6 +232,12 @@ class TaskVar:
     EXECUTION = "QTRAIN_EXECUTION"  # how the emulator ran it: docker, docker-warm, process, process-warm
     THREADS = "OMP_NUM_THREADS"  # the instance's CPU share
     MKL_THREADS = "MKL_NUM_THREADS"
+    # a cluster task (resources.nodes > 1): Qarnot's host file and shared folder (its samples'
+    # names: /job/mpihosts, /share), and torch.distributed's rendezvous (torchrun's own names)
+    HOSTFILE = "QTRAIN_HOSTFILE"  # where the host file is (default: mpihosts in the resources folder)
+    SHARE = "QTRAIN_SHARE_DIR"  # the folder every instance of the task sees (default /share)
+    MASTER_ADDR = "MASTER_ADDR"
+    MASTER_PORT = "MASTER_PORT"
     SITE = "QTRAIN_SITE"  # a folder of packages the runner puts first on sys.path (resources.requirements)
     # what the runner tells a script job (`runner.script` reads them; so may the script itself)
     DATA = "QTRAIN_DATA"
@@ -258,6 +270,12 @@ class Task(Group):
                               "unless train.threads says")
     site: Path | None = var(None, TaskVar.SITE, "(task) a folder of the job's own packages "
                             "(resources.requirements), put first on the path")
+    hostfile: Path | None = var(None, TaskVar.HOSTFILE, "(cluster task) the host file, one node a line, "
+                                "the master first (default: mpihosts in the resources folder)")
+    share: Path = var(Path("/share"), TaskVar.SHARE, "(cluster task) the folder all its instances share")
+    master_addr: str | None = var(None, TaskVar.MASTER_ADDR, "(cluster task) the rendezvous host "
+                                  "(default: the host file's first node)")
+    master_port: int = var(29500, TaskVar.MASTER_PORT, "(cluster task) the rendezvous port", ge=1, le=65535)
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -271,6 +289,9 @@ class Task(Group):
 
     def results_dir(self) -> Path:
         return self.results or self.resources
+
+    def hosts_file(self) -> Path:
+        return self.hostfile or self.resources / "mpihosts"
 
 
 def task(environ: dict[str, str] | None = None) -> Task:

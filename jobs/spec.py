@@ -373,6 +373,18 @@ class ResourcesSpec(Spec):
     # a script SIGTERM (then SIGKILL STOP_GRACE_SECONDS later); the backend ends the task if it is
     # still running STOP_GRACE_SECONDS + a margin later (Qarnot: the task's job's maxWallTime).
     max_minutes: float | None = Field(default=None, gt=0)
+    # One training across several instances of one task (a cluster profile: `cpu` and `gpu` become
+    # QTRAIN_PROFILE_CLUSTER / QTRAIN_PROFILE_GPU_CLUSTER), torch.distributed underneath: each
+    # instance starts `procs_per_node` processes under torchrun (gloo on CPU, NCCL on GPU), the
+    # model trains with DistributedDataParallel on a shard of the rows each, rank 0 writes.
+    nodes: int = Field(default=1, ge=1)
+    # Processes per instance: `auto` is one per GPU on a GPU profile, one on CPU.  train.batch_size
+    # is per process: the global batch is it x nodes x procs_per_node.
+    procs_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+
+    def world(self, gpus: int = 0) -> int:
+        """The processes of the training: nodes x procs_per_node (`auto`: `gpus` a node, or 1)."""
+        return self.nodes * procs_for(self.procs_per_node, gpus)
 
     @field_validator("image")
     @classmethod
@@ -449,6 +461,20 @@ class Job(Spec):
             raise ValueError("train.class_weights only applies to classification")
         return self
 
+    @model_validator(mode="after")
+    def _distributed(self) -> "Job":
+        r = self.resources
+        if r.nodes > 1 or r.procs_per_node not in ("auto", 1):
+            if self.sweep:
+                raise ValueError(f"sweep with resources.nodes {r.nodes} x procs_per_node {r.procs_per_node}: a "
+                                 f"sweep runs its trials side by side, one instance each, so a trial cannot "
+                                 f"also span instances; sweep on one node (remove resources.nodes and "
+                                 f"procs_per_node), or give each setting a job of its own")
+            if self.train.refit is True:
+                raise ValueError("train.refit: true trains twice in one process, which a distributed run "
+                                 "does not; remove train.refit (auto leaves a distributed run as it is)")
+        return self
+
     def _script_job(self) -> "Job":
         """A script trains with its own code: qtrain's model, preprocessing and splits do not apply,
         and of `train` only the seed, device and threads (which the script is told)."""
@@ -467,6 +493,11 @@ class Job(Spec):
 STOP_GRACE_SECONDS = 15.0  # resources.max_minutes: from SIGTERM to SIGKILL, for a script's last checkpoint
 SCRIPT_TRAIN = ("seed", "device", "threads")  # what qtrain hands a script (the rest is the script's)
 AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
+
+
+def procs_for(procs_per_node: int | str, gpus: int = 0) -> int:
+    """resources.procs_per_node as a number: `auto` is one per GPU (`gpus` on the node), else 1."""
+    return procs_per_node if isinstance(procs_per_node, int) else max(1, gpus)
 
 
 def resolve_batch_size(batch_size: int | str, n: int, images: bool = False) -> int:

@@ -6,7 +6,9 @@ trial from $INSTANCE_ID, and writes the results contract (`jobs.results`) to
 $QARNOT_RESULTS_DIRECTORY/out (a sweep trial to out/trial-<INSTANCE_ID>).  Resumes from a
 checkpoint.pt already there (a retried or re-run instance).  Exit status: 0 done, 2 a problem with
 the job or data, 1 an internal error.  A missing or unreadable job.json fails before torch is
-imported, in well under a second.
+imported, in well under a second.  A job of several processes (resources.nodes, procs_per_node)
+makes this process torchrun's agent for its node, and each worker it starts runs this again
+(`runner.distributed`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def main() -> int:
         from jobs.results import CHECKPOINT, OUT, trial_dir
 
         loaded = load_job_dict(raw, resources, source=str(resources / JOB_FILE))
+        from runner import distributed
+
+        if distributed.in_worker():  # one of torchrun's workers: rank 0 writes, all train
+            distributed.die_with_parent()
+            if loaded.job.script is None:
+                distributed.join(loaded.job.train.device)
+        elif distributed.spans(loaded.job):  # this instance's node: torchrun starts its workers
+            return distributed.launch(loaded.job, env)
         out = results / OUT
         trial = None
         if loaded.trials:
@@ -65,6 +75,8 @@ def main() -> int:
         except ScriptFailed as exc:  # its results are written: the task fails with its status
             print(f"[qtrain] error: {exc}", file=sys.stderr, flush=True)
             return exc.code
+        finally:
+            distributed.leave()
         return 0
     except QtrainError as exc:
         print(f"[qtrain] error: {exc.one_line()}", file=sys.stderr, flush=True)

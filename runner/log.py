@@ -7,6 +7,7 @@ contract (`jobs.results.epoch_line` / `parse_epoch_line`).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from jobs.results import PREFIX, epoch_line
@@ -15,8 +16,11 @@ __all__ = ["PREFIX", "epoch_line", "info", "warn"]
 
 
 def info(message: str) -> None:
-    print(f"{PREFIX} {message}", file=sys.stdout, flush=True)
+    """A line of progress; in a distributed run, rank 0's only (the others say the same)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{PREFIX} {message}", file=sys.stdout, flush=True)
 
 
 def warn(message: str) -> None:
-    print(f"{PREFIX} warning: {message}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{PREFIX} warning: {message}", file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ from runner.prepare import Prepared, prepare
 from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
                            write_sweep_report)
 from runner.batches import predict_raw
-from runner import refit
+from runner import distributed, refit
 from runner.train import Trainer, TrainResult, keep_freed_memory, seed_everything, select_device, set_threads
 
 
@@ -169,6 +169,8 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
     choose_seconds = time.perf_counter() - t_choose
     trainer = Trainer(b.model, p, fit_job, b.device, resume_hash, checkpoint, deadline=deadline)
     result = trainer.fit(resume_from=checkpoint if resume else None)
+    if not trainer.rank.main:  # rank 0 evaluates and writes; the others' work is done
+        return {}
     if choice is not None:
         result.history = refit.merge_history(result.history, choice.curve)
         result.best_epoch = choice.epochs
@@ -197,6 +199,9 @@ def run_job(loaded: LoadedJob, out_dir: Path, *, resume: bool = False,
         "parameters": {"total": total, "trainable": trainable},
         "timings": timings,
     })
+    if trainer.sampler is not None:
+        metrics["distributed"] = distributed.describe(job, trainer.rank, trainer.batch_size,
+                                                      torch.distributed.get_backend())
     title = plot_title(job.name, out_dir, trial, overrides)
     stopped = (f"stopped by resources.max_minutes ({job.resources.max_minutes:g} min) after epoch "
                f"{result.time_limited} of {job.train.epochs}" if result.time_limited else None)

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 from torch import nn
 
 from jobs import settings
 from jobs.errors import JobError, QtrainError
 from jobs.spec import Job, TrainSpec, resolve_batch_size
-from runner import log
+from runner import distributed, log
 from runner.augment import augment
 from runner.prepare import Prepared
 from runner.batches import predict_raw
@@ -257,8 +258,24 @@ class Trainer:
         self.has_batchnorm = _has_batchnorm(self.model)
         self.result = TrainResult()
         self.start_epoch = 1
-        self.batch_size = resolve_batch_size(self.spec.batch_size, len(self.data.x["train"]),
-                                             images=len(prepared.input_shape) == 3)
+        self.epoch = 1
+        # a distributed run (runner.distributed): DistributedDataParallel, each rank on its shard of
+        # the training rows (DistributedSampler), the epoch's figures summed over the ranks, rank 0's
+        # decisions (early stopping, the time limit) followed by all, only rank 0 writing
+        self.rank = distributed.current()
+        self.net: nn.Module = self.model  # what a training step calls
+        self.sampler = None
+        n = len(self.data.x["train"])
+        if self.rank.active and torch.distributed.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+            from torch.utils.data import DistributedSampler
+
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.sampler = DistributedSampler(range(n), num_replicas=self.rank.world, rank=self.rank.rank,
+                                              shuffle=True, seed=self.spec.seed)
+            n = len(self.sampler)
+        # train.batch_size is per process (auto: guessed from the rows this process trains on)
+        self.batch_size = resolve_batch_size(self.spec.batch_size, n, images=len(prepared.input_shape) == 3)
 
     def _make_scheduler(self):
         if self.spec.schedule == "cosine":
@@ -277,7 +294,7 @@ class Trainer:
         """One optimisation step; returns (loss, correct predictions or None) as tensors on the
         device: nothing waits for the device between steps (the epoch reads them once)."""
         with self.autocast():
-            out = self.model(xb)
+            out = self.net(xb)
             loss = self.loss_fn(out.float(), yb)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -305,8 +322,13 @@ class Trainer:
         x, y = self.data.x["train"], self.data.y["train"]
         n = len(x)
         bs = self.batch_size
-        order = torch.randperm(n, generator=self.generator).to(self.device)
-        self.model.train()
+        if self.sampler is not None:  # this rank's shard, in an order all ranks draw alike
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler), dtype=torch.long).to(self.device)
+            n = len(order)
+        else:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        self.net.train()
         # float64 where the device has it: the same sum as adding Python floats, without a sync
         loss_sum = torch.zeros((), device=self.device,
                                dtype=torch.float32 if self.device.type == "mps" else torch.float64)
@@ -327,6 +349,11 @@ class Trainer:
             if correct is not None:
                 correct_sum += correct
             seen += len(idx)
+        if self.sampler is not None:  # the epoch over every rank's rows
+            totals = torch.stack([loss_sum.double(), correct_sum.double(),
+                                  torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct_sum, seen = totals[0], totals[1], int(totals[2])
         total_loss, total_correct = float(loss_sum), int(correct_sum)
         if not math.isfinite(total_loss):
             raise QtrainError(f"training diverged at epoch loss {total_loss}",
@@ -373,8 +400,16 @@ class Trainer:
         past the deadline?"""
         return self.deadline is not None and time.monotonic() + 2 * epoch_seconds > self.deadline
 
+    def agreed(self, value: float) -> float:
+        """Rank 0's `value`, on every rank (a plain run: `value`): each rank then decides alike."""
+        if self.sampler is None:
+            return value
+        held = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(held, src=0)
+        return float(held[0])
+
     def save_checkpoint(self, epoch: int, patience_left: int) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.rank.main:
             return
         started = time.monotonic()
         state = {
@@ -432,6 +467,7 @@ class Trainer:
             log.info(f"resumed from {resume_from.name} at epoch {self.start_epoch - 1}")
         for epoch in range(self.start_epoch, spec.epochs + 1):
             t0 = time.perf_counter()
+            self.epoch = epoch
             fields: dict[str, Any] = {"epoch": f"{epoch}/{spec.epochs}"}
             fields.update(self.run_epoch())
             if "val" in self.data.y:
@@ -444,6 +480,7 @@ class Trainer:
             if value is None:
                 raise JobError(f"train.early_stopping.monitor {self.monitor}: not a logged value",
                                hint=f"use one of: {', '.join(k for k in fields if k != 'epoch')}")
+            value = self.agreed(value)
             improved = r.best_value is None or (
                 value < r.best_value - (es.min_delta if es else 0) if self.minimize
                 else value > r.best_value + (es.min_delta if es else 0))
@@ -462,7 +499,8 @@ class Trainer:
             r.history.append(row)
             log.info(log.epoch_line(fields)[len(log.PREFIX) + 1:])
             stop = bool(es) and patience_left <= 0
-            out_of_time = not stop and epoch < spec.epochs and self._out_of_time(time.perf_counter() - t0)
+            out_of_time = not stop and epoch < spec.epochs and bool(self.agreed(
+                self._out_of_time(time.perf_counter() - t0)))
             if stop or out_of_time or epoch == spec.epochs or (spec.checkpoint_every and epoch % spec.checkpoint_every == 0) \
                     or self.checkpoint_due():
                 self.save_checkpoint(epoch, patience_left)

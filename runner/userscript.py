@@ -16,6 +16,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from jobs.load import LoadedJob, format_trial
 from jobs.spec import STOP_GRACE_SECONDS
 from jobs.results import (CHECKPOINT, HISTORY, METRICS, RUN_INFO, SWEEP, Metrics, RunInfo, dataset_hash, headline, job_hash,
                           summarize, write_record)
-from runner import log
+from runner import distributed, log
 from runner.script import REPORTS
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as Qarnot's DOCKER_CMD: ${NAME}
@@ -84,10 +85,13 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
         loaded = loaded.trial(trial)
     job = loaded.job
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT
+    rank = distributed.current()
+    if not rank.main:  # a distributed script: rank 0's output folder comes home, the others' not
+        out_dir = distributed.shard_path(out_dir)
     script = resolve(job.script.path, loaded.base_dir)
     data = job.data.path if job.data is not None else None
     data_path = resolve(data, loaded.base_dir) if local_value(data) else None
-    checkpoint = out_dir / CHECKPOINT
     task_env = settings.task()
     facts = {"data": data_path or data, "data_dir": data_path.parent if data_path and data_path.is_file() else data_path,
              "output_dir": out_dir.resolve(), "checkpoint": checkpoint.resolve() if checkpoint.is_file() else None,
@@ -104,6 +108,11 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
     started = time.perf_counter()
     code_, late = _call(argv, out_dir, env, deadline)
     elapsed = time.perf_counter() - started
+    if not rank.main:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if code_ != 0:
+            raise ScriptFailed(code_)
+        return {}
     metrics = finalize(loaded, out_dir, elapsed, trial=trial, overrides=overrides, job_hash=jhash,
                        dataset_hash=dhash, files=[f.remote for f in files], status=code_,
                        note=_limit_note(job, smoke_steps) if late else None)

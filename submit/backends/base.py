@@ -272,9 +272,9 @@ class Backend(abc.ABC):
     def check_image(self, image: str) -> None:
         """Refuse, before anything is uploaded, an image this backend cannot run."""
 
-    def check_capacity(self, instances: int, gpu: bool) -> None:
+    def check_capacity(self, instances: int, gpu: bool, why: str = "one per sweep trial") -> None:
         """Refuse, before anything is uploaded, a task the account (or machine) cannot run: more
-        instances than one task may have, GPU hardware where none is offered."""
+        instances than one task may have (`why` it has them), GPU hardware where none is offered."""
 
     def warm_up(self) -> None:
         """Get ready in the background (connect, start a daemon) while the job is checked."""
@@ -284,26 +284,48 @@ class Backend(abc.ABC):
         """The profile names the account offers."""
 
     def profile_aliases(self) -> dict[str, str]:
-        """What `resources.profile: cpu|gpu` means here (QTRAIN_PROFILE_CPU, QTRAIN_PROFILE_GPU)."""
+        """What `resources.profile: cpu|gpu` means here (QTRAIN_PROFILE_CPU, QTRAIN_PROFILE_GPU), and
+        for a job of several nodes (QTRAIN_PROFILE_CLUSTER, QTRAIN_PROFILE_GPU_CLUSTER)."""
         given = settings.submission()
-        return {"cpu": given.profile_cpu, "gpu": given.profile_gpu}
+        return {"cpu": given.profile_cpu, "gpu": given.profile_gpu, "cpu_cluster": given.profile_cluster,
+                "gpu_cluster": given.profile_gpu_cluster}
+
+    def is_cluster(self, profile: str) -> bool:
+        """Do the instances of this profile's tasks reach one another (Qarnot's cluster profiles:
+        the configured ones, or a name with `cluster` in it, as docker-cluster-network-ssh)?"""
+        aliases = self.profile_aliases()
+        return profile in (aliases["cpu_cluster"], aliases["gpu_cluster"]) or "cluster" in profile
+
+    def gpus_per_node(self) -> int:
+        """The GPUs of one node of a GPU profile (QTRAIN_GPUS_PER_NODE: Qarnot does not say)."""
+        return settings.submission().gpus_per_node
 
     def pricing(self, gpu: bool) -> Pricing:
         """How the estimate prices this backend's instances (one node each, by default)."""
         return Pricing(self.describe(), "gpu" if gpu else "cpu", gpu)
 
-    def resolve_profile(self, profile: str) -> tuple[str, bool]:
-        """`cpu`/`gpu` or a profile name -> (the backend's profile, GPU wanted).  An unknown
-        profile is refused with the list of those the account offers."""
+    def resolve_profile(self, profile: str, nodes: int = 1) -> tuple[str, bool]:
+        """`cpu`/`gpu` or a profile name -> (the backend's profile, GPU wanted); with `nodes` > 1,
+        `cpu`/`gpu` name the cluster profiles, and a profile that is not one is refused.  An
+        unknown profile is refused with the list of those the account offers."""
         aliases = self.profile_aliases()
-        gpu_profile = aliases["gpu"]
-        wanted = aliases.get(profile, profile)
+        key = f"{profile}_cluster" if nodes > 1 and profile in ("cpu", "gpu") else profile
+        wanted = aliases.get(key, profile)
         available = self.profiles()
         if wanted not in available:
             raise BackendError(f"profile {wanted!r} is not offered by {self.describe()}",
                                hint=f"profiles here: {', '.join(available) or 'none'}; "
-                                    f"set resources.profile or --profile")
-        return wanted, profile == "gpu" or wanted == gpu_profile
+                                    f"set resources.profile or --profile"
+                                    + ("; QTRAIN_PROFILE_CLUSTER / QTRAIN_PROFILE_GPU_CLUSTER name the "
+                                       "cluster profiles of cpu / gpu" if nodes > 1 else ""))
+        if nodes > 1 and not self.is_cluster(wanted):
+            clusters = [p for p in available if self.is_cluster(p)]
+            raise BackendError(f"resources.nodes {nodes}: profile {wanted!r} is not a cluster profile, so its "
+                               f"instances cannot reach one another",
+                               hint=f"use resources.profile cpu or gpu, or a cluster profile "
+                                    f"({', '.join(clusters) or 'none offered here'}); or remove resources.nodes")
+        gpu = profile == "gpu" or wanted in (aliases["gpu"], aliases["gpu_cluster"]) or "nvidia" in wanted
+        return wanted, gpu
 
     @abc.abstractmethod
     def upload(self, package, progress: Progress | None = None) -> int:

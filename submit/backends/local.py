@@ -47,9 +47,15 @@ class LocalBackend(QarnotBackend):
         return Pricing(self.describe(), "local", gpu, shared_cores=os.cpu_count() or 1, emulated=True,
                        startup_seconds=self.STARTUP_SECONDS.get(executor, 8.0))
 
+    def gpus_per_node(self) -> int:
+        """The emulator's one node is this machine: its GPUs."""
+        from submit.emulator.hardware import gpu_count
+
+        return gpu_count()
+
     @translated
-    def check_capacity(self, instances: int, gpu: bool) -> None:
-        super().check_capacity(instances, gpu)
+    def check_capacity(self, instances: int, gpu: bool, why: str = "one per sweep trial") -> None:
+        super().check_capacity(instances, gpu, why)
         if gpu and not self._offers_gpu():
             raise BackendError("the job asks for a GPU and the local emulator's machine has none (its "
                                "hardware constraints offer no GpuHardwareConstraint)",

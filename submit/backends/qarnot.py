@@ -220,12 +220,13 @@ class QarnotBackend(Backend):
         return tag
 
     @translated
-    def check_capacity(self, instances: int, gpu: bool) -> None:
+    def check_capacity(self, instances: int, gpu: bool, why: str = "one per sweep trial") -> None:
         limit = self.conn.user_info.max_instances
         if isinstance(limit, int) and 0 < limit < instances:
-            raise BackendError(f"the task would have {instances} instances (one per sweep trial); "
+            raise BackendError(f"the task would have {instances} instances ({why}); "
                                f"{self.describe()} runs at most {limit} per task (maxInstances)",
-                               hint="narrow the sweep's grid, or split it into several jobs")
+                               hint="lower resources.nodes" if why.startswith("resources.nodes") else
+                               "narrow the sweep's grid, or split it into several jobs")
 
     @translated
     def submit(self, package, request: TaskRequest, on_created: Callable[[str], None] | None = None) -> str:

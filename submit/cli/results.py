@@ -178,6 +178,9 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
               + (f", host {info['host']}" if info.get("host") else "")
               + (f", {info['device']}" if info.get("device") else "")
               + (f", {info['threads']} thread(s)" if info.get("threads") else ""))
+    spread = (metrics or {}).get("distributed") or info.get("distributed")
+    if spread:  # resources.nodes x procs_per_node (runner.distributed)
+        t.add_row("distributed", distributed_line(spread))
     if record.task_uuid:
         t.add_row("task", record.task_uuid)
     if info.get("image"):
@@ -464,3 +467,15 @@ def results_export(
                           + (" (updated)" if exported.updated else ""), highlight=False, markup=False)
     if as_json:
         print(json.dumps(done))
+
+
+def distributed_line(spread: dict[str, Any]) -> str:
+    """"2 nodes x 1 process, world size 2 (gloo), global batch 64 (32 a process)"."""
+    nodes, procs = spread.get("nodes", 1), spread.get("procs_per_node", 1)
+    text = (f"{nodes} node{'s' if nodes != 1 else ''} x {procs} process{'es' if procs != 1 else ''}, "
+            f"world size {spread.get('world_size', nodes * procs)}")
+    if spread.get("backend"):
+        text += f" ({spread['backend']})"
+    if spread.get("global_batch_size"):
+        text += f", global batch {spread['global_batch_size']} ({spread.get('batch_size_per_process')} a process)"
+    return text

@@ -143,11 +143,11 @@ def run(
 
 def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: float | None, as_json: bool) -> None:
     """`run --estimate`: the check, then the estimate; nothing is sent or recorded."""
-    from submit.run.submission import estimate_run, prepare
+    from submit.run.submission import estimate_run, place, prepare
 
     package = prepare(loaded, ui, recheck)
-    _, gpu = be.resolve_profile(profile or loaded.job.resources.profile)
-    est, credits = estimate_run(loaded, package, be, gpu, ui, max_cost)
+    where = place(loaded, be, profile)
+    est, credits = estimate_run(loaded, package, be, where.gpu, ui, max_cost, where.procs)
     if as_json:
         print(json.dumps({"estimate": est.record(), "credits_left": credits,
                           "backend": be.name}), flush=True)

@@ -52,6 +52,7 @@ class DockerExecutor:
                               capture_output=True, text=True)
         self.nvidia = info.returncode == 0 and "nvidia" in info.stdout
         self.remove_containers(stale_only=True)
+        self.remove_networks(stale_only=True)
         given = settings.emulator()
         self.warm = given.docker_warm if warm is None else warm
         self._warm: dict[tuple[str, bool], WarmContainer] = {}
@@ -104,6 +105,38 @@ class DockerExecutor:
 
     def close(self) -> None:
         self.remove_containers()
+        self.remove_networks()
+
+    # ---------------------------------------------------------------------------- clusters
+    def open_cluster(self, task_uuid: str, ids: list[int], share: Path) -> tuple[list[str], dict[str, str], str]:
+        """A cluster task's network: its own, internal (the instances reach one another and nothing
+        else, as docker-batch reaches nothing), labelled like the containers for clean-up.  The
+        hosts are the instances' container names; /share is mounted in each.  Returns (hosts,
+        environment, network)."""
+        network = f"qtrain-net-{task_uuid[:12]}"
+        proc = subprocess.run(["docker", "network", "create", "--internal", "--label", f"{LABEL}={self.owner}",
+                               network], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0 and "already exists" not in proc.stderr:
+            raise OSError(f"docker network create {network}: {proc.stderr.strip()[:300]}")
+        return [self.container_name(task_uuid, i) for i in ids], {}, network
+
+    def close_cluster(self, network: str | None) -> None:
+        if network:
+            subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
+
+    def remove_networks(self, stale_only: bool = False) -> None:
+        """Remove this emulator's task networks (at start: those of emulators that are gone)."""
+        proc = subprocess.run(["docker", "network", "ls", "--filter", f"label={LABEL}", "--format",
+                               f'{{{{.Name}}}} {{{{.Label "{LABEL}"}}}}'], capture_output=True, text=True)
+        for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+            name, _, owner = line.partition(" ")
+            gone = not owner.isdigit() or not pid_alive(int(owner))
+            if gone if stale_only else (owner == self.owner or gone):
+                subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60)
+
+    @staticmethod
+    def container_name(task_uuid: str, instance_id: int) -> str:
+        return f"qtrain-{task_uuid[:8]}-{instance_id}"
 
     def _digest(self, image: str) -> str | None:
         """The id of the image the tag names now (not cached: an image can be rebuilt)."""
@@ -119,7 +152,7 @@ class DockerExecutor:
         return image_id, entrypoint not in ("", "null", "[]")
 
     def run_command(self, name: str, cpus: int, writable: Path, gpu: bool,
-                    labels: dict[str, str] | None = None) -> list[str]:
+                    labels: dict[str, str] | None = None, network: str | None = None) -> list[str]:
         """`docker run` options every container of this emulator gets: its label (for clean-up),
         no network (as docker-batch), `cpus` and their share of the memory, never a pull, the
         GPUs when asked, and a user that can write to `writable` (the image's non-root user, or
@@ -129,7 +162,7 @@ class DockerExecutor:
         cmd = ["docker", "run", "--rm", "--name", name, "--label", f"{LABEL}={self.owner}"]
         for key, value in (labels or {}).items():
             cmd += ["--label", f"{key}={value}"]
-        cmd += ["--network", "none", "--cpus", str(cpus), "--memory", f"{memory_mb}m", "--pull", "never"]
+        cmd += ["--network", network or "none", "--cpus", str(cpus), "--memory", f"{memory_mb}m", "--pull", "never"]
         if os.geteuid() == 0:
             writable_tree(writable)
         else:
@@ -146,7 +179,8 @@ class DockerExecutor:
         gpu = spec.gpu and self.nvidia
         image_id, entrypoint = self._inspect(spec.image)
         # the warm path runs `python -m ...` itself: only where the image would run exactly that
-        warmable = not entrypoint and python_module_argv(spec.argv(spec.constants)) is not None
+        # (and never a cluster task's instance: the warm container has no network)
+        warmable = not entrypoint and spec.cluster is None and python_module_argv(spec.argv(spec.constants)) is not None
         warm = self._warm_container(spec.image, image_id, gpu) if warmable else None
         if warm is not None:
             try:
@@ -154,10 +188,15 @@ class DockerExecutor:
             except OSError as exc:  # e.g. the container went away between two instances
                 spec.notes.append(f"[emulator] the warm container could not take the instance ({exc}): "
                                   f"it runs in a fresh container")
-        name = f"qtrain-{spec.task_uuid[:8]}-{spec.instance_id}"
+        name = self.container_name(spec.task_uuid, spec.instance_id)
         env = spec.environment(folder="/job", execution="docker", image_digest=image_id)
-        cmd = self.run_command(name, spec.threads, spec.workdir, gpu)
+        cluster = spec.cluster
+        cmd = self.run_command(name, spec.threads, spec.workdir, gpu, network=cluster.network if cluster else None)
         cmd += ["-v", f"{spec.workdir}:/job", "-w", "/job"]
+        if cluster is not None:
+            if os.geteuid() == 0:
+                writable_tree(cluster.share)
+            cmd += ["-v", f"{cluster.share}:/share", "--hostname", name]
         for key in env:  # values through the environment, never on a command line
             if ENV_NAME.fullmatch(key):
                 cmd.append(f"--env={key}")

@@ -125,3 +125,8 @@ def unchecked(constraints: list[dict[str, Any]]) -> list[str]:
 def host_has_gpu() -> bool:
     """An NVIDIA GPU this host can hand to an instance (checked without importing torch)."""
     return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+def gpu_count() -> int:
+    """The NVIDIA GPUs of this host (its /dev/nvidiaN devices; checked without importing torch)."""
+    return sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit())

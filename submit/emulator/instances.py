@@ -126,6 +126,20 @@ class Instance:
 
 
 @dataclass
+class ClusterPlace:
+    """An instance's place in a cluster task (a cluster profile): the nodes as the instances reach
+    one another (the master's first), the folder they share, what the executor adds to the
+    environment (the process executor: the rendezvous port, as loopback is one port space), and
+    the task's network (the docker executor's)."""
+
+    master: bool
+    hosts: list[str]
+    share: Path
+    env: dict[str, str] = field(default_factory=dict)
+    network: str | None = None
+
+
+@dataclass
 class InstanceSpec:
     """What an executor is asked to run: the task's facts, from which it builds the instance's
     environment as its process will see it (`environment`) and the command (`argv`)."""
@@ -140,19 +154,32 @@ class InstanceSpec:
     gpu: bool = False
     threads: int = 1  # CPU share of this instance
     notes: list[str] = field(default_factory=list)  # lines the executor adds to the instance's output
+    cluster: ClusterPlace | None = None  # a cluster task's instance
 
     def environment(self, folder: str | None = None, execution: str | None = None,
                     image_digest: str | None = None) -> dict[str, str]:
         """The instance's environment (`jobs.settings.task_environment`), with its folder as the
         instance's process sees it (default: the folder on this machine)."""
-        return settings.task_environment(
+        env = settings.task_environment(
             self.constants, folder=folder or str(self.workdir), instance_id=self.instance_id,
             instance_count=self.instance_count, task_uuid=self.task_uuid, task_name=self.task_name,
             threads=self.threads, execution=execution, image_digest=image_digest)
+        if self.cluster is not None:
+            env.update(self.cluster.env)
+        return env
+
+    def command(self) -> str | None:
+        """DOCKER_CMD; a cluster task's master runs DOCKER_CMD_MASTER and its workers
+        DOCKER_CMD_WORKER, where set."""
+        if self.cluster is not None:
+            own = self.constants.get("DOCKER_CMD_MASTER" if self.cluster.master else "DOCKER_CMD_WORKER")
+            if own and own.strip():
+                return own
+        return self.constants.get("DOCKER_CMD")
 
     def argv(self, env: dict[str, str]) -> list[str] | None:
-        """DOCKER_CMD as words, `${NAME}` replaced from `env`; None: the image's own command."""
-        return command_argv(self.constants.get("DOCKER_CMD"), env)
+        """The command as words, `${NAME}` replaced from `env`; None: the image's own command."""
+        return command_argv(self.command(), env)
 
 
 class Running:

@@ -53,6 +53,7 @@ class TaskManager:
         self.cores = cores or os.cpu_count() or 1
         self.machine = machine or Machine.here(self.cores)
         self.slots = threading.BoundedSemaphore(self.cores)
+        self.gang = threading.Lock()  # a cluster task takes its slots all at once (tasks.Task._take_slots)
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
         self.store = store

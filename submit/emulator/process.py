@@ -98,6 +98,20 @@ class ProcessExecutor:
     def close(self) -> None:
         """Nothing outlives the instances, which the task manager has already stopped."""
 
+    def open_cluster(self, task_uuid: str, ids: list[int], share: Path) -> tuple[list[str], dict[str, str], None]:
+        """A cluster task's nodes on this machine: all on loopback, which is one port space, so the
+        rendezvous port is a free one (MASTER_PORT); the shared folder by its path (QTRAIN_SHARE_DIR).
+        Returns (hosts, environment, network)."""
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return ["127.0.0.1"] * len(ids), {"MASTER_PORT": str(port), "QTRAIN_SHARE_DIR": str(share)}, None
+
+    def close_cluster(self, network: str | None) -> None:
+        """Nothing to remove: loopback stays."""
+
     def environment(self, spec: InstanceSpec, execution: str) -> dict[str, str]:
         """What stands in for the image's environment (this interpreter first on PATH, the runner
         importable, matplotlib headless), under the instance's own (`spec.environment`)."""

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 from submit.emulator.fields import NOT_RUNNING, RequestError, list_field, parse_constants, stamp, string_field
 from submit.emulator.hardware import Machine, unchecked
-from submit.emulator.instances import FINAL_STATES, Instance, InstanceSpec, Output
+from submit.emulator.instances import FINAL_STATES, ClusterPlace, Instance, InstanceSpec, Output
+from submit.emulator.processes import stop_in
 from submit.emulator.storage import Storage
 from submit.emulator.transfers import TaskFiles
 from submit.emulator.wire import TaskBody
@@ -40,6 +41,8 @@ class Host(Protocol):
     machine: Machine
     hardware_mode: str  # wait | strict | lenient
     slots: threading.BoundedSemaphore  # one per core: instances in parallel up to the cores
+    gang: threading.Lock  # held while a cluster task takes its slots, all at once
+    cores: int
     running_tasks: threading.BoundedSemaphore  # maxRunningTask
     pools: dict[str, Any]  # uuid -> pools.Pool
     tasks: dict[str, "Task"]
@@ -83,6 +86,9 @@ class Task:
         self.settled = False  # ended and saved after its thread finished: only outputs can change
         self.dependency_state: str | None = "waiting" if body.dependencies else None
         self.hardware_problems: list[str] = []  # what this machine lacks (the task waits, mode `wait`)
+        # a cluster task: its instances' places, and the first instance that failed (the others stop)
+        self.places: dict[int, ClusterPlace] = {}
+        self.failed_first: int | None = None
 
     # ---------------------------------------------------------------------------- durability
     def outputs(self) -> dict[tuple[str, int], Output]:
@@ -213,12 +219,28 @@ class Task:
             self.set_state("Cancelled")
             return
         self.set_state("FullyDispatched")
-        threads = [threading.Thread(target=self._run_instance, args=(inst,), daemon=True)
-                   for inst in self.instances.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        network, held = None, 0
+        try:
+            if self.body.cluster:
+                try:
+                    network = self._open_cluster()
+                except Exception as exc:  # noqa: BLE001 - a cluster that cannot be set up fails the task
+                    self.errors.append({"code": "CLUSTER", "message": f"the cluster could not be set up: {exc}",
+                                        "debug": repr(exc)})
+                    self.set_state("Failure")
+                    return
+                held = self._take_slots()
+            threads = [threading.Thread(target=self._run_instance, args=(inst,), daemon=True)
+                       for inst in self.instances.values()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            for _ in range(held):
+                self.manager.slots.release()
+            if self.body.cluster:
+                self.manager.executor.close_cluster(network)
         if self.aborted:
             if self.body.upload_on_cancel:
                 self.files.upload_results()
@@ -229,9 +251,37 @@ class Task:
         failed = [i for i in self.instances.values() if i.state != "Success"]
         self.set_state("Failure" if failed else "Success")
 
+    def _open_cluster(self) -> str | None:
+        """A cluster task's instances, set up to reach one another (the executor's network), each
+        with the host file (`mpihosts` in its folder: Qarnot's /job/mpihosts, the master first) and
+        the folder they share (mounted at /share).  Returns the network to remove at the end."""
+        share = self.dir / "share"
+        share.mkdir(parents=True, exist_ok=True)
+        hosts, env, network = self.manager.executor.open_cluster(self.uuid, self.ids, share)
+        for inst in self.instances.values():
+            inst.workdir.mkdir(parents=True, exist_ok=True)
+            (inst.workdir / "mpihosts").write_text("".join(f"{h}\n" for h in hosts))
+            self.places[inst.id] = ClusterPlace(inst.id == self.ids[0], hosts, share, env, network)
+        return network
+
+    def _take_slots(self) -> int:
+        """A cluster task's instances start together or not at all (a rank alone waits for its
+        peers for ever): its slots, one an instance up to the cores, are taken at once, one cluster
+        task at a time.  Returns how many are held."""
+        wanted = min(len(self.ids), self.manager.cores)
+        held = 0
+        with self.manager.gang:
+            while held < wanted:
+                if self.manager.slots.acquire(timeout=0.1):
+                    held += 1
+                elif self.aborted:
+                    break
+        return held
+
     def _run_instance(self, inst: Instance) -> None:
         pool = self.manager.pools.get(self.body.pool) if self.body.pool else None
-        with (pool.slots if pool else contextlib.nullcontext()), self.manager.slots:
+        slot = contextlib.nullcontext() if self.body.cluster else self.manager.slots  # a cluster's: taken
+        with (pool.slots if pool else contextlib.nullcontext()), slot:
             # instances in parallel up to the pool's instances (in a pool), and up to the cores
             if self.aborted:
                 inst.state = "Cancelled"
@@ -242,7 +292,8 @@ class Task:
             if constants.get("DOCKER_REPO"):
                 image = f"{constants['DOCKER_REPO']}:{constants.get('DOCKER_TAG') or 'latest'}"
             spec = InstanceSpec(self.uuid, self.body.name, inst.id, len(self.ids), constants, inst.workdir,
-                                image, self.body.gpu, threads=self.cores_per_instance)
+                                image, self.body.gpu, threads=self.cores_per_instance,
+                                cluster=self.places.get(inst.id))
             for problem in self.hardware_problems:  # lenient mode: said, and run on what there is
                 self.log(inst.id, f"[emulator] {problem}: the instance runs on this machine as it is "
                                   f"(QTRAIN_EMULATOR_HARDWARE=lenient)")
@@ -257,9 +308,9 @@ class Task:
                 self.log(inst.id, f"[emulator] the instance could not start: {exc}", "stderr")
                 self._finish_instance(inst, 127)
                 return
-            with self.lock:  # an abort (or delete) that came while it started has not seen it
+            with self.lock:  # an abort (or delete), or a cluster peer's failure, that came while it started
                 inst.running = running
-                aborted = self.aborted
+                aborted = self.aborted or self.failed_first is not None
             if aborted:  # (in a thread of its own: the kill waits for the end that `wait` below sees)
                 threading.Thread(target=running.kill, daemon=True, name=f"kill-{self.uuid[:8]}").start()
             inst.pid = inst.running.pid
@@ -282,10 +333,24 @@ class Task:
     def _finish_instance(self, inst: Instance, code: int) -> None:
         inst.ended = time.time()
         inst.exit_code = code
+        if self.body.cluster:  # what its processes started in sessions of their own (torchrun's workers)
+            stop_in(inst.workdir)
+        with self.lock:
+            peer_failed = self.failed_first is not None and self.failed_first != inst.id
+            if self.body.cluster and code != 0 and not self.aborted and self.failed_first is None:
+                self.failed_first = inst.id
+                peers = [i.running for i in self.instances.values() if i.id != inst.id and i.running is not None]
+                threading.Thread(target=lambda: [r.kill() for r in peers], daemon=True,
+                                 name=f"cluster-stop-{self.uuid[:8]}").start()
         if self.aborted:
             inst.state = "Cancelled"
         elif code == 0:
             inst.state = "Success"
+        elif peer_failed:  # stopped by the emulator: the first failure is the task's error
+            inst.state = "Failure"
+            self.errors.append({"code": "INSTANCE_STOPPED",
+                                "message": f"instance {inst.id}: stopped, as instance {self.failed_first} of the "
+                                           f"cluster failed", "debug": ""})
         else:
             inst.state = "Failure"
             tail = "".join(self.err[inst.id].text[-5:]).strip()

@@ -17,12 +17,21 @@ from submit.emulator.fields import (Limits, RequestError, field_error, format_ra
                                     parse_constants, stamp, string_field, timespan, parse_ranges)
 from submit.emulator.hardware import parse as parse_hardware
 
-GPU_PROFILES = ("docker-nvidia-batch", "docker-nvidia-network")
+GPU_PROFILES = ("docker-nvidia-batch", "docker-nvidia-network", "docker-nvidia-cluster-network")
+# cluster profiles, as Qarnot's samples use them: the task's instances reach one another, instance
+# 0 (the master) runs DOCKER_CMD_MASTER and the others DOCKER_CMD_WORKER (DOCKER_CMD when unset),
+# each finds the nodes in /job/mpihosts (the master first) and shares /share (`cluster.py`)
+CLUSTER_PROFILES = ("docker-cluster-network", "docker-nvidia-cluster-network")
+CLUSTER_COMMANDS = ("DOCKER_CMD_MASTER", "DOCKER_CMD_WORKER")
 PROFILES = {
     "docker-batch": {"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
     "docker-network": {"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
     "docker-nvidia-batch": {"DOCKER_REPO": "nvidia/cuda", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
     "docker-nvidia-network": {"DOCKER_REPO": "nvidia/cuda", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
+    "docker-cluster-network": {"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD_MASTER": "",
+                               "DOCKER_CMD_WORKER": ""},
+    "docker-nvidia-cluster-network": {"DOCKER_REPO": "nvidia/cuda", "DOCKER_TAG": "latest",
+                                      "DOCKER_CMD_MASTER": "", "DOCKER_CMD_WORKER": ""},
 }
 
 
@@ -76,6 +85,11 @@ class TaskBody:
     pool: str | None = None
     job: str | None = None  # the Qarnot job it belongs to (qjobs.py)
 
+    @property
+    def cluster(self) -> bool:
+        """A cluster profile's task: its instances run together and reach one another."""
+        return self.profile in CLUSTER_PROFILES
+
     @classmethod
     def parse(cls, body: Any, limits: Limits | None = None, pool: dict[str, Any] | None = None) -> "TaskBody":
         """`limits`: checked at submission (None for a task read back from the state file);
@@ -112,12 +126,13 @@ class TaskBody:
             image = f"{constants['DOCKER_REPO']}:{constants.get('DOCKER_TAG') or 'latest'}"
             if problem := image_error(image):
                 raise RequestError(400, f"constants DOCKER_REPO/DOCKER_TAG: {problem}")
-        if constants.get("DOCKER_CMD"):
-            try:
-                split_command(constants["DOCKER_CMD"])
-            except ValueError as exc:
-                raise RequestError(400, f"constants DOCKER_CMD: {exc} (Qarnot splits it into words as a "
-                                        f"shell would, quotes included)") from None
+        for key in ("DOCKER_CMD", *CLUSTER_COMMANDS):
+            if constants.get(key):
+                try:
+                    split_command(constants[key])
+                except ValueError as exc:
+                    raise RequestError(400, f"constants {key}: {exc} (Qarnot splits it into words as a "
+                                            f"shell would, quotes included)") from None
         buckets = []
         for source in ((pool or {}), body) if pool_uuid else (body,):
             for i, b in enumerate(list_field(source, "advancedResourceBuckets")):

@@ -147,9 +147,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Estimate:
+def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing, procs: int = 1) -> Estimate:
     """The estimate of a run of `loaded` (whose check gave `report`) on a backend that prices it
-    as `pricing` says."""
+    as `pricing` says.  A distributed job (resources.nodes x `procs` a node): every process trains
+    its share of the rows, on a core of its own, all nodes for as long; the communication between
+    them is not counted (bench/distributed.py measures it)."""
     where = pricing.section
     rates = prices()[where]
     gpu = pricing.gpu
@@ -164,6 +166,11 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
     # a task at its time limit: the runner stops it, writes its results, and they are uploaded
     ceiling = startup + limit * 60 + LIMIT_GRACE_SECONDS + REPORT_SECONDS if limit else None
     script = loaded.job.script is not None
+    nodes = loaded.job.resources.nodes
+    world = nodes * max(1, procs)
+    full_rows = rows
+    if world > 1:  # each process: its shard of the rows an epoch, at its own batch size
+        rows, val_rows = math.ceil(rows / world), val_rows
     for i, job in enumerate(jobs):
         if script:
             times.append(ceiling if ceiling is not None else startup)
@@ -183,7 +190,17 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing) -> Est
              if models else "no timed step in the check report: startup only"]
     if not script and ceiling is not None and max(times) >= ceiling:
         basis.append(f"bounded by resources.max_minutes {limit:g}")
-    if pricing.shared_cores is not None:  # the instances share one machine's cores
+    if world > 1:
+        basis[0] = basis[0].replace(f"{rows} training rows", f"{full_rows} training rows")
+        basis.append(f"{nodes} node(s) x {procs} process(es), {rows} rows each an epoch; communication not counted")
+        times = times * nodes  # every node for as long
+    if pricing.shared_cores is not None and world > 1:  # a cluster's instances all at once, on one machine
+        cores = float(max(1, pricing.shared_cores))
+        wall = max(times) * max(1.0, world / cores)
+        core_hours = wall * min(float(world), cores) / 3600
+        cost, energy = core_hours * rates["eur_per_core_hour"], core_hours * rates["watts_per_core"]
+        basis.append(f"{pricing.name}: {world} process(es) at once on {cores:.0f} cores")
+    elif pricing.shared_cores is not None:  # the instances share one machine's cores
         cores = float(max(1, pricing.shared_cores))
         parallel = min(len(times), int(cores))
         waves = math.ceil(len(times) / parallel)

@@ -9,6 +9,7 @@ interrupted anywhere is found again (`recover`) by the next `status`, `fetch`, `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import settings
@@ -16,9 +17,9 @@ from jobs.errors import QtrainError, RunError
 from jobs.files import JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
 from jobs.results import OUT
-from jobs.spec import STOP_GRACE_SECONDS
+from jobs.spec import STOP_GRACE_SECONDS, procs_for
 from submit.backends import Backend
-from submit.backends.base import TaskRequest
+from submit.backends.base import BackendError, TaskRequest
 from submit.image import image_digest, stale_image
 from submit.run.checks import SMOKE_STEPS, check
 from submit.run.checks import smoke as smoke_run
@@ -48,9 +49,9 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     if backend.runs_images() and stale_image(job.resources.image):
         ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
                 f"qtrain image build (and push) to run your changes")
-    profile_name, gpu = backend.resolve_profile(profile or job.resources.profile)
-    backend.check_capacity(max(1, package.trials), gpu)
-    est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost)
+    where = place(loaded, backend, profile)
+    profile_name, gpu = where.profile, where.gpu
+    est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost, where.procs)
     image, site_constants = job.resources.image, {}
     if package.requirements is not None:  # the runner image plus the job's packages, or a folder of them
         image = backend.image_with(package.requirements, job.resources.image, lambda line: ui.say(line, style="dim"))
@@ -62,6 +63,8 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
             "executor": backend.executor_name(),
             "resumed_from": resume.run_id if resume is not None else None,
             "footprint": {"estimate": est.record()}}
+    if where.world > 1:  # what `results show` says before the run's own metrics come home
+        info["distributed"] = {"nodes": where.nodes, "procs_per_node": where.procs, "world_size": where.world}
     if package.requirements is not None:
         info["requirements"] = describe(package.requirements, package.site)
     # the intent first: from here on, whatever happens, the run is in the store under its id, and
@@ -70,9 +73,11 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                            dataset_hash=package.dataset_hash, backend=backend.name,
                            profile=profile_name, job=package.job, trials=package.trials,
                            tags=tags, note=note, info=info, state="submitting")
+    if where.nodes > 1:  # a cluster profile: the master's command and the workers' (runner.distributed)
+        constants.update({"DOCKER_CMD_MASTER": COMMAND, "DOCKER_CMD_WORKER": COMMAND})
     request = TaskRequest(
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
-        instances=max(1, package.trials), image=image, command=COMMAND,
+        instances=where.instances, image=image, command=COMMAND,
         constants={settings.TaskVar.RUN_ID: run.run_id, **constants},
         tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/",
         max_wall_seconds=wall_limit(job.resources.max_minutes))
@@ -102,6 +107,45 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
     return store.get(run.run_id)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's task goes: the backend's profile, GPU or not, its instances, and how the
+    training spreads over them (resources.nodes x procs_per_node)."""
+
+    profile: str
+    gpu: bool
+    instances: int
+    nodes: int = 1
+    procs: int = 1
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.procs
+
+
+def place(loaded: LoadedJob, backend: Backend, profile: str | None = None) -> Placement:
+    """The run's placement, refused in one line (nothing sent) where the backend cannot give it: a
+    profile it lacks, several nodes on a profile that is not a cluster one, more instances than a
+    task may have, more processes a node than its GPUs."""
+    job = loaded.job
+    res = job.resources
+    name, gpu = backend.resolve_profile(profile or res.profile, nodes=res.nodes)
+    gpus = backend.gpus_per_node() if gpu else 0
+    if gpu and isinstance(res.procs_per_node, int) and res.procs_per_node > max(1, gpus):
+        raise BackendError(f"resources.procs_per_node {res.procs_per_node}: a node of profile {name!r} has "
+                           f"{gpus} GPU(s) on {backend.describe()}, and a process a GPU is the most it runs",
+                           hint=f"set procs_per_node to {max(1, gpus)} or auto" + (
+                               "; QTRAIN_GPUS_PER_NODE says how many GPUs your Qarnot nodes have"
+                               if backend.name == "qarnot" else ""))
+    procs = procs_for(res.procs_per_node, gpus)
+    if res.nodes > 1:
+        backend.check_capacity(res.nodes, gpu, f"resources.nodes {res.nodes}")
+        return Placement(name, gpu, res.nodes, res.nodes, procs)
+    trials = len(loaded.trials)
+    backend.check_capacity(max(1, trials), gpu)
+    return Placement(name, gpu, max(1, trials), 1, procs)
+
+
 LIMIT_MARGIN_SECONDS = 120.0  # a task's wall-clock backstop beyond the runner's own limit: start, upload
 
 
@@ -116,10 +160,10 @@ def wall_limit(max_minutes: float | None) -> int | None:
 
 
 def estimate_run(loaded: LoadedJob, package: Package, backend: Backend, gpu: bool, ui: Ui,
-                 max_cost: float | None = None) -> tuple[Estimate, float | None]:
+                 max_cost: float | None = None, procs: int = 1) -> tuple[Estimate, float | None]:
     """(the run's estimate, the account's credits left or None), said in one line; refused
-    (nothing sent) over `max_cost` or the credits left."""
-    est = estimate(loaded, package.check, backend.pricing(gpu))
+    (nothing sent) over `max_cost` or the credits left.  `procs`: processes a node."""
+    est = estimate(loaded, package.check, backend.pricing(gpu), procs)
     credits = backend.credits_left()
     ui.say(est.line() + (f"; credits left {credits:.4g} EUR" if credits is not None else ""), style="dim")
     refuse_over(est, max_cost, credits)
