@@ -81,10 +81,31 @@ def main() -> int:
     except QtrainError as exc:
         print(f"[qtrain] error: {exc.one_line()}", file=sys.stderr, flush=True)
         return exc.exit_code
-    except Exception:  # noqa: BLE001 - report, then fail the task
+    except Exception as exc:  # noqa: BLE001 - report, then fail the task
+        lost = _lost_peer(exc)
+        if lost:  # a distributed worker whose peer is gone: that peer's node says why
+            print(f"[qtrain] error: {lost}", file=sys.stderr, flush=True)
+            return 1
         print("[qtrain] internal error:", file=sys.stderr)
         traceback.print_exc()
         return 1
+
+
+def _lost_peer(exc: BaseException) -> str | None:
+    """In one of torchrun's workers, a collective that failed because a peer went away: one line
+    (the peer's own node names the rank that failed), not a traceback."""
+    import os
+
+    if "RANK" not in os.environ or "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    text = str(exc)
+    if isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and ("gloo" in text or "NCCL" in text):
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return (f"rank {os.environ['RANK']} lost its peers in a collective ({first[:200]}); the rank "
+                f"that failed first is named by its node")
+    return None
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def launch(job: Any, env: settings.Task) -> int:
     os.environ[settings.TaskVar.THREADS] = os.environ[settings.TaskVar.MKL_THREADS] = str(max(1, threads // procs))
     print(f"[qtrain] node {node} of {nodes}: {procs} process(es), world size {nodes * procs}, "
           f"rendezvous at {host}:{port}", flush=True)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import config_from_args, get_args_parser
 
@@ -134,13 +135,17 @@ def launch(job: Any, env: settings.Task) -> int:
 
     try:
         elastic_launch(config=config, entrypoint=entrypoint)(*cmd_args)
-    except ChildFailedError as exc:
+    except ChildFailedError as exc:  # a worker of this node failed: torchrun has stopped the others
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         how = f"exited with status {code}" if code >= 0 else f"was killed by {_signal_name(-code)}"
         print(f"[qtrain] error: rank {rank} (node {node}, local rank {failure.local_rank}) {how}; "
-              f"the other ranks are stopped", file=sys.stderr, flush=True)
-        return code if code > 0 else 128 - code
+              f"its node stops, and with it the training", file=sys.stderr, flush=True)
+        return code if 0 < code < 128 else 1
+    except SignalException as exc:  # the instance is stopped (a failed peer, an abort): workers too
+        print(f"[qtrain] node {node} stopped by {_signal_name(int(exc.sigval))}, its workers with it",
+              file=sys.stderr, flush=True)
+        return 128 + int(exc.sigval)
     return 0
 
 
@@ -157,7 +162,7 @@ def _quiet_elastic_logs() -> None:
     import logging
 
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def die_with_parent() -> None:
