@@ -268,6 +268,7 @@ class Task(Group):
                                 "for run.json")
     threads: int | None = var(None, TaskVar.THREADS, "(task) the instance's CPU share: torch's threads "
                               "unless train.threads says")
+    task_uuid: str | None = var(None, TaskVar.TASK_UUID, "(task) the task's uuid")
     site: Path | None = var(None, TaskVar.SITE, "(task) a folder of the job's own packages "
                             "(resources.requirements), put first on the path")
     hostfile: Path | None = var(None, TaskVar.HOSTFILE, "(cluster task) the host file, one node a line, "
@@ -296,6 +297,21 @@ class Task(Group):
 
 def task(environ: dict[str, str] | None = None) -> Task:
     return read(Task, environ)
+
+
+class Ranks(Group):
+    """torchrun's variables, set in each worker of a distributed run (`runner.distributed`)."""
+
+    rank: int | None = var(None, "RANK", "(torchrun) the process's rank in the training", ge=0)
+    world_size: int | None = var(None, "WORLD_SIZE", "(torchrun) the processes of the training", ge=1)
+    local_rank: int = var(0, "LOCAL_RANK", "(torchrun) the process's rank on its node", ge=0)
+    local_world_size: int = var(1, "LOCAL_WORLD_SIZE", "(torchrun) the processes of its node", ge=1)
+    group_rank: int = var(0, "GROUP_RANK", "(torchrun) its node's rank", ge=0)
+    run_id: str | None = var(None, "TORCHELASTIC_RUN_ID", "(torchrun) set in torchrun's workers")
+
+
+def ranks(environ: dict[str, str] | None = None) -> Ranks:
+    return read(Ranks, environ)
 
 
 class ScriptEnv(Group):

@@ -373,18 +373,11 @@ class ResourcesSpec(Spec):
     # a script SIGTERM (then SIGKILL STOP_GRACE_SECONDS later); the backend ends the task if it is
     # still running STOP_GRACE_SECONDS + a margin later (Qarnot: the task's job's maxWallTime).
     max_minutes: float | None = Field(default=None, gt=0)
-    # One training across several instances of one task (a cluster profile: `cpu` and `gpu` become
-    # QTRAIN_PROFILE_CLUSTER / QTRAIN_PROFILE_GPU_CLUSTER), torch.distributed underneath: each
-    # instance starts `procs_per_node` processes under torchrun (gloo on CPU, NCCL on GPU), the
-    # model trains with DistributedDataParallel on a shard of the rows each, rank 0 writes.
+    # One training over several instances of a cluster profile, each running procs_per_node
+    # processes (`auto`: one a GPU, else one) under torchrun (runner.distributed); train.batch_size
+    # is per process.
     nodes: int = Field(default=1, ge=1)
-    # Processes per instance: `auto` is one per GPU on a GPU profile, one on CPU.  train.batch_size
-    # is per process: the global batch is it x nodes x procs_per_node.
     procs_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
-
-    def world(self, gpus: int = 0) -> int:
-        """The processes of the training: nodes x procs_per_node (`auto`: `gpus` a node, or 1)."""
-        return self.nodes * procs_for(self.procs_per_node, gpus)
 
     @field_validator("image")
     @classmethod
@@ -464,15 +457,11 @@ class Job(Spec):
     @model_validator(mode="after")
     def _distributed(self) -> "Job":
         r = self.resources
-        if r.nodes > 1 or r.procs_per_node not in ("auto", 1):
-            if self.sweep:
-                raise ValueError(f"sweep with resources.nodes {r.nodes} x procs_per_node {r.procs_per_node}: a "
-                                 f"sweep runs its trials side by side, one instance each, so a trial cannot "
-                                 f"also span instances; sweep on one node (remove resources.nodes and "
-                                 f"procs_per_node), or give each setting a job of its own")
-            if self.train.refit is True:
-                raise ValueError("train.refit: true trains twice in one process, which a distributed run "
-                                 "does not; remove train.refit (auto leaves a distributed run as it is)")
+        if (r.nodes > 1 or r.procs_per_node not in ("auto", 1)) and (self.sweep or self.train.refit is True):
+            raise ValueError(f"sweep with resources.nodes {r.nodes} x procs_per_node {r.procs_per_node}: its trials "
+                             f"run side by side, one instance each; sweep on one node" if self.sweep else
+                             "train.refit: true trains twice in one process, which a distributed run does not; "
+                             "remove it (auto leaves a distributed run as it is)")
         return self
 
     def _script_job(self) -> "Job":
@@ -495,8 +484,7 @@ SCRIPT_TRAIN = ("seed", "device", "threads")  # what qtrain hands a script (the 
 AUTO_BATCH = ((20_480, 256), (10_240, 128))  # training rows above which a table gets a batch
 
 
-def procs_for(procs_per_node: int | str, gpus: int = 0) -> int:
-    """resources.procs_per_node as a number: `auto` is one per GPU (`gpus` on the node), else 1."""
+def procs_for(procs_per_node: int | str, gpus: int = 0) -> int:  # `auto`: one a GPU (`gpus`), else 1
     return procs_per_node if isinstance(procs_per_node, int) else max(1, gpus)
 
 

@@ -94,17 +94,18 @@ def main() -> int:
 def _lost_peer(exc: BaseException) -> str | None:
     """In one of torchrun's workers, a collective that failed because a peer went away: one line
     (the peer's own node names the rank that failed), not a traceback."""
-    import os
+    from runner import distributed
 
-    if "RANK" not in os.environ or "torch" not in sys.modules:
+    rank = distributed.current()
+    if not rank.active or "torch" not in sys.modules:
         return None
     import torch.distributed as dist
 
     text = str(exc)
     if isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and ("gloo" in text or "NCCL" in text):
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return (f"rank {os.environ['RANK']} lost its peers in a collective ({first[:200]}); the rank "
-                f"that failed first is named by its node")
+        return (f"rank {rank.rank} lost its peers in a collective ({first[:200]}); the rank that failed "
+                f"first is named by its node")
     return None
 
 

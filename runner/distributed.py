@@ -50,19 +50,15 @@ class Rank:
 
 
 def current(environ: dict[str, str] | None = None) -> Rank:
-    env = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in env or "RANK" not in env:
+    given = settings.ranks(environ)
+    if given.rank is None or given.world_size is None:
         return Rank()
-    try:
-        return Rank(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                    int(env.get("LOCAL_WORLD_SIZE", 1)), int(env.get("GROUP_RANK", 0)))
-    except ValueError:
-        return Rank()
+    return Rank(given.rank, given.world_size, given.local_rank, given.local_world_size, given.group_rank)
 
 
 def in_worker() -> bool:
     """Is this process one of torchrun's workers?"""
-    return current().active or "TORCHELASTIC_RUN_ID" in os.environ
+    return current().active or settings.ranks().run_id is not None
 
 
 def spans(job: Any) -> bool:
@@ -73,8 +69,9 @@ def spans(job: Any) -> bool:
 
 
 def _gpus(job: Any) -> int:
-    """The GPUs this node offers the job: none when it trains on the CPU."""
-    if job.train.device == "cpu" or not os.environ.get("CUDA_VISIBLE_DEVICES", "x"):
+    """The GPUs this node offers the job: none when it trains on the CPU (a CPU profile's instance
+    sees none: CUDA_VISIBLE_DEVICES is empty)."""
+    if job.train.device == "cpu":
         return 0
     import torch
 
@@ -116,6 +113,7 @@ def launch(job: Any, env: settings.Task) -> int:
     host, port = master_host(env, nodes), env.master_port
     threads = env.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     os.environ[settings.TaskVar.THREADS] = os.environ[settings.TaskVar.MKL_THREADS] = str(max(1, threads // procs))
+    # (the workers' environment: torchrun hands them this process's)
     print(f"[qtrain] node {node} of {nodes}: {procs} process(es), world size {nodes * procs}, "
           f"rendezvous at {host}:{port}", flush=True)
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -123,8 +121,7 @@ def launch(job: Any, env: settings.Task) -> int:
     from torch.distributed.run import config_from_args, get_args_parser
 
     args = ["--nnodes", str(nodes), "--nproc-per-node", str(procs), "--node-rank", str(node),
-            "--max-restarts", "0", "--monitor-interval", "0.2", "--rdzv-id", os.environ.get(
-                settings.TaskVar.TASK_UUID, "qtrain")]
+            "--max-restarts", "0", "--monitor-interval", "0.2", "--rdzv-id", env.task_uuid or "qtrain"]
     args += ["--standalone"] if nodes == 1 else ["--master-addr", host, "--master-port", str(port)]
     parsed = get_args_parser().parse_args([*args, "--module", "runner"])
     if parsed.standalone:

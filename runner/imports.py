@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 
 # what a warm interpreter imports before forking instances (not torch._dynamo: training never
-# imports it, see runner.train._step_without_dynamo)
+# imports it, see runner.optim._step_without_dynamo)
 PRELOAD = ("numpy", "pandas", "sklearn", "torch", "matplotlib.pyplot", "runner.run")
 
 

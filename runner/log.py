@@ -7,9 +7,9 @@ contract (`jobs.results.epoch_line` / `parse_epoch_line`).
 
 from __future__ import annotations
 
-import os
 import sys
 
+from jobs import settings
 from jobs.results import PREFIX, epoch_line
 
 __all__ = ["PREFIX", "epoch_line", "info", "warn"]
@@ -17,10 +17,10 @@ __all__ = ["PREFIX", "epoch_line", "info", "warn"]
 
 def info(message: str) -> None:
     """A line of progress; in a distributed run, rank 0's only (the others say the same)."""
-    if os.environ.get("RANK", "0") == "0":
+    if not settings.ranks().rank:
         print(f"{PREFIX} {message}", file=sys.stdout, flush=True)
 
 
 def warn(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
+    if not settings.ranks().rank:
         print(f"{PREFIX} warning: {message}", file=sys.stderr, flush=True)

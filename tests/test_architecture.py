@@ -110,6 +110,7 @@ ENVIRONMENT = {
     "jobs/settings.py": {"read", "describe", "library_defaults"},
     "runner/warm.py": {"become"},  # the forked instance's own environment
     "runner/userscript.py": {"run_script"},  # a script job's
+    "runner/distributed.py": {"launch"},  # torchrun's workers' (their threads)
     "submit/image.py": {"build", "build_derived"},  # docker build's
     "submit/run/environment.py": {"pip"},  # pip's
     "submit/emulator/daemon.py": {"_start_locked"},  # the daemon's

@@ -23,6 +23,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any, Protocol
 
+from submit.emulator import cluster
 from submit.emulator.fields import NOT_RUNNING, RequestError, list_field, parse_constants, stamp, string_field
 from submit.emulator.hardware import Machine, unchecked
 from submit.emulator.instances import FINAL_STATES, ClusterPlace, Instance, InstanceSpec, Output
@@ -223,13 +224,13 @@ class Task:
         try:
             if self.body.cluster:
                 try:
-                    network = self._open_cluster()
+                    network = cluster.open_cluster(self)
                 except Exception as exc:  # noqa: BLE001 - a cluster that cannot be set up fails the task
                     self.errors.append({"code": "CLUSTER", "message": f"the cluster could not be set up: {exc}",
                                         "debug": repr(exc)})
                     self.set_state("Failure")
                     return
-                held = self._take_slots()
+                held = cluster.take_slots(self)
             threads = [threading.Thread(target=self._run_instance, args=(inst,), daemon=True)
                        for inst in self.instances.values()]
             for t in threads:
@@ -250,33 +251,6 @@ class Task:
         self.files.upload_results()
         failed = [i for i in self.instances.values() if i.state != "Success"]
         self.set_state("Failure" if failed else "Success")
-
-    def _open_cluster(self) -> str | None:
-        """A cluster task's instances, set up to reach one another (the executor's network), each
-        with the host file (`mpihosts` in its folder: Qarnot's /job/mpihosts, the master first) and
-        the folder they share (mounted at /share).  Returns the network to remove at the end."""
-        share = self.dir / "share"
-        share.mkdir(parents=True, exist_ok=True)
-        hosts, env, network = self.manager.executor.open_cluster(self.uuid, self.ids, share)
-        for inst in self.instances.values():
-            inst.workdir.mkdir(parents=True, exist_ok=True)
-            (inst.workdir / "mpihosts").write_text("".join(f"{h}\n" for h in hosts))
-            self.places[inst.id] = ClusterPlace(inst.id == self.ids[0], hosts, share, env, network)
-        return network
-
-    def _take_slots(self) -> int:
-        """A cluster task's instances start together or not at all (a rank alone waits for its
-        peers for ever): its slots, one an instance up to the cores, are taken at once, one cluster
-        task at a time.  Returns how many are held."""
-        wanted = min(len(self.ids), self.manager.cores)
-        held = 0
-        with self.manager.gang:
-            while held < wanted:
-                if self.manager.slots.acquire(timeout=0.1):
-                    held += 1
-                elif self.aborted:
-                    break
-        return held
 
     def _run_instance(self, inst: Instance) -> None:
         pool = self.manager.pools.get(self.body.pool) if self.body.pool else None

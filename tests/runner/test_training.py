@@ -212,7 +212,7 @@ def test_training_imports_no_dynamo_and_steps_as_torch_does(tmp_path):
     from unittest import mock
 
     from jobs.load import load_job
-    from runner import train
+    from runner import optim
     from runner.run import run_job
 
     code = ("import sys, pathlib; from jobs.load import load_job; from runner.run import run_job; "
@@ -223,7 +223,7 @@ def test_training_imports_no_dynamo_and_steps_as_torch_does(tmp_path):
     for optimizer in ("adam", "sgd", "rmsprop"):
         over = ["train.epochs=5", f"train.optimizer={optimizer}", "train.schedule=cosine"]
         ours = run_job(load_job("penguins", over), tmp_path / f"ours-{optimizer}")
-        with mock.patch.object(train, "_step_without_dynamo", lambda optimizer: None):
+        with mock.patch.object(optim, "_step_without_dynamo", lambda optimizer: None):
             torchs = run_job(load_job("penguins", over), tmp_path / f"torch-{optimizer}")
         assert json_module.dumps(ours["test"], sort_keys=True) == json_module.dumps(torchs["test"], sort_keys=True)
 

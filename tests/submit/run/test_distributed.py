@@ -191,5 +191,5 @@ def test_a_sweep_or_a_second_training_cannot_span_nodes():
     with pytest.raises(JobError, match="train.refit: true"):
         load_job_dict({**base, "train": {**base["train"], "refit": True}}, Path("."))
     job = load_job_dict(base, Path(".")).job
-    assert job.resources.world() == 2 and job.resources.procs_per_node == "auto"
+    assert job.resources.nodes == 2 and job.resources.procs_per_node == "auto"
     assert json.dumps(job.model_dump(mode="json")["resources"]).count("nodes") == 1
