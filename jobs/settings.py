@@ -308,6 +308,8 @@ class Ranks(Group):
     local_world_size: int = var(1, "LOCAL_WORLD_SIZE", "(torchrun) the processes of its node", ge=1)
     group_rank: int = var(0, "GROUP_RANK", "(torchrun) its node's rank", ge=0)
     run_id: str | None = var(None, "TORCHELASTIC_RUN_ID", "(torchrun) set in torchrun's workers")
+    agent_pid: int | None = var(None, "QTRAIN_AGENT_PID", "(torchrun) the pid of the agent that started the "
+                                "worker (runner.distributed)")
 
 
 def ranks(environ: dict[str, str] | None = None) -> Ranks:
@@ -398,7 +400,7 @@ def library_defaults(values: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------------- listing
-GROUPS: tuple[type[Group], ...] = (Paths, Qarnot, Submission, Emulator, Task, ScriptEnv)
+GROUPS: tuple[type[Group], ...] = (Paths, Qarnot, Submission, Emulator, Task, ScriptEnv, Ranks)
 
 
 def _secret(field: Any) -> bool:

@@ -112,8 +112,9 @@ def launch(job: Any, env: settings.Task) -> int:
     procs = procs_for(job.resources.procs_per_node, _gpus(job))
     host, port = master_host(env, nodes), env.master_port
     threads = env.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    # the workers' environment (torchrun hands them this process's): their threads, and who their agent is
     os.environ[settings.TaskVar.THREADS] = os.environ[settings.TaskVar.MKL_THREADS] = str(max(1, threads // procs))
-    # (the workers' environment: torchrun hands them this process's)
+    os.environ["QTRAIN_AGENT_PID"] = str(os.getpid())
     print(f"[qtrain] node {node} of {nodes}: {procs} process(es), world size {nodes * procs}, "
           f"rendezvous at {host}:{port}", flush=True)
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -170,7 +171,8 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the agent was already gone
+    agent = settings.ranks().agent_pid
+    if agent is not None and os.getppid() != agent:  # the agent was already gone
         os._exit(1)
 
 
