@@ -39,16 +39,28 @@ def check(
     if as_json:
         print(json.dumps({**report, "remembered": remembered}))
         return
-    _print_check(report, loaded.source, remembered)
+    _print_check(report, loaded.source, remembered, spread_line(loaded.job))
     if remembered:
         err_console.print("(passed before with this job, data and code: not checked again; "
                           "--recheck to check anyway)", style="dim", highlight=False)
 
 
-def _print_check(report: dict[str, Any], source: str, remembered: bool = False) -> None:
+def spread_line(job: Any) -> str | None:
+    """How `qtrain run` spreads the training (resources.nodes x procs_per_node), or None."""
+    res = job.resources
+    if res.nodes == 1 and res.procs_per_node in ("auto", 1):
+        return None
+    procs = "one process a GPU (one on CPU)" if res.procs_per_node == "auto" else f"{res.procs_per_node} processes"
+    batch = "" if job.script is not None else f"; train.batch_size {job.train.batch_size} is per process"
+    return f"{res.nodes} node(s) x {procs}, torchrun and DistributedDataParallel{batch}"
+
+
+def _print_check(report: dict[str, Any], source: str, remembered: bool = False, spread: str | None = None) -> None:
     t = Table(title=f"qtrain check {source}: OK", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    if spread:
+        t.add_row("distributed", spread)
     if "script" in report:  # a script job: what could be checked without running it (and a smoke run)
         t.add_row("job", f"{report['job']} (script {report['script']}, {report['code_files']} code file(s))")
         t.add_row("imports", ", ".join(report["imports"]) or "none")
@@ -112,6 +124,11 @@ def train(
     from submit.run.environment import job_site
 
     loaded = _load(job, set_)
+    res = loaded.job.resources
+    if res.nodes > 1 or res.procs_per_node not in ("auto", 1):  # the same model, without torch.distributed
+        err_console.print(f"note: resources.nodes {res.nodes} x procs_per_node {res.procs_per_node}: qtrain train "
+                          f"trains in this one process; qtrain run spreads it", style="dim", highlight=False,
+                          markup=False)
     _, site = job_site(loaded, lambda line: err_console.print(line, style="dim", highlight=False, markup=False))
     run_job(loaded, out, resume=resume, trial=trial, site=site)
 

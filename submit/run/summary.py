@@ -14,7 +14,7 @@ from submit.store import RunRecord, Store
 
 def failure_report(run: RunRecord, backend: Backend, status: TaskStatus, lines: int = 15) -> list[str]:
     """The error and the tail of stderr, for a failed task."""
-    out = [f"task {status.state}: " + ("; ".join(e.splitlines()[0] for e in status.errors)
+    out = [f"task {status.state}: " + ("; ".join(_error_line(e) for e in status.errors)
                                         or "no error reported")]
     try:
         tail = backend.output(task_uuid(run), stderr=True).rstrip().splitlines()[-lines:]
@@ -26,6 +26,15 @@ def failure_report(run: RunRecord, backend: Backend, status: TaskStatus, lines: 
     else:
         out.append("stderr: (empty)")
     return out
+
+
+def _error_line(error: str) -> str:
+    """An error's first line, and where the lines after it (the instance's last stderr lines) hold
+    an error line, the last of those too: "instance 1: exited with status 1: <first line> ...
+    [qtrain] error: rank 1 ... was killed by SIGKILL"."""
+    lines = error.splitlines() or [""]
+    telling = next((x.strip() for x in reversed(lines[1:]) if "error:" in x.lower()), None)
+    return lines[0] if telling is None or telling in lines[0] else f"{lines[0]} ... {telling}"
 
 
 def summary(run: RunRecord, store: Store) -> dict[str, Any]:
