@@ -115,8 +115,8 @@ def launch(job: Any, env: settings.Task) -> int:
     # the workers' environment (torchrun hands them this process's): their threads, and who their agent is
     os.environ[settings.TaskVar.THREADS] = os.environ[settings.TaskVar.MKL_THREADS] = str(max(1, threads // procs))
     os.environ["QTRAIN_AGENT_PID"] = str(os.getpid())
-    print(f"[qtrain] node {node} of {nodes}: {procs} process(es), world size {nodes * procs}, "
-          f"rendezvous at {host}:{port}", flush=True)
+    where = f"rendezvous at {host}:{port}" if nodes > 1 else "rendezvous on this node"
+    print(f"[qtrain] node {node} of {nodes}: {procs} process(es), world size {nodes * procs}, {where}", flush=True)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import config_from_args, get_args_parser

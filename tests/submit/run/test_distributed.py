@@ -116,6 +116,39 @@ def test_a_two_node_job_trains_as_one_with_its_results_from_rank_0(emulator, qtr
     assert "2 nodes x 1 process, world size 2 (gloo)" in " ".join(shown.out.split()).replace("│ ", "")
 
 
+NET = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_features, num_classes, hidden=24):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+"""
+
+
+def test_a_module_model_trains_on_two_nodes_and_its_code_comes_home(emulator, qtrain, tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    job = {**PENGUINS, "name": "module-2n", "model": {"kind": "module", "source": "net.py", "class": "Net"}}
+    run = qtrain("run", _job(tmp_path, job), "--json", "--store", tmp_path / "store")
+    assert run.code == 0, run.err
+    data = run.json()
+    assert data["metrics"]["distributed"]["world_size"] == 2 and data["metrics"]["test"]["accuracy"] >= 0.9
+    assert (Path(data["artifacts_dir"]) / "code" / "net.py").is_file()
+
+
+def test_the_estimate_counts_every_node(emulator, qtrain, tmp_path):
+    one = qtrain("run", _job(tmp_path, {**PENGUINS, "resources": {}}, "one.yaml"), "--estimate", "--json")
+    two = qtrain("run", _job(tmp_path, PENGUINS, "two.yaml"), "--estimate", "--json")
+    assert one.code == 0 and two.code == 0, one.err + two.err
+    a, b = one.json()["estimate"], two.json()["estimate"]
+    assert any("2 node(s) x 1 process(es)" in line for line in b["basis"]), b["basis"]
+    assert b["instance_seconds"] > a["instance_seconds"] and b["cost_eur"] > 0
+
+
 def test_a_script_job_gets_every_rank_and_does_its_own_all_reduce(emulator, qtrain, tmp_path):
     (tmp_path / "allreduce.py").write_text(ALLREDUCE)
     job = _job(tmp_path, {"name": "allreduce", "script": {"path": "allreduce.py"},
