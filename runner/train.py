@@ -212,7 +212,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             from torch.utils.data import DistributedSampler
 
-            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
+            self.net = DistributedDataParallel(self.model, device_ids=[index] if device.type == "cuda" else None)
             self.sampler = DistributedSampler(range(n), num_replicas=self.rank.world, rank=self.rank.rank,
                                               shuffle=True, seed=self.spec.seed)
             n = len(self.sampler)

@@ -324,7 +324,7 @@ class Backend(abc.ABC):
                                f"instances cannot reach one another",
                                hint=f"use resources.profile cpu or gpu, or a cluster profile "
                                     f"({', '.join(clusters) or 'none offered here'}); or remove resources.nodes")
-        gpu = profile == "gpu" or wanted in (aliases["gpu"], aliases["gpu_cluster"]) or "nvidia" in wanted
+        gpu = profile == "gpu" or wanted in (aliases["gpu"], aliases["gpu_cluster"])
         return wanted, gpu
 
     @abc.abstractmethod
