@@ -2,17 +2,13 @@
 on the real emulator (process executor: the instances on loopback), torch.distributed underneath.
 
 A 2-node job trains as one: one result set, from rank 0, with curves over the whole data; a script
-job gets torchrun's variables and does its own all-reduce; a rank killed fails the task within
-seconds, naming it, stopping the others, leaving nothing running, and `resume` continues from rank
-0's checkpoint; a placement the backend cannot give is one line before anything is sent.
+job gets torchrun's variables and does its own all-reduce; a placement the backend cannot give is
+one line before anything is sent.  (A rank killed: tests/faults/test_distributed.py.)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,6 @@ import yaml
 from jobs.errors import JobError
 from jobs.load import load_job_dict
 from submit.store import Store
-from tests.helpers import processes_in, wait_for
 
 PENGUINS = {
     "name": "penguins-2n", "task": "classification",
@@ -60,32 +55,6 @@ def _tasks(emulator) -> list[dict]:
     import requests
 
     return requests.get(f"{emulator.url}/tasks", headers={"Authorization": emulator.token}, timeout=30).json()
-
-
-def _task_processes(uuid: str) -> list[int]:
-    """Every process of the task: by its working folder, or by the task's uuid in its environment."""
-    found = set(processes_in(uuid))
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if f"QARNOT_TASK_UUID={uuid}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                    found.add(int(proc.name))
-            except OSError:
-                continue
-    return sorted(found)
-
-
-def _rank_process(uuid: str, rank: int) -> int | None:
-    """The worker of `rank` (a `python -m runner` that torchrun started) in task `uuid`."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                env = (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"QARNOT_TASK_UUID={uuid}".encode() in env and f"RANK={rank}".encode() in env:
-                return int(proc.name)
-    return None
 
 
 def test_a_two_node_job_trains_as_one_with_its_results_from_rank_0(emulator, qtrain, tmp_path):
@@ -161,39 +130,6 @@ def test_a_script_job_gets_every_rank_and_does_its_own_all_reduce(emulator, qtra
         assert f"RANK={rank} WORLD_SIZE=4 sum=10" in said, said
     run_id = Store(store).list()[0].run_id
     assert (store / "runs" / run_id / "sum.txt").read_text() == "10"
-
-
-def test_a_killed_rank_fails_the_task_within_seconds_and_resume_continues(emulator, qtrain, conn, tmp_path):
-    job = {**PENGUINS, "name": "penguins-kill", "split": {"val_size": 0},
-           "train": {**PENGUINS["train"], "epochs": 3000, "checkpoint_every": 5}}
-    store = tmp_path / "store"
-    submitted = qtrain("run", _job(tmp_path, job), "--detach", "--json", "--store", store)
-    assert submitted.code == 0, submitted.err
-    run_id = submitted.json()["run_id"]
-    uuid = Store(store).get(run_id).task_uuid
-    task = conn.retrieve_task(uuid)
-    state = Path(os.environ["QTRAIN_STATE_DIR"])
-    checkpoint = wait_for(lambda: next(state.rglob(f"{uuid}/instances/0/out/checkpoint.pt"), None), timeout=120)
-    assert checkpoint.is_file()
-    victim = wait_for(lambda: _rank_process(uuid, 1), timeout=30)
-    os.kill(victim, signal.SIGKILL)
-    killed = time.monotonic()
-    wait_for(lambda: task.update() or task.state in ("Failure", "Success", "Cancelled"), timeout=60, every=0.1)
-    assert task.state == "Failure"
-    assert time.monotonic() - killed < 15  # within seconds: the rank's node sees it, the others are stopped
-    errors = [f"{e.message} {e.debug}" for e in task.errors]
-    assert "instance 1" in errors[0] and "rank 1" in errors[0] and "SIGKILL" in errors[0], errors
-    assert any("instance 0: stopped" in e for e in errors[1:]), errors
-    wait_for(lambda: not _task_processes(uuid), timeout=20)  # nothing left running
-    fetched = qtrain("fetch", run_id, "--json", "--store", store)
-    assert fetched.json()["state"] == "failed"
-    assert (store / "runs" / run_id / "checkpoint.pt").is_file()  # rank 0's, brought home
-
-    resumed = qtrain("resume", run_id, "--epochs", "60", "--json", "--store", store)
-    assert resumed.code == 0, resumed.err
-    data = resumed.json()
-    assert data["state"] == "succeeded" and data["metrics"]["resumed_from_epoch"] >= 5
-    assert data["metrics"]["epochs_run"] == 60 and data["metrics"]["distributed"]["world_size"] == 2
 
 
 @pytest.mark.parametrize("resources, words", [
