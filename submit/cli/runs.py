@@ -361,7 +361,8 @@ def cancel(run_ref: str = RunArgument, as_json: bool = JsonOption,
 @command()
 def profiles(backend: Optional[str] = typer.Option(None, help="local or qarnot (default as for run)."),
              as_json: bool = JsonOption) -> None:
-    """List the profiles the account (or the emulator) offers, and what cpu/gpu map to."""
+    """List the profiles the account (or the emulator) offers, and what cpu/gpu map to (on one
+    node, and with resources.nodes > 1: the cluster profiles)."""
     from submit.backends import get_backend
 
     be = get_backend(backend)
@@ -371,5 +372,7 @@ def profiles(backend: Optional[str] = typer.Option(None, help="local or qarnot (
         print(json.dumps({"backend": be.name, "profiles": names, **aliases}))
         return
     for name in names:
-        alias = [a for a, p in aliases.items() if p == name]
-        console.print(name + (f"   (= {alias[0]})" if alias else ""), highlight=False)
+        alias = [a.replace("_cluster", " with resources.nodes > 1") for a, p in aliases.items() if p == name]
+        kind = ", a cluster profile" if be.is_cluster(name) and not alias else ""
+        console.print(name + (f"   (= {alias[0]})" if alias else "") + (f"   ({kind[2:]})" if kind else ""),
+                      highlight=False)
