@@ -207,7 +207,7 @@ def describe(job: Any, rank: Rank, batch_size: int, backend: str | None) -> dict
             "global_batch_size": batch_size * rank.world}
 
 
-def shard_path(out: Path) -> Path:
+def shard_path() -> Path:
     """Where a rank other than 0 writes what the script writes (nothing of it comes home)."""
     import tempfile
 

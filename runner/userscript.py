@@ -88,7 +88,7 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
     checkpoint = out_dir / CHECKPOINT
     rank = distributed.current()
     if not rank.main:  # a distributed script: rank 0's output folder comes home, the others' not
-        out_dir = distributed.shard_path(out_dir)
+        out_dir = distributed.shard_path()
     script = resolve(job.script.path, loaded.base_dir)
     data = job.data.path if job.data is not None else None
     data_path = resolve(data, loaded.base_dir) if local_value(data) else None
