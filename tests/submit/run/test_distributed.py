@@ -57,34 +57,6 @@ def _tasks(emulator) -> list[dict]:
     return requests.get(f"{emulator.url}/tasks", headers={"Authorization": emulator.token}, timeout=30).json()
 
 
-def test_a_two_node_job_trains_as_one_with_its_results_from_rank_0(emulator, qtrain, tmp_path):
-    store = tmp_path / "store"
-    run = qtrain("run", _job(tmp_path, PENGUINS), "--json", "--store", store)
-    assert run.code == 0, run.err
-    data = run.json()
-    assert data["state"] == "succeeded"
-    metrics = data["metrics"]
-    assert metrics["distributed"]["nodes"] == 2 and metrics["distributed"]["world_size"] == 2
-    assert metrics["distributed"]["global_batch_size"] == 32 and metrics["batch_size"] == 16
-    assert metrics["test"]["accuracy"] >= 0.95
-    # the curves cover the whole training split: every rank's rows, summed (a shard may repeat a row)
-    rows, epochs = metrics["train"]["n"], metrics["epochs_run"]
-    seen = metrics["timings"]["samples_per_second"] * metrics["timings"]["train_seconds"]
-    assert epochs == 25 and epochs * rows <= seen + 1e-6 and seen <= epochs * (rows + 1) + 1e-6
-    # one result set, from rank 0: one metrics.json and model.pt in the run's folder, none of rank 1
-    folder = Path(data["artifacts_dir"])
-    kept = [p for p in folder.rglob("metrics.json") if ".incoming" not in p.parts]  # (the download's own copy)
-    assert kept == [folder / "metrics.json"]
-    assert (folder / "model.pt").is_file() and (folder / "history.csv").is_file()
-    history = (folder / "history.csv").read_text().splitlines()
-    assert len(history) == 1 + 25 and "val_loss" in history[0]
-    record = Store(store).get(data["run_id"])
-    assert record.profile == "docker-cluster-network"
-    shown = qtrain("results", "show", data["run_id"], "--store", store)
-    assert shown.code == 0, shown.err
-    assert "2 nodes x 1 process, world size 2 (gloo)" in " ".join(shown.out.split()).replace("│ ", "")
-
-
 NET = """
 from torch import nn
 
@@ -99,14 +71,38 @@ class Net(nn.Module):
 """
 
 
-def test_a_module_model_trains_on_two_nodes_and_its_code_comes_home(emulator, qtrain, tmp_path):
+def test_a_two_node_job_trains_as_one_with_its_results_from_rank_0(emulator, qtrain, tmp_path):
+    """Your own model (a module job) on two nodes; the built-in ones: tests/docker/test_distributed.py
+    and tests/runner/test_distributed.py."""
     (tmp_path / "net.py").write_text(NET)
-    job = {**PENGUINS, "name": "module-2n", "model": {"kind": "module", "source": "net.py", "class": "Net"}}
-    run = qtrain("run", _job(tmp_path, job), "--json", "--store", tmp_path / "store")
+    job = {**PENGUINS, "model": {"kind": "module", "source": "net.py", "class": "Net"}}
+    store = tmp_path / "store"
+    run = qtrain("run", _job(tmp_path, job), "--json", "--store", store)
     assert run.code == 0, run.err
     data = run.json()
-    assert data["metrics"]["distributed"]["world_size"] == 2 and data["metrics"]["test"]["accuracy"] >= 0.9
-    assert (Path(data["artifacts_dir"]) / "code" / "net.py").is_file()
+    assert data["state"] == "succeeded"
+    metrics = data["metrics"]
+    assert metrics["distributed"]["nodes"] == 2 and metrics["distributed"]["world_size"] == 2
+    assert metrics["distributed"]["global_batch_size"] == 32 and metrics["batch_size"] == 16
+    assert metrics["test"]["accuracy"] >= 0.9
+    # the curves cover the whole training split: every rank's rows, summed (a shard may repeat a row)
+    rows, epochs = metrics["train"]["n"], metrics["epochs_run"]
+    seen = metrics["timings"]["samples_per_second"] * metrics["timings"]["train_seconds"]
+    assert epochs == 25 and epochs * rows <= seen + 1e-6 and seen <= epochs * (rows + 1) + 1e-6
+    # one result set, from rank 0: one metrics.json and model.pt in the run's folder, none of rank 1
+    folder = Path(data["artifacts_dir"])
+    kept = [p for p in folder.rglob("metrics.json") if ".incoming" not in p.parts]  # (the download's own copy)
+    assert kept == [folder / "metrics.json"]
+    assert (folder / "model.pt").is_file() and (folder / "history.csv").is_file() and (folder / "code" / "net.py").is_file()
+    history = (folder / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 25 and "val_loss" in history[0]
+    record = Store(store).get(data["run_id"])
+    assert record.profile == "docker-cluster-network"
+    shown = qtrain("results", "show", data["run_id"], "--store", store)
+    assert shown.code == 0, shown.err
+    assert "2 nodes x 1 process, world size 2 (gloo)" in " ".join(shown.out.split()).replace("│ ", "")
+
+
 
 
 def test_the_estimate_counts_every_node(emulator, qtrain, tmp_path):
