@@ -168,9 +168,7 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing, procs:
     script = loaded.job.script is not None
     nodes = loaded.job.resources.nodes
     world = nodes * max(1, procs)
-    full_rows = rows
-    if world > 1:  # each process: its shard of the rows an epoch, at its own batch size
-        rows, val_rows = math.ceil(rows / world), val_rows
+    shard = math.ceil(rows / world)  # each process: its share of the rows an epoch, at its own batch size
     for i, job in enumerate(jobs):
         if script:
             times.append(ceiling if ceiling is not None else startup)
@@ -178,9 +176,9 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing, procs:
         model = models[i] if i < len(models) else (models[0] if models else {})
         step = float(model.get("step_seconds") or 0.0)
         measured = max(1, int(model.get("step_rows") or 1))
-        batch = resolve_batch_size(job.train.batch_size, max(rows, 1), images)
+        batch = resolve_batch_size(job.train.batch_size, max(shard, 1), images)
         per_step = step * max(1.0, batch / measured) * OVERHEAD
-        epoch = per_step * (math.ceil(rows / batch) + EVAL_SHARE * math.ceil(val_rows / batch))
+        epoch = per_step * (math.ceil(shard / batch) + EVAL_SHARE * math.ceil(val_rows / batch))
         fixed = float(model.get("prepare_seconds") or 0.0) + float(model.get("evaluate_seconds") or 0.0)
         times.append(min(startup + MARGIN * (job.train.epochs * epoch + fixed + REPORT_SECONDS), ceiling or math.inf))
     basis = [f"resources.max_minutes {limit:g} per instance" if script and limit is not None
@@ -191,8 +189,7 @@ def estimate(loaded: LoadedJob, report: dict[str, Any], pricing: Pricing, procs:
     if not script and ceiling is not None and max(times) >= ceiling:
         basis.append(f"bounded by resources.max_minutes {limit:g}")
     if world > 1:
-        basis[0] = basis[0].replace(f"{rows} training rows", f"{full_rows} training rows")
-        basis.append(f"{nodes} node(s) x {procs} process(es), {rows} rows each an epoch; communication not counted")
+        basis.append(f"{nodes} node(s) x {procs} process(es), {shard} rows each an epoch; communication not counted")
         times = times * nodes  # every node for as long
     if pricing.shared_cores is not None and world > 1:  # a cluster's instances all at once, on one machine
         cores = float(max(1, pricing.shared_cores))
