@@ -305,9 +305,6 @@ class Ranks(Group):
     rank: int | None = var(None, "RANK", "(torchrun) the process's rank in the training", ge=0)
     world_size: int | None = var(None, "WORLD_SIZE", "(torchrun) the processes of the training", ge=1)
     local_rank: int = var(0, "LOCAL_RANK", "(torchrun) the process's rank on its node", ge=0)
-    local_world_size: int = var(1, "LOCAL_WORLD_SIZE", "(torchrun) the processes of its node", ge=1)
-    group_rank: int = var(0, "GROUP_RANK", "(torchrun) its node's rank", ge=0)
-    run_id: str | None = var(None, "TORCHELASTIC_RUN_ID", "(torchrun) set in torchrun's workers")
     agent_pid: int | None = var(None, "QTRAIN_AGENT_PID", "(torchrun) the pid of the agent that started the "
                                 "worker (runner.distributed)")
 

@@ -37,8 +37,6 @@ class Rank:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    local_world: int = 1
-    node: int = 0
 
     @property
     def main(self) -> bool:
@@ -53,12 +51,12 @@ def current(environ: dict[str, str] | None = None) -> Rank:
     given = settings.ranks(environ)
     if given.rank is None or given.world_size is None:
         return Rank()
-    return Rank(given.rank, given.world_size, given.local_rank, given.local_world_size, given.group_rank)
+    return Rank(given.rank, given.world_size, given.local_rank)
 
 
 def in_worker() -> bool:
     """Is this process one of torchrun's workers?"""
-    return current().active or settings.ranks().run_id is not None
+    return current().active
 
 
 def spans(job: Any) -> bool:
