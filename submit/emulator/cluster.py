@@ -24,7 +24,7 @@ def open_cluster(task: Any) -> str | None:
     for inst in task.instances.values():
         inst.workdir.mkdir(parents=True, exist_ok=True)
         (inst.workdir / "mpihosts").write_text("".join(f"{h}\n" for h in hosts))
-        task.places[inst.id] = ClusterPlace(inst.id == task.ids[0], hosts, share, env, network)
+        task.places[inst.id] = ClusterPlace(inst.id == task.ids[0], share, env, network)
     return network
 
 

@@ -127,13 +127,12 @@ class Instance:
 
 @dataclass
 class ClusterPlace:
-    """An instance's place in a cluster task (a cluster profile): the nodes as the instances reach
-    one another (the master's first), the folder they share, what the executor adds to the
-    environment (the process executor: the rendezvous port, as loopback is one port space), and
-    the task's network (the docker executor's)."""
+    """An instance's place in a cluster task (a cluster profile): is it the master, the folder the
+    instances share, what the executor adds to the environment (the process executor: the
+    rendezvous port, as loopback is one port space), and the task's network (the docker
+    executor's).  The nodes, as they reach one another, are in its host file (`cluster.py`)."""
 
     master: bool
-    hosts: list[str]
     share: Path
     env: dict[str, str] = field(default_factory=dict)
     network: str | None = None
