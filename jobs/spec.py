@@ -367,17 +367,18 @@ class ResourcesSpec(Spec):
     # file) or a list of requirement lines.  The docker executor and Qarnot run the runner image
     # plus them (`qtrain image build --requirements`); the process executor puts them on the path.
     requirements: str | list[Annotated[str, Field(min_length=1)]] | None = None
-    # End a task still running after this many minutes, its results and last checkpoint uploaded
-    # (the run fails, and `qtrain resume` continues it): a script stuck in a loop cannot spend
-    # credits for ever.  The runner stops training before an epoch that would end past it, or sends
-    # a script SIGTERM (then SIGKILL STOP_GRACE_SECONDS later); the backend ends the task if it is
-    # still running STOP_GRACE_SECONDS + a margin later (Qarnot: the task's job's maxWallTime).
+    # End a task still running after this many minutes, its results and last checkpoint uploaded (the
+    # run fails, `qtrain resume` continues it): a script stuck in a loop cannot spend credits for ever.
+    # The runner stops training before an epoch that would end past it, or sends a script SIGTERM
+    # (SIGKILL STOP_GRACE_SECONDS later); the backend ends the task if it still runs a margin later.
     max_minutes: float | None = Field(default=None, gt=0)
-    # One training over several instances of a cluster profile, each running procs_per_node
-    # processes (`auto`: one a GPU, else one) under torchrun (runner.distributed); train.batch_size
-    # is per process.
+    # One training over nodes (instances of a cluster profile) x procs_per_node (`auto`: one a GPU,
+    # else one) under torchrun (runner.distributed); train.batch_size is per process.
     nodes: int = Field(default=1, ge=1)
     procs_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+
+    def spread(self) -> bool:  # several processes asked for (`auto` counts the node's GPUs later)
+        return self.nodes > 1 or self.procs_per_node not in ("auto", 1)
 
     @field_validator("image")
     @classmethod
@@ -456,8 +457,7 @@ class Job(Spec):
 
     @model_validator(mode="after")
     def _distributed(self) -> "Job":
-        r = self.resources
-        if (r.nodes > 1 or r.procs_per_node not in ("auto", 1)) and (self.sweep or self.train.refit is True):
+        if (r := self.resources).spread() and (self.sweep or self.train.refit is True):
             raise ValueError(f"sweep with resources.nodes {r.nodes} x procs_per_node {r.procs_per_node}: its trials "
                              f"run side by side, one instance each; sweep on one node" if self.sweep else
                              "train.refit: true trains twice in one process, which a distributed run does not; "

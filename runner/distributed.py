@@ -60,10 +60,9 @@ def in_worker() -> bool:
 
 
 def spans(job: Any) -> bool:
-    """Does the job ask for more than one process (before the GPUs are counted)?"""
+    """Does the job run as more than one process (`auto`: one a GPU of this node)?"""
     r = job.resources
-    return r.nodes > 1 or r.procs_per_node != "auto" and r.procs_per_node > 1 or \
-        (r.procs_per_node == "auto" and _gpus(job) > 1)
+    return r.spread() or r.procs_per_node == "auto" and _gpus(job) > 1
 
 
 def _gpus(job: Any) -> int:

@@ -84,7 +84,7 @@ class Choice:
 def mode(job: Job, prepared: Prepared) -> str | None:
     """"cv", "val" or None (train once, as the job says)."""
     refit = job.train.refit
-    if refit is False or job.resources.nodes > 1 or job.resources.procs_per_node not in ("auto", 1):
+    if refit is False or job.resources.spread():
         return None  # a distributed run trains once, as the job says (runner.distributed)
     if len(prepared.input_shape) != 1 or len(prepared.y.get("val", ())) == 0:
         return None  # images, or no validation split: nothing to choose on

@@ -48,7 +48,7 @@ def check(
 def spread_line(job: Any) -> str | None:
     """How `qtrain run` spreads the training (resources.nodes x procs_per_node), or None."""
     res = job.resources
-    if res.nodes == 1 and res.procs_per_node in ("auto", 1):
+    if not res.spread():
         return None
     procs = "one process a GPU (one on CPU)" if res.procs_per_node == "auto" else f"{res.procs_per_node} processes"
     batch = "" if job.script is not None else f"; train.batch_size {job.train.batch_size} is per process"
@@ -125,7 +125,7 @@ def train(
 
     loaded = _load(job, set_)
     res = loaded.job.resources
-    if res.nodes > 1 or res.procs_per_node not in ("auto", 1):  # the same model, without torch.distributed
+    if res.spread():  # the same model, without torch.distributed
         err_console.print(f"note: resources.nodes {res.nodes} x procs_per_node {res.procs_per_node}: qtrain train "
                           f"trains in this one process; qtrain run spreads it", style="dim", highlight=False,
                           markup=False)
