@@ -228,6 +228,58 @@ def test_training_imports_no_dynamo_and_steps_as_torch_does(tmp_path):
         assert json_module.dumps(ours["test"], sort_keys=True) == json_module.dumps(torchs["test"], sort_keys=True)
 
 
+def test_the_optimizer_is_fused_where_torch_has_the_kernel_and_resumes_an_unfused_ones_state():
+    """Adam, AdamW and SGD take torch's fused kernel for float parameters on the CPU (one kernel a
+    step, not a dozen ops a tensor); a complex parameter keeps the per-tensor step and still
+    trains; a checkpoint's optimizer state written before (unfused, the step count on the CPU)
+    loads into the fused one and it steps on from there as the unfused one does."""
+    import copy
+
+    from torch import nn
+
+    from jobs.spec import TrainSpec
+    from runner.optim import make_optimizer
+
+    def model(seed=0):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    for name in ("adam", "adamw", "sgd"):
+        assert make_optimizer(model(), TrainSpec(optimizer=name)).defaults["fused"] is True
+    assert "fused" not in make_optimizer(model(), TrainSpec(optimizer="rmsprop")).defaults
+
+    class Complex(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    c = Complex()
+    opt = make_optimizer(c, TrainSpec(optimizer="adam"))
+    assert not opt.defaults["fused"]
+    c.w.grad = torch.ones(3, dtype=torch.complex64)
+    opt.step()
+    assert not torch.equal(c.w.detach(), torch.ones(3, dtype=torch.complex64))
+
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def steps(net, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+
+    before, after = model(), model()
+    old = torch.optim.Adam(before.parameters(), lr=0.01)  # as an earlier qtrain built it
+    steps(before, old, 3)
+    after.load_state_dict(before.state_dict())
+    fused = make_optimizer(after, TrainSpec(optimizer="adam", lr=0.01))
+    fused.load_state_dict(copy.deepcopy(old.state_dict()))  # as read back from a checkpoint file
+    assert fused.defaults["fused"] is True
+    steps(before, old, 3)
+    steps(after, fused, 3)
+    for a, b in zip(before.parameters(), after.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation,pooled_first", [("relu", True), ("tanh", True), ("gelu", False)])
 def test_a_monotone_activation_runs_after_the_pooling_with_the_same_outputs_and_gradients(activation, pooled_first):
     """Max pooling commutes with a never-decreasing activation: the cnn pools first (a quarter
