@@ -3,11 +3,8 @@ daemon of their own, and MNIST-like images made offline.  (Benchmarks never impo
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -16,25 +13,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-@contextmanager
-def emulator_at(home: Path, executor: str) -> Iterator:
+def emulator_at(home: Path, executor: str):
     """A daemon of its own (state and config under `home`), stopped on the way out."""
     from submit.emulator import daemon
 
-    keys = ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
-    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
-    try:
-        endpoint, _ = daemon.start(executor)
-        yield endpoint
-    finally:
-        daemon.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return daemon.isolated(home, executor)
 
 
 def digits28(n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, ...]:

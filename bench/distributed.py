@@ -33,7 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, digits28, emulator_at  # noqa: E402
+from bench.common import ROOT, digits28  # noqa: E402
+from submit.emulator import daemon  # noqa: E402
 
 TOLERANCE = 0.02
 JOB = {"name": "dist-bench", "task": "classification", "data": {"path": "table.csv", "target": "y"},
@@ -71,7 +72,7 @@ def cpu(repeats: int, tmp: Path) -> dict:
         paths[kind] = tmp / f"{kind.replace(' ', '-')}.yaml"
         paths[kind].write_text(yaml.safe_dump(job))
     rows: dict[str, list[dict]] = {k: [] for k in jobs}
-    with emulator_at(tmp / "home", "process"):
+    with daemon.isolated(tmp / "home", "process"):
         for i in range(-1, repeats):  # round -1 warms up (the fork server, the check's cache)
             order = list(paths.items()) if i % 2 == 0 else list(paths.items())[::-1]
             for kind, path in order:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, emulator_at  # noqa: E402
+from bench.common import ROOT  # noqa: E402
+from submit.emulator import daemon  # noqa: E402
 
 
 def first_epoch_seconds(executor: str, home: Path, repeat: int) -> list[float]:
@@ -42,7 +43,7 @@ def first_epoch_seconds(executor: str, home: Path, repeat: int) -> list[float]:
     store = Store(home / "store")
     ui = Ui(json_mode=True)
     seconds = []
-    with emulator_at(home, executor):
+    with daemon.isolated(home, executor):
         backend = LocalBackend(executor)
         for i in range(repeat + 1):  # the first task warms caches up and is not counted
             run = submit_run(loaded, backend, store, ui)

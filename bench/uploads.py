@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, emulator_at  # noqa: E402
+from bench.common import ROOT  # noqa: E402
+from submit.emulator import daemon  # noqa: E402
 
 
 def write_folder(folder: Path, n: int) -> int:
@@ -66,7 +67,7 @@ def main() -> None:
     from submit.emulator.s3server import s3_client
     from submit.run.package import build_package
 
-    with tempfile.TemporaryDirectory() as tmp_name, emulator_at(Path(tmp_name) / "home", "process") as endpoint:
+    with tempfile.TemporaryDirectory() as tmp_name, daemon.isolated(Path(tmp_name) / "home", "process") as endpoint:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
         folder_bytes = write_folder(tmp / "images", args.images)

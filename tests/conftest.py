@@ -87,24 +87,10 @@ def write_job(tmp_path):
 def emulator(tmp_path_factory):
     from submit.emulator import daemon
 
-    home = tmp_path_factory.mktemp("qtrain-home")
-    saved = {k: os.environ.get(k) for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR",
-                                             "QARNOT_CLIENT_TOKEN", "QTRAIN_EMULATOR_REQUEST_TIMEOUT")}
-    os.environ["QTRAIN_EMULATOR_REQUEST_TIMEOUT"] = "5"  # a stalled client is dropped within a test's patience
-    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
-    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
-    os.environ.pop("QARNOT_CLIENT_TOKEN", None)  # the default backend must be the emulator
-    endpoint, started = daemon.start("process")
-    assert started
-    try:
+    env = {"QTRAIN_EMULATOR_REQUEST_TIMEOUT": "5",  # a stalled client is dropped within a test's patience
+           "QARNOT_CLIENT_TOKEN": None}  # the default backend must be the emulator
+    with daemon.isolated(tmp_path_factory.mktemp("qtrain-home"), "process", env) as endpoint:
         yield endpoint
-    finally:
-        daemon.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -115,22 +115,11 @@ def docker_skip_reason() -> str | None:
     return None
 
 
-@contextmanager
 def emulator_at(home: Path, executor: str):
     """A daemon of its own (state and config under `home`), stopped on the way out."""
     from submit.emulator import daemon
 
-    keys = ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["QTRAIN_STATE_DIR"] = str(home / "state")
-    os.environ["QTRAIN_CONFIG_DIR"] = str(home / "config")
-    try:
-        endpoint, _ = daemon.start(executor)
-        yield endpoint
-    finally:
-        daemon.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return daemon.isolated(home, executor)
 
 
 def _hold_run_lock(root: str, run_id: str, name: str, ready) -> None:

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from jobs import settings
 from jobs.errors import QtrainError
@@ -392,6 +393,35 @@ def stop(timeout: float = 30) -> bool:
         time.sleep(0.05)  # the keeper has cleaned up after it once it is gone
     state_file().unlink(missing_ok=True)
     return True
+
+
+@contextmanager
+def isolated(home_dir: Path, executor: str = "process",
+             env: dict[str, str | None] | None = None) -> Iterator[Endpoint]:
+    """A daemon of its own, its state and config under `home_dir` (beside any other, a user's
+    included), with `env` set for its time (None: unset), all stopped and restored on the way
+    out: what the tests and the benchmarks run against."""
+    env = {"QTRAIN_STATE_DIR": str(home_dir / "state"), "QTRAIN_CONFIG_DIR": str(home_dir / "config"),
+           **(env or {})}
+    saved = {key: os.environ.get(key) for key in env}
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        endpoint, started = start(executor)
+        if not started:
+            raise QtrainError(f"{home_dir}: an emulator already runs from this folder",
+                              hint="give each its own folder")
+        yield endpoint
+    finally:
+        stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def reset(state: str | Path | None = None) -> dict[str, int]:

@@ -9,8 +9,9 @@ import subprocess
 import pytest
 import yaml
 
+from submit.emulator import daemon
 from submit.emulator.processes import LABEL
-from tests.helpers import emulator_at, wait_for
+from tests.helpers import wait_for
 from tests.submit.run.test_distributed import PENGUINS
 
 pytestmark = pytest.mark.docker
@@ -26,7 +27,7 @@ def _left(kind: str, owner: int) -> list[str]:
 def test_a_two_node_job_runs_in_containers_on_a_network_of_its_own(qtrain, tmp_path, docker_home):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**PENGUINS, "train": {**PENGUINS["train"], "epochs": 10}}))
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         run = qtrain("run", job, "--json", "--store", tmp_path / "store")
         assert run.code == 0, run.err
         data = run.json()

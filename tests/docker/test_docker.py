@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from submit.emulator import daemon
 from submit.emulator.processes import LABEL, WARM_LABEL
 from submit.image import CPU_TAG, docker_problem, image_id
-from tests.helpers import docker_skip_reason, emulator_at, sh
+from tests.helpers import docker_skip_reason, sh
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
 def docker_emulator(docker_home):
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         yield endpoint
 
 
@@ -57,7 +58,7 @@ def _run_json(result) -> dict:
 def test_penguins_gives_the_same_metrics_fresh_warm_and_in_process(qtrain, tmp_path, docker_home, monkeypatch):
     args = ("run", "penguins", "--set", "train.epochs=8", "--json", "--store", tmp_path / "store")
     monkeypatch.setenv("QTRAIN_DOCKER_WARM", "0")
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         assert endpoint.executor == "docker"
         status = qtrain("emulator", "status", "--json").json()
         assert status["executor"] == "docker"
@@ -65,12 +66,12 @@ def test_penguins_gives_the_same_metrics_fresh_warm_and_in_process(qtrain, tmp_p
         assert not _containers(endpoint.pid, warm=True)
     first = endpoint.pid
     monkeypatch.setenv("QTRAIN_DOCKER_WARM", "1")
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         _wait(lambda: _warm_ready(endpoint.pid))  # the default image is warmed when the emulator starts
         warm = qtrain(*args)
         assert _containers(endpoint.pid, warm=True) and not _containers(endpoint.pid)  # forked in it
     assert not _containers(endpoint.pid, warm=True), "warm containers go with the emulator"
-    with emulator_at(tmp_path / "process-home", "process"):
+    with daemon.isolated(tmp_path / "process-home", "process"):
         in_process = qtrain(*args)
     results = {"docker": fresh, "docker-warm": warm, "process-warm": in_process}
     for how, result in results.items():
@@ -102,7 +103,7 @@ def test_a_rebuilt_image_gets_a_fresh_warm_container(qtrain, tmp_path, docker_ho
             "--store", tmp_path / "store")
     try:
         first = rebuild(f"a{time.time()}")
-        with emulator_at(docker_home, "docker") as endpoint:
+        with daemon.isolated(docker_home, "docker") as endpoint:
             assert _run_json(qtrain(*args))["execution"] == "docker"  # no warm container yet: fresh
             _wait(lambda: _warm_ready(endpoint.pid, tag))
             assert _run_json(qtrain(*args))["image_digest"] == first
@@ -125,7 +126,7 @@ def test_a_killed_daemon_leaves_no_container_behind(qtrain, tmp_path, docker_hom
     from submit.emulator import daemon
     from tests.helpers import processes_in
 
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         pid = endpoint.pid
         _wait(lambda: _warm_ready(pid))
         run = qtrain("run", "penguins", "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1",
@@ -212,7 +213,7 @@ def test_runs_as_non_root_without_network(conn_factory, docker_emulator, wait_ta
 def test_stopping_the_emulator_mid_task_removes_its_containers_and_files(qtrain, tmp_path, docker_home):
     from submit.emulator import daemon
 
-    with emulator_at(docker_home, "docker") as endpoint:
+    with daemon.isolated(docker_home, "docker") as endpoint:
         run = qtrain("run", "penguins", "--set", "train.epochs=100000", "--set",
                      "train.checkpoint_every=1", "--detach", "--json", "--store", tmp_path / "store").json()
         work = daemon.home() / "tasks"
@@ -229,7 +230,7 @@ def test_the_warm_container_comes_up_when_the_state_lies_under_a_private_folder(
         pytest.skip(docker_skip_reason())
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    with emulator_at(private / "home", "docker") as endpoint:
+    with daemon.isolated(private / "home", "docker") as endpoint:
         _wait(lambda: _warm_ready(endpoint.pid), timeout=90)
         run = qtrain("run", "penguins", "--set", "train.epochs=2", "--json", "--store", tmp_path / "store")
         assert run.code == 0, run.err

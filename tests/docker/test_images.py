@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import emulator_at
+from submit.emulator import daemon
 from tests.submit.run.test_image_data import run_image_folder
 
 pytestmark = pytest.mark.docker
 
 
 def test_an_image_folder_in_the_runner_image(qtrain, tmp_path, docker_home):
-    with emulator_at(docker_home, "docker"):
+    with daemon.isolated(docker_home, "docker"):
         data = run_image_folder(qtrain, tmp_path)
     assert json.loads((Path(data["artifacts_dir"]) / "run.json").read_text())["execution"].startswith("docker")

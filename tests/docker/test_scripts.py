@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from submit.emulator import daemon
 from submit.image import BASE_LABEL, CPU_TAG, REQUIREMENTS_LABEL, image_id, inspect
-from tests.helpers import emulator_at, wait_for
+from tests.helpers import wait_for
 from tests.submit.run.test_script_jobs import _greeting_job, _steady
 
 pytestmark = pytest.mark.docker
@@ -24,7 +25,7 @@ def test_a_script_job_in_the_runner_image(qtrain, tmp_path, docker_home):
 
     store = tmp_path / "store"
     path = _steady(tmp_path, epochs=5)
-    with emulator_at(docker_home, "docker"):
+    with daemon.isolated(docker_home, "docker"):
         reference = qtrain("run", path, "--json", "--store", store)
         assert reference.code == 0, reference.err
         shown = reference.out + reference.err
@@ -46,7 +47,7 @@ def test_a_script_job_in_the_runner_image(qtrain, tmp_path, docker_home):
 def test_a_cancelled_script_run_in_the_runner_image_resumes_to_the_uninterrupted_result(qtrain, tmp_path, docker_home):
     store = tmp_path / "store"
     path = _steady(tmp_path, epochs=60, pause=0.1)
-    with emulator_at(docker_home, "docker"):
+    with daemon.isolated(docker_home, "docker"):
         reference = qtrain("run", path, "--json", "--store", store)
         assert reference.code == 0, reference.err
         run = qtrain("run", path, "--detach", "--json", "--store", store).json()
@@ -66,7 +67,7 @@ def test_requirements_run_in_a_derived_image_built_once(qtrain, tmp_path, docker
     store = tmp_path / "store"
     tag = None
     try:
-        with emulator_at(docker_home, "docker"):
+        with daemon.isolated(docker_home, "docker"):
             first = qtrain("run", path, "--json", "--store", store)
             assert first.code == 0, first.err
             assert "hello qarnot" in first.out + first.err and "building" in first.err
