@@ -411,12 +411,14 @@ def isolated(home_dir: Path, executor: str = "process",
             os.environ[key] = value
     try:
         endpoint, started = start(executor)
-        if not started:
+        if not started:  # not ours to stop
             raise QtrainError(f"{home_dir}: an emulator already runs from this folder",
                               hint="give each its own folder")
-        yield endpoint
+        try:
+            yield endpoint
+        finally:
+            stop()
     finally:
-        stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -282,3 +282,22 @@ def test_an_instance_stopped_before_it_has_a_process_group_of_its_own_stops():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_isolated_emulator_refuses_a_folder_whose_emulator_runs_and_restores_the_settings(tmp_path, emulator):
+    """`daemon.isolated` (what tests and benchmarks run against): one beside the session's, its
+    settings back as they were on the way out; a second in the same folder is refused, and the
+    first runs on."""
+    from jobs.errors import QtrainError
+    from submit.emulator import daemon
+
+    before = {k: os.environ.get(k) for k in ("QTRAIN_STATE_DIR", "QTRAIN_CONFIG_DIR", "QTRAIN_EMULATOR_REQUEST_TIMEOUT")}
+    with daemon.isolated(tmp_path / "home", env={"QTRAIN_EMULATOR_REQUEST_TIMEOUT": None}) as own:
+        assert own.pid != emulator.pid
+        assert "QTRAIN_EMULATOR_REQUEST_TIMEOUT" not in os.environ
+        with pytest.raises(QtrainError, match="already runs from this folder"):
+            with daemon.isolated(tmp_path / "home"):
+                pass
+        assert daemon.running().pid == own.pid
+    assert {k: os.environ.get(k) for k in before} == before
+    assert daemon.running().pid == emulator.pid  # the session's, untouched
