@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -394,6 +395,26 @@ def library_defaults(values: dict[str, str]) -> None:
     process's environment unless the user set them."""
     for name, value in values.items():
         os.environ.setdefault(name, value)
+
+
+@contextmanager
+def overriding(values: dict[str, str | None]) -> Iterator[None]:
+    """This process's settings with `values` set (None: unset) for a while, then back as they were
+    (an emulator of its own: `submit.emulator.daemon.isolated`)."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # ---------------------------------------------------------------------------------- listing

@@ -107,7 +107,7 @@ def test_no_source_file_is_over_500_lines():
 # where the environment may be read or set: the settings module, and code that builds a child
 # process's environment (file -> the functions)
 ENVIRONMENT = {
-    "jobs/settings.py": {"read", "describe", "library_defaults"},
+    "jobs/settings.py": {"read", "describe", "library_defaults", "overriding"},
     "runner/warm.py": {"become"},  # the forked instance's own environment
     "runner/userscript.py": {"run_script"},  # a script job's
     "runner/distributed.py": {"launch"},  # torchrun's workers' (their threads)

@@ -403,13 +403,7 @@ def isolated(home_dir: Path, executor: str = "process",
     out: what the tests and the benchmarks run against."""
     env = {"QTRAIN_STATE_DIR": str(home_dir / "state"), "QTRAIN_CONFIG_DIR": str(home_dir / "config"),
            **(env or {})}
-    saved = {key: os.environ.get(key) for key in env}
-    for key, value in env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    try:
+    with settings.overriding(env):
         endpoint, started = start(executor)
         if not started:  # not ours to stop
             raise QtrainError(f"{home_dir}: an emulator already runs from this folder",
@@ -418,12 +412,6 @@ def isolated(home_dir: Path, executor: str = "process",
             yield endpoint
         finally:
             stop()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def reset(state: str | Path | None = None) -> dict[str, int]:
