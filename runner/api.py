@@ -13,6 +13,7 @@ for them.
     heavy_imports, exit_fast       import the heavy libraries fast; skip the last collections at exit
     PRELOAD_MODULE                 what a fork server imports before it forks instances
     become, signal_instance        run an instance in a forked warm interpreter; signal it
+    prctl, die_with_parent         tie a child's life to its parent's (Linux), as the runner does
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from runner.imports import exit_fast, heavy_imports
+from runner.procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, die_with_parent, prctl
 from runner.warm import become, signal_instance
 
 if TYPE_CHECKING:
@@ -30,9 +32,9 @@ if TYPE_CHECKING:
 
 PRELOAD_MODULE = "runner.preloaded"
 
-__all__ = ["PRELOAD_MODULE", "become", "check_job", "checkpoint_epoch", "exit_fast", "heavy_imports", "load_model",
-           "on_path",
-           "plot_curves", "read_input", "run_job", "signal_instance", "write_sweep_report"]
+__all__ = ["PRELOAD_MODULE", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "become", "check_job", "checkpoint_epoch",
+           "die_with_parent", "exit_fast", "heavy_imports", "load_model", "on_path", "plot_curves", "prctl",
+           "read_input", "run_job", "signal_instance", "write_sweep_report"]
 
 
 def check_job(loaded: "LoadedJob", extra_paths: list[Path] = ()) -> dict[str, Any]:  # type: ignore[assignment]

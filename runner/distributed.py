@@ -26,6 +26,7 @@ from typing import Any
 from jobs import settings
 from jobs.errors import QtrainError
 from jobs.spec import procs_for
+from runner import procs
 
 TIMEOUT_MINUTES = 10  # a collective that waits longer than this for a peer fails the run
 
@@ -163,11 +164,8 @@ def _quiet_elastic_logs() -> None:
 def die_with_parent() -> None:
     """A worker ends when its agent does (Linux), even by SIGKILL: torchrun starts each worker in a
     session of its own, out of reach of a signal to the instance's process group."""
-    if sys.platform != "linux":
+    if not procs.die_with_parent():
         return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     agent = settings.ranks().agent_pid
     if agent is not None and os.getppid() != agent:  # the agent was already gone
         os._exit(1)

@@ -32,6 +32,7 @@ from jobs.spec import STOP_GRACE_SECONDS
 from jobs.results import (CHECKPOINT, HISTORY, METRICS, RUN_INFO, SWEEP, Metrics, RunInfo, dataset_hash, headline, job_hash,
                           summarize, write_record)
 from runner import distributed, log
+from runner.procs import die_with_parent
 from runner.script import REPORTS
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as Qarnot's DOCKER_CMD: ${NAME}
@@ -134,7 +135,7 @@ GRACE_SECONDS = STOP_GRACE_SECONDS  # between SIGTERM and SIGKILL: time for a sc
 def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
     """(exit status, stopped at the deadline?)"""
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                            preexec_fn=die_with_parent if sys.platform == "linux" else None)
     try:
         return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())), False
     except subprocess.TimeoutExpired:
@@ -150,15 +151,6 @@ def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | Non
         proc.kill()
         proc.wait()
         raise
-
-
-def _die_with_parent() -> None:
-    """In the script's process, before it starts (Linux): SIGKILL when the runner dies, so that a
-    runner killed (a lost machine, SIGKILL to the instance) leaves no script running on."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _limit_note(job: Any, smoke_steps: int | None) -> str:

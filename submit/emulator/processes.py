@@ -3,7 +3,8 @@ started, find the processes working in a folder or re-parented to us (/proc), th
 that tie a child's life to ours, and the emulator's Docker containers (found by their label).
 
 Signalling a group is the runner's `signal_instance` (the warm fork server inside the image needs
-it too, and the image holds no `submit/`): one definition, reached through the runner's door.
+it too, and the image holds no `submit/`), and the `prctl`s are `runner.procs`' (a script's process
+and a distributed worker need them too): one definition each, reached through the runner's door.
 """
 
 from __future__ import annotations
@@ -13,19 +14,16 @@ import signal
 import subprocess
 from pathlib import Path
 
+from runner.api import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, die_with_parent, prctl
 from runner.api import signal_instance as signal_group
 
-__all__ = ["LABEL", "WARM_LABEL", "children", "containers", "die_with_parent", "kill_group", "pid_alive",
+__all__ = ["LABEL", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "WARM_LABEL", "children", "containers", "die_with_parent", "kill_group", "pid_alive",
            "prctl", "processes_in", "remove_containers", "signal_group", "stop_in", "stop_orphan"]
 
 # every container the emulator starts carries LABEL=<the daemon's pid> (removed with the daemon,
 # or by the next daemon once that pid is gone); a warm one also WARM_LABEL=<its image id>
 LABEL = "org.qtrain.emulator"
 WARM_LABEL = "org.qtrain.warm"
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
 
 def pid_alive(pid: int) -> bool:
     """Is process `pid` alive (a zombie, or an exited child of ours, is not)?"""
@@ -96,21 +94,6 @@ def children(pid: int) -> list[int]:
         if len(fields) > 1 and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
-
-
-def prctl(option: int, value: int) -> bool:
-    """Linux's prctl(2); False where there is none."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in a child before exec
-    """Linux: SIGKILL this process when its parent dies, even by kill -9 (a Popen preexec_fn)."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def containers(owner: int | None = None) -> list[tuple[str, str]]:
