@@ -84,6 +84,7 @@ class TaskRequest:
     constants: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     results_whitelist: str | None = None
+    results_blacklist: str | None = None  # what never comes back, even under a whitelisted name
     max_wall_seconds: int | None = None  # end the task if it still runs after this (resources.max_minutes)
 
 

@@ -265,6 +265,8 @@ class QarnotBackend(Backend):
         task.results = conn.create_bucket(results_bucket(request.run_id))
         if request.results_whitelist:
             task.results_whitelist = request.results_whitelist
+        if request.results_blacklist:
+            task.results_blacklist = request.results_blacklist
         if request.gpu:
             task.hardware_constraints = [GpuHardware()]
         task.upload_results_on_cancellation = True
@@ -274,7 +276,8 @@ class QarnotBackend(Backend):
         if on_created is not None:
             on_created(task.uuid)
         if given.snapshot_interval > 0:
-            task.snapshot(given.snapshot_interval, whitelist=request.results_whitelist)
+            task.snapshot(given.snapshot_interval, whitelist=request.results_whitelist,
+                          blacklist=request.results_blacklist)
         task.auto_update = False
         return task.uuid
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from jobs import settings
 from jobs.errors import QtrainError, RunError
-from jobs.files import JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
+from jobs.code import ROOT as CODE_ROOT
+from jobs.files import FIELD_FOLDERS, JOB_FILE, PATH_FIELDS, get_dotted, local_value, resolve
 from jobs.load import LoadedJob
 from jobs.results import OUT
 from jobs.spec import STOP_GRACE_SECONDS, procs_for
@@ -30,6 +31,10 @@ from submit.run.resume import resume_checkpoints
 from submit.store import RunRecord, Store
 from jobs.files import human_bytes
 from submit.ui import Ui
+
+# the task's inputs lie in these folders of its working directory (a dataset's shards unpack there):
+# never results, whatever their names (a class folder called `out` included)
+INPUTS = "^(" + "|".join(sorted({*FIELD_FOLDERS.values(), CODE_ROOT})) + ")/"
 
 COMMAND = "python -m runner"  # the runner image's entrypoint, also DOCKER_CMD
 
@@ -79,7 +84,7 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
         run_id=run.run_id, name=f"qtrain-{job.name}", profile=profile_name, gpu=gpu,
         instances=where.instances, image=image, command=COMMAND,
         constants={settings.TaskVar.RUN_ID: run.run_id, **constants},
-        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/",
+        tags=submission_tags(run.run_id), results_whitelist=f"(^|/){OUT}/", results_blacklist=INPUTS,
         max_wall_seconds=wall_limit(job.resources.max_minutes))
 
     def created(uuid: str) -> None:

@@ -30,6 +30,23 @@ def test_an_image_folder_trains_on_the_emulator(emulator, qtrain, tmp_path):
     run_image_folder(qtrain, tmp_path)
 
 
+def test_a_data_folder_named_out_does_not_travel_back_as_results(emulator, qtrain, tmp_path):
+    """Results are what the task writes under out/; a class folder that happens to be called `out`
+    (unpacked from its shard in the task) is data, and stays out of the result bucket."""
+    from submit.backends.qarnot import results_bucket
+
+    datagen.image_folder(tmp_path / "shapes", per_class=20, corrupt=0)
+    (tmp_path / "shapes" / "rings").rename(tmp_path / "shapes" / "out")
+    result = qtrain("run", _job(tmp_path), "--json", "--store", tmp_path / "store", "--set", "train.epochs=1")
+    assert result.code == 0, result.err
+    keys = set(_objects(emulator, "", bucket=results_bucket(result.json()["run_id"])))
+    assert any(k.startswith("out/") for k in keys)
+    assert not [k for k in keys if not k.startswith("out/")]
+    folder = Path(result.json()["artifacts_dir"])
+    assert (folder / "confusion_matrix.csv").read_text().splitlines()[0] == "true,bars,cross,out"
+    assert not (folder / ".incoming" / "data").exists()
+
+
 def test_a_bad_image_listing_uploads_nothing(emulator, qtrain, tmp_path):
     path = _job(tmp_path, **_missing(tmp_path))
     before = _uploaded(emulator)
@@ -38,14 +55,14 @@ def test_a_bad_image_listing_uploads_nothing(emulator, qtrain, tmp_path):
     assert _uploaded(emulator) == before
 
 
-def _objects(emulator, prefix: str = "datasets/") -> dict[str, tuple[str, object]]:
-    """The data bucket's objects under `prefix`: key -> (ETag, LastModified)."""
+def _objects(emulator, prefix: str = "datasets/", bucket: str | None = None) -> dict[str, tuple[str, object]]:
+    """The data bucket's (or `bucket`'s) objects under `prefix`: key -> (ETag, LastModified)."""
     from jobs import settings
     from submit.emulator.fields import EMAIL
     from submit.emulator.s3server import s3_client
 
     s3 = s3_client(emulator.s3_url, EMAIL, emulator.token, attempts=1, timeout=10)
-    listed = s3.list_objects_v2(Bucket=settings.submission().data_bucket, Prefix=prefix).get("Contents", [])
+    listed = s3.list_objects_v2(Bucket=bucket or settings.submission().data_bucket, Prefix=prefix).get("Contents", [])
     return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
 
 
