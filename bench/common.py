@@ -1,5 +1,5 @@
-"""What several benchmarks need, and only they: the checkout's root on sys.path, a local emulator
-daemon of their own, and MNIST-like images made offline.  (Benchmarks never import tests/.)"""
+"""What several benchmarks need, and only they: the checkout's root on sys.path, and MNIST-like
+images made offline (an emulator of their own is `submit.emulator.daemon.isolated`).  (Benchmarks never import tests/.)"""
 
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-
-def emulator_at(home: Path, executor: str):
-    """A daemon of its own (state and config under `home`), stopped on the way out."""
-    from submit.emulator import daemon
-
-    return daemon.isolated(home, executor)
 
 
 def digits28(n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, ...]:

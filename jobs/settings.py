@@ -401,20 +401,20 @@ def library_defaults(values: dict[str, str]) -> None:
 def overriding(values: dict[str, str | None]) -> Iterator[None]:
     """This process's settings with `values` set (None: unset) for a while, then back as they were
     (an emulator of its own: `submit.emulator.daemon.isolated`)."""
+
+    def put(pairs: dict[str, str | None]) -> None:
+        for name, value in pairs.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     saved = {name: os.environ.get(name) for name in values}
     try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        put(values)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        put(saved)
 
 
 # ---------------------------------------------------------------------------------- listing

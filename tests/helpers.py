@@ -115,13 +115,6 @@ def docker_skip_reason() -> str | None:
     return None
 
 
-def emulator_at(home: Path, executor: str):
-    """A daemon of its own (state and config under `home`), stopped on the way out."""
-    from submit.emulator import daemon
-
-    return daemon.isolated(home, executor)
-
-
 def _hold_run_lock(root: str, run_id: str, name: str, ready) -> None:
     from submit.store import Store
 

@@ -17,13 +17,15 @@ from pathlib import Path
 from runner.api import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, die_with_parent, prctl
 from runner.api import signal_instance as signal_group
 
-__all__ = ["LABEL", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "WARM_LABEL", "children", "containers", "die_with_parent", "kill_group", "pid_alive",
-           "prctl", "processes_in", "remove_containers", "signal_group", "stop_in", "stop_orphan"]
+__all__ = ["LABEL", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "WARM_LABEL", "children", "containers",
+           "die_with_parent", "kill_group", "pid_alive", "prctl", "processes_in", "remove_containers", "signal_group",
+           "stop_in", "stop_orphan"]
 
 # every container the emulator starts carries LABEL=<the daemon's pid> (removed with the daemon,
 # or by the next daemon once that pid is gone); a warm one also WARM_LABEL=<its image id>
 LABEL = "org.qtrain.emulator"
 WARM_LABEL = "org.qtrain.warm"
+
 
 def pid_alive(pid: int) -> bool:
     """Is process `pid` alive (a zombie, or an exited child of ours, is not)?"""
