@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -80,8 +81,6 @@ class NotebookMNIST(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, index):
-        from PIL import Image
-
         img, target = self.data[index], int(self.targets[index])
         pic = Image.fromarray(img.numpy(), mode="L")  # MNIST.__getitem__
         tensor = torch.from_numpy(np.array(pic, np.uint8, copy=True))  # transforms.ToTensor()
