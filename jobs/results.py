@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
 
@@ -119,6 +120,7 @@ class Metrics(Record):
     timings: dict[str, float | None] = {}
     notes: list[str] = []  # what the numbers hide, e.g. accuracy near the majority baseline
     reported: dict[str, Any] = {}  # a script job's own final numbers (runner.script.log_metrics)
+    trained_by: str | None = None  # "script": a script job's numbers, as it reported them
 
     def model_post_init(self, _context: Any) -> None:
         if not self.headline and self.task is not None:
@@ -179,21 +181,44 @@ class RunInfo(Record):
 # --------------------------------------------------------------------------------- selection
 NO_VALIDATION = ("no validation split: trials compared on their training loss; set split.val_size "
                  "(e.g. 0.15) to choose on held-out data")
+SCRIPT_NO_VALIDATION = ("the script reports no validation metric: trials compared on their training loss; report one "
+                        "(runner.script.log_epoch(epoch, val_accuracy=...), or script.metrics: {val_accuracy: REGEX} "
+                        "on what it prints) to choose on held-out data")
+SCRIPT_NOTHING = ("the script reports no metric to compare its trials on: report a validation metric "
+                  "(runner.script.log_epoch(epoch, val_accuracy=...), or script.metrics: {val_accuracy: REGEX})")
+# a metric a script reports, when its job names no task: the first of these it has, else any
+PREFERRED = ("accuracy", "f1_macro", "r2", "rmse", "mae", "loss")
+SMALLER_IS_BETTER = ("loss", "rmse", "mae", "mse", "error", "err", "perplexity", "wer", "cer")
 
 
-def select_best(task: str, trials: Iterable[TrialResult], job_name: str = "") -> SweepSummary:
-    """The sweep summary of `trials`, with the best one chosen on the validation headline (or,
-    when a trial has no validation split, on the training loss, and `note` says so)."""
+def better(metric: str) -> Literal["max", "min"]:
+    """Whether a metric is better bigger or smaller, by its name (loss, rmse, *_error: smaller)."""
+    words = re.split(r"[_.\-]", metric.lower())
+    return "min" if any(w in SMALLER_IS_BETTER for w in words) else "max"
+
+
+def select_best(task: str | None, trials: Iterable[TrialResult], job_name: str = "") -> SweepSummary:
+    """The sweep summary of `trials`, with the best one chosen on the validation headline (a
+    script job without a task: the validation metric it reports, PREFERRED first), else on the
+    training loss, and `note` says so."""
     rows = sorted(trials, key=lambda r: r.trial)
     scored = [r for r in rows if r.metrics is not None]
-    head = headline(task)
-    if scored and all(r.metrics.score("val", head.metric) is not None for r in scored):
-        selection, mode, note = f"val_{head.metric}", head.mode, None
+    script = any(r.metrics.trained_by == "script" for r in scored)
+    shared = set.intersection(*(set((r.metrics.val or {})) for r in scored)) if scored else set()
+    names = ([headline(task).metric] if task else []) + \
+        ([*[m for m in PREFERRED if m in shared], *sorted(shared)] if script or not task else [])
+    metric = next((m for m in names if all(r.metrics.score("val", m) is not None for r in scored)), None)
+    if scored and metric is not None:
+        selection, note = f"val_{metric}", None
+        mode = headline(task).mode if task and metric == headline(task).metric else better(metric)
 
         def value(r: TrialResult) -> float | None:
-            return r.metrics.score("val", head.metric)
+            return r.metrics.score("val", metric)
     else:
-        selection, mode, note = "train_loss", "min", NO_VALIDATION if scored else None
+        selection, mode = "train_loss", "min"
+        note = (SCRIPT_NO_VALIDATION if script else NO_VALIDATION) if scored else None
+        if script and not any(_number(r.metrics.train_loss) is not None for r in scored):
+            note = SCRIPT_NOTHING
 
         def value(r: TrialResult) -> float | None:
             return _number(r.metrics.train_loss)
@@ -205,7 +230,7 @@ def select_best(task: str, trials: Iterable[TrialResult], job_name: str = "") ->
     return SweepSummary(job_name=job_name, selection=selection, note=note, trials=rows, best=best)
 
 
-def summarize(task: str, metrics: Mapping[int, Metrics | dict[str, Any] | None],
+def summarize(task: str | None, metrics: Mapping[int, Metrics | dict[str, Any] | None],
               overrides: Sequence[dict[str, Any]] = (), job_name: str = "") -> SweepSummary:
     """`select_best` over {trial: metrics} (records or plain dicts, e.g. from the store's index);
     `overrides[i]` is what trial i changed; trials without metrics are listed as failed."""
@@ -337,10 +362,9 @@ class RunResults:
         if not self.is_sweep:
             return None
         metrics = {t: self.metrics(t) for t in self.trials}
-        tasks = {m.task for m in metrics.values() if m is not None}
-        if not tasks:
+        if not any(m is not None for m in metrics.values()):
             return None
-        best = summarize(tasks.pop(), metrics).best
+        best = summarize(next((m.task for m in metrics.values() if m is not None and m.task), None), metrics).best
         return best.trial if best else None
 
 

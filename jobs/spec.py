@@ -15,10 +15,13 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
+from pydantic import (ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
                       model_validator)
 
 from jobs import settings
+from jobs.scriptspec import ScriptSpec, Spec
+
+__all__ = ["ScriptSpec", "Spec"]  # and the sections below
 
 Task = Literal["classification", "regression"]
 
@@ -35,12 +38,6 @@ def is_builtin_source(value: str) -> bool:
 def max_trials() -> int:
     """QTRAIN_MAX_TRIALS: the most trials a sweep may make (default 1000)."""
     return settings.submission().max_trials
-
-
-class Spec(BaseModel):
-    """Base for every section: unknown keys are an error, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -60,9 +57,10 @@ class DataSpec(Spec):
     # Image files: the size each is brought to, one number (a square) or [height, width]: resized
     # on its shorter side, then centre-cropped.  Default: their own size, when they all share one.
     image_size: int | list[int] | None = None
-    # Image files that cannot be decoded: skipped with a warning naming the first few (false), or
-    # refused (true).
+    # Image files that cannot be decoded, or are over max_image_pixels: skipped with a warning (false), or refused (true).
     strict: bool = False
+    # Image files over this many pixels: a JPEG is read reduced when image_size is smaller, others as `strict` says.
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
     # The column to predict (tables).  Image arrays carry their labels and need none.
     target: str | None = None
     # Label taken from `target_shift` rows later (1 = "tomorrow's value" on daily rows).  The last
@@ -90,7 +88,6 @@ class DataSpec(Spec):
     encoding: str = "utf-8"
     sep: str | None = None
     na_values: list[str] = Field(default_factory=lambda: ["NA", "N/A", "na", "?", ""])
-
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -289,21 +286,6 @@ ModelSpec = Annotated[
     Discriminator(_model_kind, custom_error_type="model_kind",
                   custom_error_message="model.kind must be mlp, cnn, transfer or module"),
 ]
-
-
-class ScriptSpec(Spec):
-    """Your own training script, run in the task's image with qtrain's plumbing: its data, output
-    and checkpoint folders, trial arguments, threads and device come in environment variables
-    (`jobs.settings.TaskVar`), and `runner.script` reports epochs, metrics, predictions and models."""
-
-    # The script, relative to the job file.
-    path: str = Field(min_length=1)
-    # The folder that travels with it (its modules, configs): default the script's own folder,
-    # less .git, __pycache__, virtual environments, the job's data and what .qtrainignore names.
-    source: str | None = None
-    # Its command-line arguments: {name: value} -> --name value (true: --name alone; false or
-    # null: left out; a list: --name a b).  Sweeps vary them as script.args.NAME.
-    args: dict[str, Any] = Field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ training

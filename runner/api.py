@@ -42,7 +42,7 @@ def check_job(loaded: "LoadedJob", extra_paths: list[Path] = ()) -> dict[str, An
     job: its imports against the job's environment, `extra_paths` its requirements); raises the
     first problem as a QtrainError."""
     if loaded.job.script is not None:
-        from runner.userscript import check_script
+        from runner.scriptcheck import check_script
 
         return check_script(loaded, extra_paths)
     with heavy_imports():

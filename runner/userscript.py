@@ -12,14 +12,15 @@ regression plot, the training curves, run.json.  It fails the run only by failin
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from jobs.results import (CHECKPOINT, HISTORY, METRICS, RUN_INFO, SWEEP, Metrics
                           summarize, write_record)
 from runner import distributed, log
 from runner.procs import die_with_parent
+from runner.scriptlogs import Found, OutputMetrics, history_finals, read_files
 from runner.script import REPORTS
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as Qarnot's DOCKER_CMD: ${NAME}
@@ -43,20 +45,35 @@ class ScriptFailed(JobError):
 
     exit_code = 1
 
-    def __init__(self, code: int):
-        super().__init__(f"the script exited with status {code}" + (" (it ran past its time)" if code == 124 else ""),
-                         hint="its output above says why")
-        self.code = code
+    def __init__(self, code: int, stderr: list[str] = ()):  # type: ignore[assignment]
+        last = next((line.strip() for line in reversed(stderr) if line.strip()), "")
+        why = f" ({_signal_name(-code)})" if code < 0 else " (it ran past its time)" if code == 124 else ""
+        super().__init__(f"the script exited with status {code}{why}" + (f": {last[:300]}" if last else ""),
+                         hint="the last lines of its stderr above say why")
+        self.code = code if code > 0 else 1
+        self.stderr = list(stderr)
 
 
-def script_argv(args: dict[str, Any], env: dict[str, str]) -> list[str]:
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"killed by signal {number}"
+
+
+def script_argv(args: dict[str, Any] | list[str], env: dict[str, str]) -> list[str]:
     """script.args as a command line: --name value; true: --name; false or null: left out; a list:
-    --name a b.  `${NAME}` in a value becomes that variable of the script's environment."""
+    --name a b.  A list of words (`qtrain run train.py -- ARGS`) is the command line as it is.
+    `${NAME}` in a value becomes that variable of the script's environment."""
     out: list[str] = []
 
     def word(value: Any) -> str:
         return REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), str(value))
 
+    if isinstance(args, list):
+        return [word(v) for v in args]
     for name, value in args.items():
         if value is None or value is False:
             continue
@@ -96,27 +113,30 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
     task_env = settings.task()
     facts = {"data": data_path or data, "data_dir": data_path.parent if data_path and data_path.is_file() else data_path,
              "output_dir": out_dir.resolve(), "checkpoint": checkpoint.resolve() if checkpoint.is_file() else None,
-             "trial": trial, "params": job.script.args, "threads": job.train.threads or task_env.threads,
+             "trial": trial, "params": job.script.args if isinstance(job.script.args, dict) else {}, "threads": job.train.threads or task_env.threads,
              "device": _device(job.train.device), "seed": job.train.seed,
              "smoke": smoke_steps is not None, "max_steps": smoke_steps}
     env = settings.script_environment({k: v for k, v in os.environ.items() if k not in settings.secret_names()}, facts)
     site = site or task_env.site
     if site is not None:  # the job's own packages (resources.requirements), first on the path
         env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONUNBUFFERED", "1")  # its lines as it prints them, as in a terminal (and script.metrics live)
     argv = [sys.executable, str(script.resolve()), *script_argv(job.script.args, env)]
     log.info(f"job {job.name}: script {job.script.path}" + (f" {' '.join(argv[2:])}" if argv[2:] else "")
              + (" (resumed from its checkpoint)" if facts["checkpoint"] else ""))
+    matcher = OutputMetrics(job.script.metrics, say=_say) if rank.main else None
     started = time.perf_counter()
-    code_, late = _call(argv, out_dir, env, deadline)
+    code_, late, tail = _call(argv, out_dir, env, deadline, matcher)
     elapsed = time.perf_counter() - started
     if not rank.main:
         shutil.rmtree(out_dir, ignore_errors=True)
         if code_ != 0:
-            raise ScriptFailed(code_)
+            raise ScriptFailed(code_, tail)
         return {}
+    found = matcher.close() if matcher else Found()
     metrics = finalize(loaded, out_dir, elapsed, trial=trial, overrides=overrides, job_hash=jhash,
                        dataset_hash=dhash, files=[f.remote for f in files], status=code_,
-                       note=_limit_note(job, smoke_steps) if late else None)
+                       note=_limit_note(job, smoke_steps) if late else None, found=found)
     if late:
         if smoke_steps is not None:
             raise JobError(f"the smoke run took over {_limit_note(job, smoke_steps)}",
@@ -125,32 +145,72 @@ def run_script(loaded: LoadedJob, out_dir: Path, *, trial: int | None = None, re
                                "its output folder and last checkpoint are kept",
                                hint="qtrain resume continues it from its checkpoint; or raise resources.max_minutes")
     if code_ != 0:
-        raise ScriptFailed(code_)
+        raise ScriptFailed(code_, tail)
     return metrics
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 GRACE_SECONDS = STOP_GRACE_SECONDS  # between SIGTERM and SIGKILL: time for a script's last checkpoint
 
 
-def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
-    """(exit status, stopped at the deadline?)"""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            preexec_fn=die_with_parent if sys.platform == "linux" else None)
+def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | None,
+          matcher: OutputMetrics | None = None) -> tuple[int, bool, list[str]]:
+    """(exit status, stopped at the deadline?, the last lines of its stderr).  Its output is passed
+    on line by line as it comes, through `matcher` (script.metrics)."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=die_with_parent if sys.platform == "linux" else None)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, matcher, None), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, matcher, tail), daemon=True)]
+    for pump in pumps:
+        pump.start()
     try:
-        return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())), False
-    except subprocess.TimeoutExpired:
-        log.warn(f"the script runs past its time limit: stopping it (SIGTERM; SIGKILL in {GRACE_SECONDS:.0f} s)")
-        proc.terminate()
         try:
-            proc.wait(timeout=GRACE_SECONDS)
+            return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())), False, \
+                _joined(pumps, tail)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return 124, True
+            log.warn(f"the script runs past its time limit: stopping it (SIGTERM; SIGKILL in {GRACE_SECONDS:.0f} s)")
+            proc.terminate()
+            try:
+                proc.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return 124, True, _joined(pumps, tail)
     except BaseException:  # interrupted (Ctrl-C, the task cancelled): the script goes too
         proc.kill()
         proc.wait()
         raise
+
+
+TAIL_LINES = 20  # of the script's stderr, kept for the line that says why it failed
+
+
+def _pump(source: Any, sink: Any, matcher: OutputMetrics | None, tail: deque | None) -> None:
+    """Pass a stream of the script's on, line by line, to `sink` (the runner's own stream)."""
+    for raw in iter(source.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        try:
+            sink.write(line)
+            sink.flush()
+        except (OSError, ValueError):  # our own stream closed: keep draining the script's
+            pass
+        if matcher:
+            matcher.feed(line.rstrip("\n"))
+        if tail is not None and line.strip():
+            tail.append(line.rstrip())
+    source.close()
+
+
+def _joined(pumps: list[threading.Thread], tail: deque) -> list[str]:
+    """The last stderr lines, once both streams are drained (a grandchild that keeps them open is
+    not waited for past a few seconds)."""
+    for pump in pumps:
+        pump.join(timeout=5)
+    return list(tail)
 
 
 def _limit_note(job: Any, smoke_steps: int | None) -> str:
@@ -173,8 +233,10 @@ def _sweep(loaded: LoadedJob, out_dir: Path, resume: bool, smoke_steps: int | No
             results[i] = json.loads((out_dir / trial_dir(i) / METRICS).read_text())
             break
     task = next((m.get("task") for m in results.values() if m.get("task")), None)
-    if task is not None:
-        write_record(out_dir / SWEEP, summarize(task, results, loaded.trials, loaded.job.name))
+    summary = summarize(task, results, loaded.trials, loaded.job.name)
+    write_record(out_dir / SWEEP, summary)
+    if summary.note:
+        log.warn(summary.note)
     if stopped is not None:
         raise stopped
     return {"trials": len(results)}
@@ -191,9 +253,10 @@ def _device(wanted: str) -> str:
 # ------------------------------------------------------------------------------------------- results
 def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | None, overrides: Any,
              job_hash: str, dataset_hash: str, files: list[str], status: int = 0,
-             note: str | None = None) -> dict[str, Any]:
-    """What the script reported, as qtrain's results in `out_dir` (whatever it did not report is
-    left out; none of it: a note says so)."""
+             note: str | None = None, found: Found | None = None) -> dict[str, Any]:
+    """What the script reported, as qtrain's results in `out_dir`: through runner.script first, then
+    what `found` holds (script.metrics on its output), then its TensorBoard and CSV logger files
+    (`runner.scriptlogs`).  Whatever it did not report is left out; none of it: a note says so."""
     import numpy as np
 
     from runner.evaluate import classification_metrics, confusion, regression_metrics
@@ -207,10 +270,10 @@ def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | N
                    for split in ("train", "val", "test") if (path := reports / f"predictions-{split}.npz").is_file()}
     task = job.task or ("classification" if any("classes" in p or "proba" in p for p in predictions.values())
                         else "regression" if predictions else None)
-    metrics: dict[str, Any] = {"task": task, "reported": reported, "timings": {"total_seconds": elapsed},
-                               "notes": []}
+    metrics: dict[str, Any] = {"task": task, "trained_by": "script", "reported": reported,
+                               "timings": {"total_seconds": elapsed}, "notes": []}
     title = plot_title(job.name, out_dir, trial, overrides)
-    classes = _classes(predictions) if task == "classification" else None
+    classes = _classes(predictions) if task == "classification" and predictions else None
     for split, p in predictions.items():
         if classes is not None:
             y_true, y_pred = _indices(p["y_true"], classes), _indices(p["y_pred"], classes)
@@ -224,20 +287,27 @@ def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | N
             metrics[split] = regression_metrics(y_true, y_pred)
             if split == "test":
                 write_regression(out_dir, y_true, y_pred, title)
-    history = _history(out_dir / HISTORY)
+    extra = read_files(out_dir)  # its loggers' files, then what script.metrics found in its output
+    extra.merge(found or Found())
+    history = _merged(_history(out_dir / HISTORY), extra.rows)
+    finals = history_finals(history)
+    for split, values in extra.finals.items():
+        finals.setdefault(split, {}).update(values)
+    for split, values in finals.items():  # the metrics qtrain computed from predictions come first
+        metrics[split] = {**values, **(metrics.get(split) or {})}
     if history:
-        write_history(out_dir, history, title, headline(task).metric if task else None)
+        write_history(out_dir, history, title, headline(task).metric if task else _plotted(history))
         metrics["epochs_run"] = int(history[-1]["epoch"])
         losses = [r["train_loss"] for r in history if "train_loss" in r]
         if losses:
             metrics["train_loss"] = losses[-1]
-    if isinstance(job.script.args.get("epochs"), int):
+    if isinstance(job.script.args, dict) and isinstance(job.script.args.get("epochs"), int):
         metrics["epochs"] = job.script.args["epochs"]
     if note:
         metrics["notes"].append(note)
-    if not predictions and not reported:
-        metrics["notes"].append("no metrics reported: the script called none of runner.script's log_predictions "
-                                "or log_metrics (its output folder came home)")
+    metrics["notes"] += extra.notes
+    if not predictions and not reported and not history and not finals:
+        metrics["notes"].append(NOTHING_REPORTED)
     Metrics.model_validate(metrics)  # the contract, checked where it is written
     write_json(out_dir / METRICS, metrics)
     env = settings.task()
@@ -254,6 +324,25 @@ def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | N
     log.info(f"{ended}: {', '.join(f'{k}={v:.4g}' for k, v in shown.items())[:200]} in {elapsed:.1f}s -> {out_dir}"
              if shown else f"{ended} in {elapsed:.1f}s (no metrics reported) -> {out_dir}")
     return metrics
+
+
+NOTHING_REPORTED = ("no metrics reported: the script called none of runner.script's log_epoch, log_predictions or "
+                    "log_metrics, printed nothing that script.metrics matches and wrote no TensorBoard or CSV logger "
+                    "files (its output folder came home)")
+
+
+def _merged(history: list[dict[str, Any]], rows: dict[int, dict[str, float]]) -> list[dict[str, Any]]:
+    """log_epoch's history with the rows found elsewhere (log_epoch's values win), by epoch."""
+    by_epoch = {int(r["epoch"]): dict(r) for r in history}
+    for epoch, row in rows.items():
+        by_epoch[epoch] = {**row, **by_epoch.get(epoch, {}), "epoch": epoch}
+    return [{"epoch": e, **{k: v for k, v in by_epoch[e].items() if k != "epoch"}} for e in sorted(by_epoch)]
+
+
+def _plotted(history: list[dict[str, Any]]) -> str | None:
+    """The metric beside the loss in a script's curves when its job names no task."""
+    names = sorted({k.split("_", 1)[1] for r in history for k in r if k.startswith(("train_", "val_"))} - {"loss"})
+    return "accuracy" if "accuracy" in names else (names[0] if names else None)
 
 
 def _classes(predictions: dict[str, dict[str, Any]]) -> list[str]:
@@ -292,96 +381,3 @@ def _history(path: Path) -> list[dict[str, Any]]:
         for row in csv.DictReader(fh):
             rows.append({k: (float(v) if k != "epoch" else int(float(v))) for k, v in row.items() if v not in ("", None)})
     return rows
-
-
-# --------------------------------------------------------------------------------------------- check
-def check_script(loaded: LoadedJob, extra_paths: list[Path] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    """Before a script job is sent: the script parses, and each module it imports is one the job's
-    environment has (the runner image's packages, the standard library, the script's own code,
-    `extra_paths`: its requirements).  One line for the first that is not."""
-    job = loaded.job
-    code = find_code(job, loaded.base_dir, loaded.source)
-    script = resolve(job.script.path, loaded.base_dir)
-    try:
-        tree = ast.parse(script.read_text(encoding="utf-8"), filename=str(script))
-    except SyntaxError as exc:
-        raise JobError(f"script.path {job.script.path}:{exc.lineno}: syntax error: {exc.msg}"
-                       + (f": {(exc.text or '').strip()}" if exc.text else ""),
-                       hint="fix the script, then qtrain check again") from None
-    except UnicodeDecodeError as exc:
-        raise JobError(f"script.path {job.script.path}: not utf-8 text ({exc.reason})") from None
-    local = _local_modules(code)
-    available = runner_modules() | set(sys.stdlib_module_names) | local | _modules_in(extra_paths)
-    imports = []
-    for node, name, line in _imports(tree):
-        imports.append(name)
-        if name not in available:
-            raise JobError(f"script.path {job.script.path}:{line}: imports {name}, which the runner's environment "
-                           f"does not have", hint="add it to resources.requirements (a requirements file or a list)")
-    return {"job": job.name, "script": job.script.path, "imports": sorted(set(imports)),
-            "code_files": len(code.files) if code else 0, "trials": len(loaded.trials)}
-
-
-def _imports(tree: ast.AST):
-    """(node, top-level module, line) of each absolute import, those inside a try that catches
-    ImportError (optional imports) left out."""
-    guarded: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Try) and any(
-                h.type is None or any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError",
-                                                                         "Exception")
-                                      for n in ast.walk(h.type)) for h in node.handlers):
-            for inner in node.body:
-                guarded.update(id(n) for n in ast.walk(inner))
-    for node in ast.walk(tree):
-        if id(node) in guarded:
-            continue
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node, alias.name.split(".")[0], node.lineno
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            yield node, node.module.split(".")[0], node.lineno
-
-
-def _local_modules(code: Any) -> set[str]:
-    names = set()
-    for f in (code.files if code else ()):
-        parts = f.remote.split("/")[1:]
-        if parts:
-            names.add(parts[0][:-3] if parts[0].endswith(".py") else parts[0])
-    return names
-
-
-def runner_modules() -> set[str]:
-    """The modules the runner image provides: those of the distributions its pinned requirements
-    name (docker/requirements-cpu.txt), as this machine maps distributions to modules; where that
-    file is not at hand, every module this interpreter can import."""
-    from importlib import metadata
-
-    pinned = Path(__file__).resolve().parents[1] / "docker" / "requirements-cpu.txt"
-    if not pinned.is_file():
-        return _importable()
-    wanted = set()
-    for line in pinned.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            wanted.add(_normal(re.split(r"[=<>!~\[ ;]", line)[0]))
-    found = {module for module, dists in metadata.packages_distributions().items()
-             if any(_normal(d) in wanted for d in dists)}
-    return found | {"jobs", "runner"}
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _importable() -> set[str]:
-    import pkgutil
-
-    return {m.name for m in pkgutil.iter_modules()} | {"jobs", "runner"}
-
-
-def _modules_in(paths: Any) -> set[str]:
-    import pkgutil
-
-    return {m.name for m in pkgutil.iter_modules([str(p) for p in paths])} if paths else set()

@@ -39,7 +39,8 @@ def resume_job(run: RunRecord, store: Store, epochs: int | None = None) -> Loade
     script = run.job.get("script")
     epochs_field = "script.args.epochs" if script else "train.epochs"
     if script:
-        planned = (script.get("args") or {}).get("epochs")
+        args = script.get("args")
+        planned = args.get("epochs") if isinstance(args, dict) else None
         if epochs is not None and not isinstance(planned, int):
             raise QtrainError(f"run {run.run_id}: --epochs sets a script's script.args.epochs, and its script "
                               f"{script.get('path')} takes none", hint="resume without --epochs, or give the "

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from jobs.load import load_job
-from runner.userscript import check_script, script_argv
+from runner.scriptcheck import check_script
+from runner.userscript import script_argv
 from tests import datagen
 
 CATALOG_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "catalog" / "rain-tutorial" / "train.py"
