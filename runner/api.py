@@ -8,6 +8,7 @@ for them.
     check_job(loaded)              the preflight: data, preprocessing, model, one timed step
     run_job(loaded, out, ...)      train here, writing the results contract into `out`
     load_model(path), read_input   a run's model.pt as a predictor, and the data it predicts on
+    output_hook()                  the module of a module model's output hook (pickled by value on export)
     write_sweep_report, plot_curves   the sweep's table and plot, validation curves side by side
     checkpoint_epoch(path)         the epoch a checkpoint.pt was written after
     heavy_imports, exit_fast       import the heavy libraries fast; skip the last collections at exit
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 PRELOAD_MODULE = "runner.preloaded"
 
 __all__ = ["PRELOAD_MODULE", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "become", "check_job", "checkpoint_epoch",
-           "die_with_parent", "exit_fast", "heavy_imports", "load_model", "on_path", "plot_curves", "prctl",
+           "die_with_parent", "exit_fast", "heavy_imports", "load_model", "on_path", "output_hook", "plot_curves", "prctl",
            "read_input", "run_job", "signal_instance", "write_sweep_report"]
 
 
@@ -98,6 +99,14 @@ def load_model(path: str | Path):
         from runner.predict import load_model as load
 
     return load(path)
+
+
+def output_hook():
+    """The module of the forward hook a module model carries (`runner.outputs`: its output tensor
+    from a tuple, a dict or a ModelOutput), for an export to pickle it by value."""
+    from runner import outputs
+
+    return outputs
 
 
 def read_input(path: Path, na_values: list[str] | None = None):

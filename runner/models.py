@@ -253,6 +253,30 @@ def storable_arch(arch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def materialize(model: nn.Module, x: Any) -> nn.Module:
+    """A model with lazy modules (nn.LazyLinear, nn.LazyConv2d, ...) given its shapes by one real
+    batch (the first rows of `x`, a split's inputs) before anything counts, trains or saves its
+    parameters; any other model as it is.  Its mode and its batchnorm statistics are kept."""
+    from torch.nn.parameter import is_lazy
+
+    if not any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+        return model
+    probe(model, x)
+    return model
+
+
+def probe(model: nn.Module, x: Any) -> None:
+    """One forward pass on the first rows of `x`, in eval mode and without gradients (what it
+    learns: a lazy module's shapes; what the forward returns, `runner.outputs.returned`)."""
+    batch = x[:2]
+    batch = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(batch)
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    model.train(training)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -29,7 +29,7 @@ from runner import log
 from runner.audit import Finding, audit_table
 from runner.data import Dataset, Table, describe, load_dataset
 from runner.evaluate import baseline, confusion, split_metrics, to_predictions
-from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, save_code,
+from runner.models import (MODEL_FORMAT, Net, build_from_arch, count_parameters, make_arch, materialize, save_code,
                            storable_arch)
 from runner.prepare import Prepared, prepare
 from runner.report import (plot_title, versions, write_confusion, write_csv, write_history, write_json, write_regression,
@@ -66,7 +66,7 @@ def build(loaded: LoadedJob) -> Built:
     keep_freed_memory()
     arch = make_arch(job.model, prepared.input_shape, prepared.n_outputs, loaded.base_dir,
                      classification=prepared.classes is not None)
-    model = build_from_arch(arch)
+    model = materialize(build_from_arch(arch), prepared.x["train"])
     return Built(data, prepared, arch, model, device, {"load_seconds": t1 - t0}, findings)
 
 
@@ -325,8 +325,12 @@ def forward_check(model: torch.nn.Module, x: torch.Tensor, n_outputs: int, class
 
     from runner.usercode import _user_frame, check_output
 
+    from runner.outputs import ACCEPTED, OutputError
+
     try:
         out = model(x)
+    except OutputError as exc:
+        raise QtrainError(f"model.class {type(model).__name__}: {exc}", hint=f"qtrain takes {ACCEPTED}") from None
     except Exception as exc:  # noqa: BLE001 - the user's forward failed
         root = Path(inspect.getsourcefile(type(model)) or ".").parent
         raise QtrainError(f"model.class {type(model).__name__}: its forward fails on a batch of shape "

@@ -29,7 +29,9 @@ from runner import distributed, log
 from runner.augment import augment
 from runner.prepare import Prepared
 from runner.batches import predict_raw
+from runner.models import Net, materialize, probe
 from runner.optim import make_optimizer
+from runner.outputs import returned
 from runner.stream import ImageSplit
 
 MIN_IS_BETTER = ("loss", "rmse", "mae", "log_loss")
@@ -151,6 +153,12 @@ class Tensors:
         return cls(xs, ys)
 
 
+def _returns_more(model: nn.Module, x: Any) -> bool:
+    if returned(model) is None:
+        probe(model, x)
+    return returned(model) is not None
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -171,7 +179,7 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: nn.Module, prepared: Prepared, job: Job, device: torch.device,
                  job_hash: str, checkpoint_path: Path | None = None, deadline: float | None = None):
-        self.model = model.to(device)
+        self.model = materialize(model, prepared.x["train"]).to(device)  # a lazy module's shapes, first
         if len(prepared.input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prepared = prepared
@@ -213,7 +221,10 @@ class Trainer:
             from torch.utils.data import DistributedSampler
 
             index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
-            self.net = DistributedDataParallel(self.model, device_ids=[index] if device.type == "cuda" else None)
+            # a module whose forward returns more than its output (auxiliary heads) leaves parameters unused
+            unused = not isinstance(self.model, Net) and _returns_more(self.model, self.data.x["train"])
+            self.net = DistributedDataParallel(self.model, device_ids=[index] if device.type == "cuda" else None,
+                                               find_unused_parameters=unused)
             self.sampler = DistributedSampler(range(n), num_replicas=self.rank.world, rank=self.rank.rank,
                                               shuffle=True, seed=self.spec.seed)
             n = len(self.sampler)

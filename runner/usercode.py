@@ -21,6 +21,7 @@ from torch import nn
 
 from jobs.errors import JobError
 from jobs.suggest import suggestion
+from runner import outputs
 
 # constructor parameters qtrain fills in from the data when the job's model.args does not
 DATA_ARGS = {
@@ -120,17 +121,18 @@ def build_module(cls: type[nn.Module], args: dict[str, Any], known: dict[str, An
                        f"give and qtrain cannot know", hint=f"set model.args.{missing[0]} (qtrain fills in "
                                                             f"{', '.join(sorted(DATA_ARGS))})")
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 - the constructor failed
         raise JobError(f"model.class {cls.__name__}: {_user_frame(exc, None, source)}: {type(exc).__name__} in its "
                        f"constructor: {str(exc)[:200]}", hint="check model.args against the class") from None
+    return outputs.attach(model)  # its forward's tuple, dict or ModelOutput: the output tensor
 
 
 def check_output(model: nn.Module, out: torch.Tensor, batch: int, n_outputs: int, classification: bool) -> None:
     """The forward pass gives (batch, n_outputs), or says what it gave."""
     if not isinstance(out, torch.Tensor):
         raise JobError(f"model.class {type(model).__name__}: forward returns {type(out).__name__}, not a tensor",
-                       hint="return the logits (classification) or the predictions (regression)")
+                       hint=f"qtrain takes {outputs.ACCEPTED}")
     wanted = (batch, n_outputs)
     if tuple(out.shape) != wanted and not (n_outputs == 1 and tuple(out.shape) == (batch,)):
         what = f"{n_outputs} classes" if classification else f"{n_outputs} output(s)"

@@ -33,7 +33,7 @@ from jobs import settings
 from jobs.errors import QtrainError
 from jobs.code import ROOT as CODE_DIR
 from jobs.results import HISTORY, MODEL, parse_metrics
-from runner.api import load_model
+from runner.api import load_model, output_hook
 from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
 from submit.results.query import flatten, job_fields, resolved, trial_job
 from submit.store import RunRecord, Store
@@ -229,9 +229,23 @@ def _log_model(mlflow, uri: str, run_id: str, folder: Path) -> None:
     # top-level file or package on its own so that it imports as it did in training
     code = folder / CODE_DIR
     code_paths = [str(p) for p in sorted(code.iterdir())] if code.is_dir() else None
-    with _tracking(mlflow, uri), mlflow.start_run(run_id=run_id, nested=True):
+    with _tracking(mlflow, uri), mlflow.start_run(run_id=run_id, nested=True), output_hook_by_value():
         mlflow.pytorch.log_model(predictor.model, name="model", input_example=example, code_paths=code_paths,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+@contextlib.contextmanager
+def output_hook_by_value() -> Iterator[None]:
+    """A module model carries the forward hook that takes its output tensor from a tuple, a dict or
+    a ModelOutput (`runner.outputs`): pickled by value, so that the model loads without qtrain."""
+    import cloudpickle
+
+    hook = output_hook()
+    cloudpickle.register_pickle_by_value(hook)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(hook)
 
 
 @contextlib.contextmanager

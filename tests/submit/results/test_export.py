@@ -174,3 +174,31 @@ def test_a_script_run_exports_its_arguments_numbers_and_files(qtrain, store_dir,
     assert found.data.metrics["reported/my_score"] == 0.25
     names = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"model.pt", "metrics.json", "confusion_matrix.png"} <= names and "model" not in names
+
+
+@pytest.mark.parametrize("shape", ["tuple", "lazy", "modeloutput"])
+def test_a_module_that_returns_a_tuple_or_is_lazy_exports_and_loads_without_qtrain(qtrain, store_dir, tracking,
+                                                                                   tmp_path, shape):
+    """The logged model carries the hook that takes its output tensor, pickled by value: it loads
+    and predicts in an interpreter where qtrain's packages cannot be imported."""
+    import subprocess
+    import sys
+
+    from tests.runner.test_model_outputs import SHAPES, _job
+
+    path = _job(tmp_path / "project", SHAPES[shape])
+    result = qtrain("run", path, "--json", "--store", store_dir)
+    assert result.code == 0, result.err
+    run = result.json()
+    exported = qtrain("results", "export", run["run_id"], "--mlflow", tracking, "--json", "--store", store_dir)
+    assert exported.code == 0, exported.err
+    mlflow_run = exported.json()[0]["mlflow_run_id"]
+    from runner.api import load_model
+
+    width = len(load_model(Store(store_dir).artifacts_dir(run["run_id"])).preprocess["outputs"])
+    probe = ("import sys; sys.modules.update(runner=None, jobs=None, submit=None); "
+             f"import mlflow, torch; mlflow.set_tracking_uri({tracking!r}); "
+             f"m = mlflow.pytorch.load_model('runs:/{mlflow_run}/model'); m.train(); "
+             f"print(type(m(torch.zeros(2, {width}))).__name__, tuple(m.eval()(torch.zeros(2, {width})).shape))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.stdout.splitlines()[-1:] == ["Tensor (2, 3)"], out.stderr[-2000:]
