@@ -57,9 +57,11 @@ class DataSpec(Spec):
     # Image files: the size each is brought to, one number (a square) or [height, width]: resized
     # on its shorter side, then centre-cropped.  Default: their own size, when they all share one.
     image_size: int | list[int] | None = None
-    # Image files that cannot be decoded, or are over max_image_pixels: skipped with a warning (false), or refused (true).
+    # Image files that cannot be decoded, or are over max_image_pixels: skipped with a warning
+    # naming the first few (false), or refused (true).
     strict: bool = False
-    # Image files over this many pixels: a JPEG is read reduced when image_size is smaller, others as `strict` says.
+    # Image files over this many pixels: a JPEG is read reduced when image_size is smaller, the
+    # others skipped or refused as `strict` says.
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     # The column to predict (tables).  Image arrays carry their labels and need none.
     target: str | None = None

@@ -467,7 +467,7 @@ def describe(data: Dataset) -> dict[str, Any]:
 def _decoded(found: images_mod.ImageFiles, spec: DataSpec, shape: Any = None) -> Images:
     for note in found.notes:
         log.warn(note)
-    decoded = images_mod.decode(found, spec.image_size, spec.strict, shape=shape)
+    decoded = images_mod.decode(found, spec.image_size, spec.strict, shape=shape, max_pixels=spec.max_image_pixels)
     labels = np.array(found.labels, dtype=object)[decoded.keep]
     return Images(x=decoded.x, y=labels.astype(str), files=decoded.report)
 

@@ -4,8 +4,9 @@ or a CSV whose column names image files (`data.image_column`, relative to the CS
 Files are decoded with Pillow to uint8 (C, H, W), a batch at a time as training needs them
 (`runner.stream`): grayscale when every image is, RGB otherwise; brought to `data.image_size`
 (resized on the shorter side, then centre-cropped), or kept at their own size when they all share
-one.  A file that cannot be decoded is skipped with a warning naming
-the first few, or refused with `data.strict: true`: never a crash in epoch 7.
+one; 16-bit pixels scaled to 8 bits and EXIF orientation applied (`runner.imagefile`).  A file
+that cannot be decoded, or is over `data.max_image_pixels`, is skipped with a warning naming the
+first few, or refused with `data.strict: true`: never a crash in epoch 7.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from jobs.errors import DataError
 from jobs.files import listed_file
 from jobs.suggest import suggestion
 from runner import log
+from runner.imagefile import TooLarge, open_image, upright_size, within
 from runner.stream import ImageSet, survey, why
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 SHOWN = 3  # unreadable files named in a message
 
 
@@ -141,22 +143,30 @@ def _size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: bool = False,
-           shape: Sequence[int] | None = None) -> Decoded:
+           shape: Sequence[int] | None = None, max_pixels: int | None = None) -> Decoded:
     """Every file's header here, then every file decoded once in workers (`runner.stream.survey`),
     keeping only its pixel sums: what can be read, at which size and channels, and what cannot.
-    `shape` (C, H, W): a trained model's, which predictions must match."""
+    `shape` (C, H, W): a trained model's, which predictions must match.  `max_pixels`: the most
+    pixels a file may have (`data.max_image_pixels`; a larger JPEG is read reduced to the size)."""
     from PIL import Image, UnidentifiedImageError
 
     errors = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
     names = images.names()
     bad: list[tuple[str, str]] = []
+    big: list[tuple[str, TooLarge]] = []
     heads: list[tuple[int, str, tuple[int, int]]] = []
+    target = (int(shape[1]), int(shape[2])) if shape is not None else _size(image_size)
     for i, path in enumerate(images.files):
         try:
-            with Image.open(path) as img:
-                heads.append((i, img.mode, img.size))
+            with open_image(path) as img:
+                head = (i, img.mode, upright_size(img))
+                within(img, target, max_pixels)
+                heads.append(head)
+        except TooLarge as exc:
+            big.append((names[i], exc))
         except errors as exc:
             bad.append((names[i], why(exc)))
+    _too_large(images.where, big, strict, target is not None)
     if shape is not None:
         channels, size = int(shape[0]), (int(shape[1]), int(shape[2]))
     else:
@@ -171,22 +181,42 @@ def decode(images: ImageFiles, image_size: int | Sequence[int] | None, strict: b
                                      "each image is resized on its shorter side, then centre-cropped")
             size = next(iter(sizes)) if sizes else (1, 1)
     readable = [i for i, _, _ in heads]
-    sums, unreadable, cache = survey([images.files[i] for i in readable], channels, size)
+    sums, unreadable, cache = survey([images.files[i] for i in readable], channels, size, max_pixels)
     lost = {j for j, _ in unreadable}
     bad += [(names[readable[j]], reason) for j, reason in unreadable]
     keep = [i for j, i in enumerate(readable) if j not in lost]
+    everything = [(name, str(exc)) for name, exc in big] + bad
+    if (bad and strict) or not keep:
+        shown = everything if not keep else bad
+        first = "; ".join(f"{name} ({reason})" for name, reason in shown[:SHOWN])
+        raise DataError(f"{images.where}: {len(shown)} file(s) cannot be read as images: {first}",
+                        hint="remove or replace them" + (", or set data.strict: false to skip them" if strict
+                                                         else ", or raise data.max_image_pixels" if big else ""))
     if bad:
         first = "; ".join(f"{name} ({reason})" for name, reason in bad[:SHOWN])
-        if strict or not keep:
-            raise DataError(f"{images.where}: {len(bad)} file(s) cannot be read as images: {first}",
-                            hint="remove or replace them" + (", or set data.strict: false to skip them"
-                                                             if strict else ""))
         log.warn(f"{images.where}: skipped {len(bad)} unreadable file(s): {first}"
                  + (" ..." if len(bad) > SHOWN else ""))
+    bad = everything
     sizes_found = Counter(f"{h}x{w}" for _, _, (w, h) in heads)
     report = {"image_size": list(size), "channels": channels, "sizes_found": dict(sizes_found.most_common(5)),
               "distinct_sizes": len(sizes_found), "unreadable": len(bad),
               "unreadable_files": [name for name, _ in bad[:SHOWN]]}
     kept = np.array([j for j in range(len(readable)) if j not in lost], dtype=np.int64)
     return Decoded(ImageSet([images.files[i] for i in keep], channels, size, sums[kept], cache,
-                            kept if cache is not None else None), np.array(keep, dtype=np.int64), report)
+                            kept if cache is not None else None, max_pixels), np.array(keep, dtype=np.int64), report)
+
+
+def _too_large(where: str, big: list[tuple[str, TooLarge]], strict: bool, sized: bool) -> None:
+    """Files over data.max_image_pixels: refused when strict, else skipped with a warning."""
+    if not big:
+        return
+    name, exc = big[0]
+    more = f" (and {len(big) - 1} more)" if len(big) > 1 else ""
+    if strict:
+        raise DataError(f"{where}: {name} has {exc.pixels:,} pixels, over data.max_image_pixels "
+                        f"({exc.limit:,}){more}", hint="raise data.max_image_pixels to read it whole"
+                        + ("" if sized else ", or set data.image_size (a JPEG is then read reduced)")
+                        + ", or set data.strict: false to skip it")
+    shown = ", ".join(f"{n} ({e.pixels:,} pixels)" for n, e in big[:SHOWN])
+    log.warn(f"{where}: skipped {len(big)} image(s) over data.max_image_pixels ({exc.limit:,}): {shown}"
+             + (" ..." if len(big) > SHOWN else "") + "; raise it to read them")

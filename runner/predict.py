@@ -17,6 +17,7 @@ import torch
 
 from jobs.errors import DataError, QtrainError
 from jobs.results import MODEL, RunResults
+from jobs.spec import DataSpec
 from jobs.suggest import suggestion
 from runner.data import to_nchw
 from runner.images import ImageFiles, decode, files_of_folder
@@ -50,7 +51,9 @@ class Predictor:
         if isinstance(data, ImageFiles):  # a folder of image files: decoded to the model's (C, H, W)
             if self.preprocess["kind"] != "images":
                 raise DataError(f"{where}: this model takes a table (CSV/Parquet) of features, not images")
-            decoded = decode(data, None, shape=self.preprocess["shape"])  # warns of unreadable files
+            limit = (self.job.get("data") or {}).get("max_image_pixels") or DataSpec.model_fields[
+                "max_image_pixels"].default  # the training job's, or the default for an older model
+            decoded = decode(data, None, shape=self.preprocess["shape"], max_pixels=limit)  # warns of unreadable files
             x = ImageSplit(decoded.x, self.preprocess)  # decoded batch by batch, in workers
             frame = pd.DataFrame({"file": np.array(data.names(), dtype=object)[decoded.keep]})
             return Prediction(self._outputs(frame, x, np.ones(len(x), dtype=bool)), notes, None)

@@ -12,7 +12,8 @@ does not grow with the number of images (issue 25, part 2).
   an epoch read ahead from the cache by a thread or, without a cache, decoded ahead in
   `workers()` processes, pinned and kept alive between epochs on a GPU.
 
-The pixels are only ever held in memory a few batches at a time; the in-memory arrays of `.npy`, `.npz` and
+Each file is decoded by `runner.imagefile.read` (16-bit pixels scaled, EXIF orientation applied,
+data.max_image_pixels kept).  The pixels are only ever held in memory a few batches at a time; the in-memory arrays of `.npy`, `.npz` and
 IDX data stay on the device as before (`runner.train.Tensors`).
 """
 
@@ -26,30 +27,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from runner.imagefile import TooLarge, read
+
 CHUNK = 256  # files a worker decodes per request when surveying
 PREFETCH = 4  # batches each worker decodes ahead
 
 
-def fit(img: Any, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """One image as (C, H, W) uint8: converted, resized on the shorter side, centre-cropped."""
-    from PIL import Image
-
-    mode = "L" if channels == 1 else "RGB"
-    if img.mode != mode:
-        img = img.convert(mode)
-    height, width = size
-    w, h = img.size
-    if (h, w) != (height, width):
-        scale = max(height / h, width / w)
-        new = (max(width, round(w * scale)), max(height, round(h * scale)))
-        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left, top = (new[0] - width) // 2, (new[1] - height) // 2
-        img = img.crop((left, top, left + width, top + height))
-    array = np.asarray(img, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def decode_files(files: Sequence[Path], channels: int, size: tuple[int, int]) -> np.ndarray:
+def decode_files(files: Sequence[Path], channels: int, size: tuple[int, int],
+                 max_pixels: int | None = None) -> np.ndarray:
     """uint8 (N, C, H, W) of `files`; a file that cannot be read now (it could when surveyed: it
     changed since) is a DataError naming it."""
     from jobs.errors import DataError
@@ -57,8 +42,7 @@ def decode_files(files: Sequence[Path], channels: int, size: tuple[int, int]) ->
     out = np.empty((len(files), channels, size[0], size[1]), dtype=np.uint8)
     for k, path in enumerate(files):
         try:
-            with open_image(path) as img:
-                out[k] = fit(img, channels, size)
+            out[k] = read(path, channels, size, max_pixels)
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{path}: could be read when the data was loaded, and cannot now ({exc})",
                             hint="leave the data folder alone while a run reads it") from exc
@@ -137,8 +121,8 @@ def _remove(path: str, owner: int) -> None:
 
 # ------------------------------------------------------------------------------------ survey
 class _Chunks(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[Path], channels: int, size: tuple[int, int]):
-        self.files, self.channels, self.size = list(files), channels, size
+    def __init__(self, files: Sequence[Path], channels: int, size: tuple[int, int], max_pixels: int | None):
+        self.files, self.channels, self.size, self.max_pixels = list(files), channels, size, max_pixels
 
     def __len__(self) -> int:
         return (len(self.files) + CHUNK - 1) // CHUNK
@@ -155,8 +139,7 @@ class _Chunks(torch.utils.data.Dataset):
         bad: list[tuple[int, str]] = []
         for j, path in enumerate(part):
             try:
-                with open_image(path) as img:
-                    pixels[j] = fit(img, self.channels, self.size)
+                pixels[j] = read(path, self.channels, self.size, self.max_pixels)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 bad.append((start + j, why(exc)))
                 continue
@@ -171,15 +154,17 @@ def why(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
+    if isinstance(exc, TooLarge):
+        return str(exc)
     return f"{type(exc).__name__}: {str(exc)[:60]}"
 
 
-def survey(files: Sequence[Path], channels: int,
-           size: tuple[int, int]) -> tuple[np.ndarray, list[tuple[int, str]], PixelCache | None]:
+def survey(files: Sequence[Path], channels: int, size: tuple[int, int], max_pixels: int | None = None
+           ) -> tuple[np.ndarray, list[tuple[int, str]], PixelCache | None]:
     """Decode every file once, in workers: (per image (C, 2) pixel sums, zero for an unreadable
     one; the unreadable ones as (index, why); the pixels in a PixelCache, row i file i, or None
     when the disk has no room for them)."""
-    chunks = _Chunks(files, channels, size)
+    chunks = _Chunks(files, channels, size, max_pixels)
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=workers(len(files), CHUNK),
                                          collate_fn=_same)
     cache = PixelCache(len(files), (channels, *size)) if PixelCache.fits(len(files), (channels, *size)) else None
@@ -197,23 +182,6 @@ def _same(item: Any) -> Any:
     return item
 
 
-FORMATS = {".png": ["PNG"], ".jpg": ["JPEG"], ".jpeg": ["JPEG"]}
-
-
-def open_image(path: Path) -> Any:
-    """Pillow's image of `path`, tried first with the decoder its suffix names (asking each
-    decoder in turn costs 20 us a file), then with all of them (a JPEG named .png)."""
-    from PIL import Image, UnidentifiedImageError
-
-    formats = FORMATS.get(path.suffix.lower())
-    if formats:
-        try:
-            return Image.open(path, formats=formats)
-        except UnidentifiedImageError:
-            pass
-    return Image.open(path)
-
-
 @dataclass
 class ImageSet:
     """Image files to be decoded at (channels, *size), with each one's pixel sums."""
@@ -224,6 +192,7 @@ class ImageSet:
     sums: np.ndarray  # (N, C, 2) float64: sum of pixel values, and of their squares
     cache: PixelCache | None = None  # the decoded pixels, if the disk had room
     rows: np.ndarray | None = None  # each file's row in the cache
+    max_pixels: int | None = None  # data.max_image_pixels
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -235,7 +204,7 @@ class ImageSet:
     def take(self, idx: Any) -> "ImageSet":
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet([self.files[i] for i in idx], self.channels, self.size, self.sums[idx], self.cache,
-                        None if self.rows is None else self.rows[idx])
+                        None if self.rows is None else self.rows[idx], self.max_pixels)
 
     def __getitem__(self, idx: Any) -> np.ndarray:
         """uint8 (n, C, H, W), read or decoded here (a few images; `ImageSplit.batches` for an epoch)."""
@@ -245,7 +214,7 @@ class ImageSet:
     def pixels(self, idx: list[int]) -> np.ndarray:
         if self.cache is not None and self.rows is not None:
             return self.cache.read(self.rows[idx])
-        return decode_files([self.files[i] for i in idx], self.channels, self.size)
+        return decode_files([self.files[i] for i in idx], self.channels, self.size, self.max_pixels)
 
     def stats(self, scale: float) -> tuple[list[float], list[float]]:
         """Per channel mean and standard deviation of the pixels divided by `scale`."""
