@@ -111,6 +111,10 @@ def _lost_peer(exc: BaseException) -> str | None:
 
 if __name__ == "__main__":
     status = main()
+    from runner import distributed
+
+    if distributed.in_worker():  # one of torchrun's workers
+        distributed.end_worker(status)
     from runner.imports import exit_fast
 
     exit_fast()

@@ -189,10 +189,29 @@ def join(device: str) -> str:
 
 
 def leave() -> None:
+    """Leave the process group, once the training is done.  The DistributedDataParallel wrapper
+    that holds the group is cyclic garbage by then: collected first, so that destroying the group
+    joins gloo's threads here, while the interpreter is whole.  (Left to the interpreter's exit,
+    a gloo thread still holding a tensor met a finalising interpreter: SIGABRT, "terminate called
+    without an active exception", on a rank that finished before the others.)"""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+
+
+def end_worker(status: int) -> None:
+    """A worker's exit: its streams flushed, then no interpreter finalisation at all (nothing of a
+    library's threads can meet a half-finalised interpreter; its files are closed already)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def describe(job: Any, rank: Rank, batch_size: int, backend: str | None) -> dict[str, Any]:

@@ -70,3 +70,50 @@ def test_procs_per_node_auto_starts_one_process_a_gpu_with_nccl(tmp_path):
     metrics = json.loads((tmp_path / "task" / "out" / "metrics.json").read_text())
     assert metrics["distributed"]["backend"] == "nccl"
     assert metrics["distributed"]["world_size"] == _cuda_gpus()
+
+
+LEAVE = """
+import gc, json, sys
+from pathlib import Path
+from jobs.load import load_job_dict
+from runner import distributed
+from runner.api import run_job
+distributed.join("cpu")
+out = Path(sys.argv[1])
+run_job(load_job_dict(json.loads(sys.argv[2]), out), out / "out")
+distributed.leave()
+from torch.nn.parallel import DistributedDataParallel
+import torch.distributed as dist
+alive = [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+print("left", dist.is_initialized(), len(alive), flush=True)
+import atexit
+atexit.register(print, "finalised")  # end_worker skips the interpreter's finalisation: never printed
+distributed.end_worker(0)
+"""
+
+
+def test_a_worker_leaves_with_its_process_group_destroyed_and_ddp_collected(tmp_path):
+    """Issue 36: a rank that finished before the others died at exit with SIGABRT ("terminate
+    called without an active exception", a gloo thread meeting the finalising interpreter; seen
+    twice in a row by a user, never here).  Each rank now leaves with nothing of its training left
+    that holds the group (no DistributedDataParallel alive), the group destroyed, and ends without
+    the interpreter's finalisation (`end_worker`)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**{k: v for k, v in os.environ.items() if k not in ("TORCHELASTIC_RUN_ID", "QTRAIN_AGENT_PID")},
+               "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        folder = tmp_path / f"rank{rank}"
+        folder.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", LEAVE, str(folder), json.dumps(JOB)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for rank, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1] == "left False 0", (rank, out[-500:], err[-2000:])
+        assert "finalised" not in out
