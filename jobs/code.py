@@ -11,8 +11,9 @@ data bucket): unchanged code uploads nothing.
 What stays home: version control folders, Python caches, virtual environments (a folder holding
 pyvenv.cfg, or named .venv/venv/env), notebook checkpoints, the job's own file and its data files
 and folders, qtrain's own folders (its results store, state and config) and results folders it
-wrote (holding run.json and metrics.json), and what `.qtrainignore` (gitignore-like patterns, one
-per line, in the code folder) names.  A code
+wrote (holding run.json and metrics.json), any other qtrain job file in the folder (`is_job_file`:
+a job travels as job.json, and editing one never changes the code hash), and what `.qtrainignore`
+(gitignore-like patterns, one per line, in the code folder) names.  A code
 folder over WARN_BYTES is said, naming what made it large; over LIMIT_BYTES it is refused.
 """
 
@@ -171,7 +172,7 @@ def _folder(origin: Path, job: Job, base_dir: Path, field: str, root: str = ROOT
         for name in filenames:
             path = here / name
             rel = path.relative_to(origin).as_posix()
-            if _ignored(rel, patterns) or path.resolve() in data:
+            if _ignored(rel, patterns) or path.resolve() in data or is_job_file(path):
                 continue
             if path.is_symlink():
                 raise JobError(f"{field}: {path} in the code folder is a symbolic link",
@@ -180,6 +181,28 @@ def _folder(origin: Path, job: Job, base_dir: Path, field: str, root: str = ROOT
                 raise JobError(f"{field}: {path} in the code folder is {kind}, not a file")
             found.append(CodeFile(f"{root}/{rel}", path))
     return sorted(found, key=lambda f: f.remote)
+
+
+JOB_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def is_job_file(path: Path) -> bool:
+    """A qtrain job file (a mapping of job fields with a name and a script, model or data): it
+    travels as job.json, never as code, and editing it never changes the code's hash.  A config
+    file the script reads (anything else) is code."""
+    if path.suffix.lower() not in JOB_SUFFIXES or not path.is_file() or path.stat().st_size > 1 << 20:
+        return False
+    import json
+
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(data, dict) and "name" in data and bool({"script", "model", "data"} & set(data))
+            and set(data) <= set(Job.model_fields))
 
 
 def _ignore_file(path: Path) -> list[str]:

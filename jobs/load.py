@@ -58,7 +58,8 @@ class LoadedJob:
 
 
 def find_job_file(path: str | Path) -> Path:
-    """A path, or the name of a catalog job (`penguins` -> jobs/catalog/penguins.yaml)."""
+    """A path (a job file, or a Python script), or the name of a catalog job (`penguins` ->
+    jobs/catalog/penguins.yaml)."""
     p = Path(path)
     if p.is_file():
         return p
@@ -70,11 +71,21 @@ def find_job_file(path: str | Path) -> Path:
     raise JobError(f"{p}: job file not found", hint=f"check the path, or name a catalog job: {names}")
 
 
-def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
-    """Read, override and validate a job file."""
+def load_job(path: str | Path, overrides: Iterable[str] = (), script_args: list[str] | None = None) -> LoadedJob:
+    """Read, override and validate a job file.  A Python file is a script job with the defaults
+    (`qtrain run train.py -- ARGS`: `script_args` its command line, as it is)."""
     file = find_job_file(path)
     source = str(file)
-    raw = parse_text(read_job_text(file), source, json_file=file.suffix == ".json")
+    if file.suffix == ".py":
+        raw = script_job(file, script_args)
+    else:
+        raw = parse_text(read_job_text(file), source, json_file=file.suffix == ".json")
+        if script_args:
+            if not isinstance(raw.get("script"), dict):
+                raise JobError(f"{source}: the words after -- are a script's command line, and {source} is not a "
+                               f"script job", hint="give the script itself (qtrain run train.py -- ARGS), or leave "
+                                                   "them out")
+            raw["script"]["args"] = list(script_args)
     for item in overrides:
         key, value = parse_override(item, source)
         if key in PATH_FIELDS and value == "":
@@ -94,6 +105,17 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> LoadedJob:
     for i in range(len(loaded.trials)):  # every trial must be a valid job too
         loaded.trial(i)
     return loaded
+
+
+def script_job(file: Path, args: list[str] | None = None) -> dict[str, Any]:
+    """The job of a bare Python file: a script job named after it, with qtrain's defaults."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._")[:80] or "script"
+    raw: dict[str, Any] = {"name": name, "script": {"path": file.name}}
+    if args:
+        raw["script"]["args"] = list(args)
+    return raw
 
 
 def load_job_dict(raw: dict[str, Any], base_dir: Path, source: str = "job.json") -> LoadedJob:

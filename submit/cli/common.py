@@ -127,10 +127,17 @@ SmokeOption = typer.Option(False, "--smoke", help="A script job: also run the sc
                                                   "with a time limit: its mistakes found before paying.")
 
 
-def _load(job: str, overrides: Optional[list[str]]):
+JOB_HELP = "Job file (.yaml/.json), a Python script (a script job with the defaults), or a catalog job name."
+JobArgument = typer.Argument(..., help=JOB_HELP, metavar="JOB")
+ScriptArgs = typer.Argument(None, metavar="[-- ARGS]", show_default=False,
+                            help="A script's command line, after --: qtrain run train.py -- --epochs 3 (script.args "
+                                 "as a list of words).")
+
+
+def _load(job: str, overrides: Optional[list[str]], script_args: Optional[list[str]] = None):
     from jobs.load import load_job
 
-    return load_job(job, overrides or [])
+    return load_job(job, overrides or [], script_args or None)
 
 
 # ------------------------------------------------------------------------------- the store

@@ -11,14 +11,15 @@ import typer
 from rich.table import Table
 
 from jobs.errors import QtrainError
-from submit.cli.common import (SetOption, RecheckOption, SmokeOption, _load, _open_run, command, console, output_file,
+from submit.cli.common import (JobArgument, ScriptArgs, SetOption, RecheckOption, SmokeOption, _load, _open_run, command, console, output_file,
                                err_console)
 
 
 # -------------------------------------------------------------------------------------- check
 @command()
 def check(
-    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    job: str = JobArgument,
+    script_args: Optional[list[str]] = ScriptArgs,
     set_: Optional[list[str]] = SetOption,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     recheck: bool = RecheckOption,
@@ -31,7 +32,7 @@ def check(
     from submit.run.checks import smoke as smoke_run
     from submit.run.environment import job_site
 
-    loaded = _load(job, set_)
+    loaded = _load(job, set_, script_args)
     _, site = job_site(loaded, lambda line: err_console.print(line, style="dim", highlight=False, markup=False))
     report, remembered = check_job(loaded, recheck=recheck, site=site)
     if smoke:
@@ -112,7 +113,8 @@ def _print_check(report: dict[str, Any], source: str, remembered: bool = False, 
 # -------------------------------------------------------------------------------------- train
 @command()
 def train(
-    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    job: str = JobArgument,
+    script_args: Optional[list[str]] = ScriptArgs,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the results."),
     set_: Optional[list[str]] = SetOption,
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
@@ -123,7 +125,7 @@ def train(
     from runner.api import run_job
     from submit.run.environment import job_site
 
-    loaded = _load(job, set_)
+    loaded = _load(job, set_, script_args)
     res = loaded.job.resources
     if res.spread():  # the same model, without torch.distributed
         err_console.print(f"note: resources.nodes {res.nodes} x procs_per_node {res.procs_per_node}: qtrain train "

@@ -100,3 +100,22 @@ def test_catalog_job_is_valid_and_documents_the_seed(name):
 def test_missing_job_file_lists_catalog(tmp_path):
     with pytest.raises(JobError, match="job file not found.*penguins"):
         load_job(tmp_path / "nope.yaml")
+
+
+def test_a_python_file_is_a_script_job_with_the_defaults(tmp_path):
+    """`qtrain run train.py -- ARGS` (issue 36): as `sky launch` and `modal run` take a file."""
+    (tmp_path / "my train!.py").write_text("print('hello')\n")
+    loaded = load_job(tmp_path / "my train!.py", ["train.seed=3"], ["--epochs", "3", "-v"])
+    job = loaded.job
+    assert job.name == "my-train" and job.script.path == "my train!.py" and job.script.args == ["--epochs", "3", "-v"]
+    assert job.task is None and job.data is None and job.train.seed == 3 and loaded.base_dir == tmp_path
+    assert load_job(tmp_path / "my train!.py").job.script.args == {}
+
+
+def test_words_after_the_double_dash_need_a_script_job(tmp_path, write_job):
+    path = write_job({"name": "t", "task": "classification", "data": {"path": "palmerpenguins", "target": "species"}})
+    with pytest.raises(JobError, match=r"the words after -- are a script's command line, and .* is not a script job"):
+        load_job(path, [], ["--epochs", "3"])
+    (tmp_path / "t.py").write_text("")
+    (tmp_path / "s.yaml").write_text("name: s\nscript: {path: t.py, args: {epochs: 2}}\n")
+    assert load_job(tmp_path / "s.yaml", [], ["--lr", "0.1"]).job.script.args == ["--lr", "0.1"]

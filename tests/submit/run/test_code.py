@@ -40,7 +40,7 @@ def _project(root: Path) -> Path:
     return root / "job.yaml"
 
 
-def test_only_code_travels_and_the_dry_run_lists_it(tmp_path, qtrain):
+def test_only_code_travels_and_the_dry_run_lists_it(emulator, tmp_path, qtrain):
     path = _project(tmp_path / "proj")
     job = yaml.safe_load(path.read_text())
     job["model"]["source"] = "nets"  # the package folder itself: code/nets/...
@@ -72,7 +72,7 @@ def test_the_code_hash_is_part_of_the_job_hash(tmp_path):
     assert job_hash(jobs[1].job, changed.hash()) != job_hash(jobs[0].job, codes[0].hash())
 
 
-def test_a_large_code_folder_is_said_and_an_oversized_one_refused(tmp_path, qtrain, monkeypatch):
+def test_a_large_code_folder_is_said_and_an_oversized_one_refused(emulator, tmp_path, qtrain, monkeypatch):
     path = _project(tmp_path)
     (tmp_path / "weights.npy").write_bytes(b"\0" * 5000)
     monkeypatch.setattr(jobs_code, "WARN_BYTES", 2000)
@@ -113,3 +113,22 @@ def test_a_broken_module_uploads_nothing(emulator, qtrain, tmp_path, model):
     assert result.code == 2 and "Traceback" not in result.err
     assert len(requests.get(f"{emulator.url}/tasks", headers={"Authorization": emulator.token}, timeout=30).json()) == tasks
     assert not list((tmp_path / "store" / "runs").glob("2*"))  # nothing recorded either
+
+
+def test_job_files_are_not_code_and_config_files_are(tmp_path):
+    """Issue 36: a job file beside the script (the one run, or another) travels as job.json, never
+    as code: editing it changes neither the code nor its hash.  A config the script reads travels."""
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "config.yaml").write_text("lr: 0.1\nlayers: [8, 8]\n")
+    (tmp_path / "name-only.yaml").write_text("name: not-a-job\nlr: 0.1\n")  # a config with a name: still code
+    job = {"name": "s", "script": {"path": "train.py", "args": {"lr": 0.1}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp_path / "big.json").write_text(json.dumps({**job, "name": "s-big", "train": {"seed": 2}}))
+    loaded = load_job(tmp_path / "job.yaml")
+    code = find_code(loaded.job, loaded.base_dir, loaded.source)
+    assert [f.remote for f in code.files] == ["code/config.yaml", "code/name-only.yaml", "code/train.py"]
+    before = code.hash()
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**job, "script": {**job["script"], "args": {"lr": 0.5}}}))
+    (tmp_path / "big.json").write_text(json.dumps({**job, "name": "s-big", "train": {"seed": 9}}))
+    loaded = load_job(tmp_path / "job.yaml")
+    assert find_code(loaded.job, loaded.base_dir, loaded.source).hash() == before

@@ -131,6 +131,11 @@ def test_a_sweep_over_a_script_argument(emulator, qtrain, tmp_path):
     for trial, hidden in ((0, 4), (1, 16)):
         weights = torch.load(Path(data["artifacts_dir"]) / f"trial-{trial}" / "model.pt")
         assert weights["0.weight"].shape == (hidden, 3)
+    # compared, the trials have a script job's settings only (no model.kind, train.epochs, train.lr)
+    compared = qtrain("results", "compare", data["run_id"], "--json", "--store", tmp_path / "store").json()
+    assert compared["differs"] == ["script.args.hidden"] and compared["metrics"]["test accuracy"]
+    assert {k.split(".")[0] for k in compared["settings"]} <= {"name", "script", "data", "train", "resources"}
+    assert not {"train.epochs", "train.lr"} & set(compared["settings"])
 
 
 def _greeting_job(root: Path, requirements: bool) -> Path:
@@ -157,6 +162,34 @@ def test_a_missing_package_fails_the_check_and_runs_once_required(emulator, qtra
     assert result.code == 0, result.err
     assert "hello qarnot" in result.out + result.err
     assert result.json()["info"]["requirements"]["installed"] == ["qtrain-greeting==1.2.0"]
+
+
+# 9 MB printed at once: twice the emulator's ring of 4 MiB a stream, numbered lines of 1,000 characters
+CHATTY = "import sys\nsys.stdout.write(''.join(f'{i:06d} ' + 'x' * 992 + '\\n' for i in range(9000)))\nprint('[end]')\n"
+
+
+def test_output_past_the_emulators_buffer_says_what_was_left_out(emulator, qtrain, conn, tmp_path):
+    store = tmp_path / "store"
+    run = qtrain("run", _script(tmp_path, CHATTY), "--detach", "--json", "--store", store).json()
+    wait_for(lambda: conn.retrieve_task(run["task_uuid"]).state in ("Success", "Failure", "Cancelled"), timeout=120)
+    # followed only now (as `qtrain run` is when it falls behind): the lines dropped unread are counted
+    fetched = qtrain("fetch", run["run_id"], "--store", store)
+    assert fetched.code == 0, fetched.err
+    skipped = [line for line in fetched.out.splitlines() if "of output skipped" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("[qtrain] ")
+    assert skipped[0].endswith(f"qtrain logs {run['run_id']} has what is kept")
+    assert "[end]" in fetched.out and "008999 xxx" in fetched.out  # the end, as it was kept
+
+    logs = qtrain("logs", run["run_id"], "--store", store).out
+    saved = (Path(run["artifacts_dir"]) / "task-stdout.txt").read_text()
+    for text in (logs, saved):
+        first, kept = text.split("\n", 1)
+        assert "of earlier output left out" in first and "keeps the last 4 MiB of each stream" in first, first
+        left_out = int(first.split()[1].replace(",", ""))
+        oldest = int(kept.split(" ", 1)[0])  # the first numbered line kept
+        assert 4 << 20 >= len(kept) > (4 << 20) - 1000 and "008999 " + "x" * 992 + "\n[end]\n" in kept
+        assert oldest <= left_out < oldest + 50  # the lines before it: the numbered ones and the runner's few
+        assert " MB) of earlier output left out" in first
 
 
 # ------------------------------------------------------------------------- bad input: one line
@@ -259,3 +292,25 @@ def test_the_time_limit_ends_a_stuck_script_with_its_checkpoint(emulator, qtrain
     assert json.loads((Path(data["artifacts_dir"]) / "checkpoint.json").read_text())["epoch"] >= 1
     unbounded = qtrain("run", _script(tmp_path / "free", body), "--max-cost", "1", "--store", tmp_path / "store")
     assert unbounded.code == 2 and "resources.max_minutes" in unbounded.err
+
+
+def test_a_bare_script_runs_with_its_arguments_and_its_printed_metrics_come_home(emulator, qtrain, tmp_path):
+    """Issue 36's first try: `qtrain run train.py -- ARGS`, a script that never imports qtrain and
+    prints PyTorch's mnist example's last line; script.metrics (set with --set) reads test.loss."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        print("args", sys.argv[1:])
+        print("Test set: Average loss: 0.0321, Accuracy: 9890/10000 (99%)")
+    """))
+    result = qtrain("run", script, "--set", "script.metrics={test.loss: 'Average loss: ([0-9.]+)'}", "--json",
+                    "--", "--epochs", "2", "--lr", "0.1")
+    assert result.code == 0, result.err
+    run = result.json()
+    assert run["state"] == "succeeded" and run["metrics"]["test"] == {"loss": 0.0321}
+    assert "args ['--epochs', '2', '--lr', '0.1']" in result.out
+    shown = qtrain("results", "show", run["run_id"])
+    assert shown.code == 0 and "None" not in shown.out
+    assert any("test" in line and "loss" in line and "0.0321" in line for line in shown.out.splitlines()), shown.out
+    listed = qtrain("results", "list", "--where", "test.loss<0.05", "--json")
+    assert [r["run_id"] for r in listed.json()] == [run["run_id"]]
