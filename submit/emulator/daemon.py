@@ -33,7 +33,7 @@ from typing import IO, Any, Iterator
 from jobs import settings
 from jobs.errors import QtrainError
 from jobs.results import atomic_write
-from submit.emulator.processes import pid_alive, stop_in
+from submit.emulator.processes import pid_alive, send, stop_in
 
 
 @dataclass
@@ -378,17 +378,18 @@ def _fail_start(proc: subprocess.Popen) -> Endpoint:
 
 
 def stop(timeout: float = 30) -> bool:
-    """Stop the daemon (its running tasks are aborted).  False when none was running."""
+    """Stop the daemon (its running tasks are aborted).  False when none was running; a daemon that
+    exits between being found here and being signalled (another stop, its own end) is stopped."""
     current = running()
     if current is None:
         return False
     keeper = (_read_state() or {}).get("supervisor")
-    os.kill(current.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_alive(current.pid):
-        time.sleep(0.05)
-    if pid_alive(current.pid):
-        os.kill(current.pid, signal.SIGKILL)
+    if send(current.pid, signal.SIGTERM):  # else it exited since it was found: stopped all the same
+        while time.monotonic() < deadline and pid_alive(current.pid):
+            time.sleep(0.05)
+        if pid_alive(current.pid):
+            send(current.pid, signal.SIGKILL)
     while keeper and time.monotonic() < deadline + 15 and pid_alive(int(keeper)):
         time.sleep(0.05)  # the keeper has cleaned up after it once it is gone
     state_file().unlink(missing_ok=True)

@@ -18,8 +18,8 @@ from runner.api import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, die_with_parent
 from runner.api import signal_instance as signal_group
 
 __all__ = ["LABEL", "PR_SET_CHILD_SUBREAPER", "PR_SET_PDEATHSIG", "WARM_LABEL", "children", "containers",
-           "die_with_parent", "kill_group", "pid_alive", "prctl", "processes_in", "remove_containers", "signal_group",
-           "stop_in", "stop_orphan"]
+           "die_with_parent", "kill_group", "pid_alive", "prctl", "processes_in", "remove_containers", "send",
+           "signal_group", "stop_in", "stop_orphan"]
 
 # every container the emulator starts carries LABEL=<the daemon's pid> (removed with the daemon,
 # or by the next daemon once that pid is gone); a warm one also WARM_LABEL=<its image id>
@@ -44,6 +44,16 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def send(pid: int, sig: int) -> bool:
+    """`sig` to process `pid`; False when there is none any more: a process found alive may exit
+    before it is signalled (a daemon stopped twice at once, or ending as its stop comes)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def kill_group(pid: int) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from jobs.errors import QtrainError
 from jobs.results import atomic_write
 from submit.emulator.fields import Limits
-from submit.emulator.processes import die_with_parent
+from submit.emulator.processes import die_with_parent, send
 
 MASTER_TOML = """\
 # written by qtrain: one volume per bucket (SeaweedFS grows 7 by default, each an open file pair)
@@ -216,9 +216,7 @@ class SeaweedS3:
         except OSError:
             return
         if any(arg == f"-dir={self.folder / 'data'}".encode() for arg in cmdline):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+            if not send(pid, signal.SIGKILL):
                 return
             for _ in range(100):
                 if not Path(f"/proc/{pid}").exists():

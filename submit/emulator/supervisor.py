@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from submit.emulator.processes import (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, children, containers, kill_group,
-                                       prctl, remove_containers)
+                                       prctl, remove_containers, send)
 
 
 def run(serve: Callable[[int | None], int], docker: bool, announce: Callable[[str], None]) -> int:
@@ -40,7 +40,7 @@ def run(serve: Callable[[int | None], int], docker: bool, announce: Callable[[st
             os._exit(1)
         return serve(keeper)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a stop sent here goes to the daemon
-        signal.signal(signum, lambda s, frame: _send(child, s))
+        signal.signal(signum, lambda s, frame: send(child, s))
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     stopped = stop_descendants()
@@ -51,13 +51,6 @@ def run(serve: Callable[[int | None], int], docker: bool, announce: Callable[[st
             else ""
         announce(f"qtrain emulator: the daemon (pid {child}) {how}{left}")
     return code if code >= 0 else 128 - code
-
-
-def _send(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def stop_descendants(timeout: float = 15) -> int:

@@ -90,3 +90,52 @@ def test_status_says_which_part_does_not_answer_and_its_advice_works(world):
     assert time.monotonic() - started < 60
     status = world.cli("emulator", "status", "--json").json()
     assert status["api"] == status["storage"] == "answers"
+
+
+_EXIT_FIRST: dict[str, int] = {}  # {"pid": p, "sig": s}: p exits just before `os.kill(p, s)` is sent
+
+
+def _exit_before_signalled(event: str, args: tuple) -> None:
+    """An audit hook (they cannot be removed: it acts once per arming): a daemon that exits, and is
+    reaped by its keeper, between being found by `stop` and being signalled by it."""
+    if event != "os.kill" or not _EXIT_FIRST or tuple(args) != (_EXIT_FIRST["pid"], _EXIT_FIRST["sig"]):
+        return
+    pid = _EXIT_FIRST.pop("pid")
+    _EXIT_FIRST.clear()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, every=0.01)
+
+
+def _exits_first(pid: int, sig: int) -> None:
+    if not _EXIT_FIRST.get("hooked"):
+        import sys
+
+        sys.addaudithook(_exit_before_signalled)
+    _EXIT_FIRST.update(hooked=1, pid=pid, sig=sig)
+
+
+def test_stop_of_a_daemon_that_exits_before_it_is_signalled_says_stopped(qtrain, tmp_path):
+    """`qtrain emulator stop` racing a daemon that is exiting (a second stop, a kill, its own
+    crash): gone between being found and being signalled is stopped, never a traceback."""
+    from submit.emulator import daemon
+
+    with daemon.isolated(tmp_path / "home") as endpoint:
+        _exits_first(endpoint.pid, signal.SIGTERM)
+        result = qtrain("emulator", "stop")
+        assert result.code == 0 and result.out.strip() == "emulator stopped", result.out + result.err
+        assert "pid" not in _EXIT_FIRST, "the daemon was signalled"
+        assert daemon.running() is None and not daemon.state_file().exists()
+        assert qtrain("emulator", "stop").out.strip() == "the emulator was not running"
+
+
+def test_stop_of_a_daemon_that_exits_as_its_grace_ends_is_stopped(tmp_path):
+    """The daemon outlives stop's grace (stopped here: SIGTERM waits), then exits just before the
+    SIGKILL that follows."""
+    from submit.emulator import daemon
+
+    with daemon.isolated(tmp_path / "home") as endpoint:
+        os.kill(endpoint.pid, signal.SIGSTOP)
+        _exits_first(endpoint.pid, signal.SIGKILL)
+        assert daemon.stop(timeout=0.5) is True
+        assert "pid" not in _EXIT_FIRST, "the daemon was signalled"
+        assert daemon.running() is None
