@@ -180,8 +180,16 @@ class QarnotBackend(Backend):
 
     @translated
     def missing(self, package) -> list[DataObject]:
-        """The package's data objects the data bucket lacks (what an upload would send)."""
-        bucket = self.conn.create_bucket(settings.submission().data_bucket)
+        """The package's data objects the data bucket lacks (what an upload would send), asked
+        without creating the bucket (a dry run makes none): a bucket not there lacks them all."""
+        from botocore.exceptions import ClientError
+
+        try:
+            bucket = self.conn.retrieve_bucket(settings.submission().data_bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchBucket"):
+                raise
+            return list(package.objects)
         return self._missing(bucket, package)
 
     @staticmethod

@@ -95,8 +95,9 @@ def run(
     note: Optional[str] = typer.Option(None, "--note", help="A note kept with the run."),
     recheck: bool = RecheckOption,
     smoke: bool = SmokeOption,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check and package the job, list every file "
-                                                          "and byte an upload would send, and stop: "
+    dry_run: bool = typer.Option(False, "--dry-run", help="Do what run does up to the sending (check, "
+                                                          "requirements, placement, estimate), list every "
+                                                          "file and byte an upload would send, and stop: "
                                                           "nothing is sent or recorded."),
     estimate: bool = typer.Option(False, "--estimate", help="Check the job and print what the run would take: "
                                                             "wall time, cost (EUR) and energy, with the "
@@ -124,7 +125,7 @@ def run(
     tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
     loaded = _load(job, set_)
     if dry_run:
-        _dry_run(loaded, ui, recheck, as_json, backend)
+        _dry_run(loaded, get_backend(backend), ui, profile, recheck, max_cost, smoke, as_json)
         return
     if estimate:
         _estimate(loaded, get_backend(backend), ui, profile, recheck, max_cost, as_json)
@@ -142,12 +143,11 @@ def run(
 
 
 def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: float | None, as_json: bool) -> None:
-    """`run --estimate`: the check, then the estimate; nothing is sent or recorded."""
-    from submit.run.submission import estimate_run, place, prepare
+    """`run --estimate`: the run's own path up to the estimate; nothing is sent or recorded."""
+    from submit.run.submission import plan_run
 
-    package = prepare(loaded, ui, recheck)
-    where = place(loaded, be, profile)
-    est, credits = estimate_run(loaded, package, be, where.gpu, ui, max_cost, where.procs)
+    planned = plan_run(loaded, be, ui, profile, recheck, max_cost)
+    est, credits = planned.estimate, planned.credits
     if as_json:
         print(json.dumps({"estimate": est.record(), "credits_left": credits,
                           "backend": be.name}), flush=True)
@@ -156,25 +156,24 @@ def _estimate(loaded, be, ui, profile: str | None, recheck: bool, max_cost: floa
         ui.say(f"  {line}", style="dim")
 
 
-def _dry_run(loaded, ui, recheck: bool, as_json: bool, backend: str | None = None) -> None:
-    """`run --dry-run`: the check and the package, then what would travel: the data's objects
-    (shards and lone files), the code, job.json; which of them the backend lacks when it answers
-    without being started.  Nothing is sent or recorded."""
+def _dry_run(loaded, be, ui, profile: str | None, recheck: bool, max_cost: float | None, smoke: bool,
+             as_json: bool) -> None:
+    """`run --dry-run`: the run's own path up to the sending (check, requirements, package,
+    placement, estimate: refused as the run refuses them), then what would travel: the data's
+    objects (shards and lone files), the code, job.json, and which of them the backend lacks.
+    Nothing is sent or recorded: no task, no bucket."""
     from rich.markup import escape
     from rich.table import Table
 
     from jobs.files import human_bytes
-    from submit.backends import get_backend
-    from submit.run.submission import carried, prepare, upload_plan
+    from submit.run.submission import carried, plan_run, upload_plan
 
-    package = prepare(loaded, ui, recheck)
-    try:
-        be = get_backend(backend, start=False)  # asks a running emulator, never starts one
-    except QtrainError as exc:
-        be, unknown = None, exc.message
+    planned = plan_run(loaded, be, ui, profile, recheck, max_cost, smoke)
+    package, where = planned.package, planned.where
     plan = upload_plan(package, be)
-    if be is None:
-        plan["send_unknown"] = unknown
+    plan["placement"] = {"profile": where.profile, "gpu": where.gpu, "instances": where.instances,
+                         "nodes": where.nodes, "procs_per_node": where.procs}
+    plan["estimate"], plan["credits_left"] = planned.estimate.record(), planned.credits
     if as_json:
         print(json.dumps({"dry_run": True, **plan}), flush=True)
         return
@@ -212,7 +211,9 @@ def _dry_run(loaded, ui, recheck: bool, as_json: bool, backend: str | None = Non
     for f in links:
         console.print(f"{f['path']} comes from {f['link_to']}, outside its folder (data.follow_symlinks)",
                       highlight=False, markup=False)
-    console.print("Nothing was sent.", highlight=False, markup=False)
+    spread = f", {where.nodes} nodes x {where.procs} process(es)" if where.world > 1 else ""
+    console.print(f"It would run on {be.describe()}, profile {where.profile}, {where.instances} instance(s){spread}. "
+                  f"Nothing was sent.", highlight=False, markup=False)
     if plan.get("requirements"):
         reqs = plan["requirements"]
         console.print(f"requirements {reqs['requirements_hash'][:12]} ({', '.join(reqs['requirements'])}): not "

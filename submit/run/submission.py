@@ -1,5 +1,7 @@
-"""A run sent to a backend: check -> package -> estimate -> record -> upload -> submit.
+"""A run sent to a backend: check -> package -> place -> estimate -> record -> upload -> submit.
 
+Everything up to the record is `plan_run`, which `run --dry-run` and `run --estimate` go
+through too: they refuse what the run refuses, in the same line, and stop before the sending.
 Nothing leaves the machine until the check has passed; the run is in the store (`submitting`)
 before anything is sent, and its task carries the tags `submission_tags` names, so a submission
 interrupted anywhere is found again (`recover`) by the next `status`, `fetch`, `cancel` or
@@ -46,17 +48,11 @@ def submit_run(loaded: LoadedJob, backend: Backend, store: Store, ui: Ui,
                resume: RunRecord | None = None, max_cost: float | None = None, smoke: bool = False) -> RunRecord:
     job = loaded.job
     store.ensure_writable()  # before anything is uploaded
-    backend.check_image(job.resources.image)
-    backend.warm_up()  # e.g. the emulator's daemon starts while the job is checked
-    package = prepare(loaded, ui, recheck, smoke)
+    planned = plan_run(loaded, backend, ui, profile, recheck, max_cost, smoke, warm_up=True)
+    package, where, est = planned.package, planned.where, planned.estimate
     if resume is not None:
         package.extras = resume_checkpoints(resume, store)
-    if backend.runs_images() and stale_image(job.resources.image):
-        ui.warn(f"the image {job.resources.image} was built from other code than this checkout's: "
-                f"qtrain image build (and push) to run your changes")
-    where = place(loaded, backend, profile)
     profile_name, gpu = where.profile, where.gpu
-    est, _ = estimate_run(loaded, package, backend, gpu, ui, max_cost, where.procs)
     image, site_constants = job.resources.image, {}
     if package.requirements is not None:  # the runner image plus the job's packages, or a folder of them
         image = backend.image_with(package.requirements, job.resources.image, lambda line: ui.say(line, style="dim"))
@@ -149,6 +145,37 @@ def place(loaded: LoadedJob, backend: Backend, profile: str | None = None) -> Pl
     trials = len(loaded.trials)
     backend.check_capacity(max(1, trials), gpu)
     return Placement(name, gpu, max(1, trials), 1, procs)
+
+
+@dataclass
+class Planned:
+    """A run as far as it goes without sending anything: its package (checked), its placement
+    and its estimate, with the account's credits left (None: not known)."""
+
+    package: Package
+    where: Placement
+    estimate: Estimate
+    credits: float | None = None
+
+
+def plan_run(loaded: LoadedJob, backend: Backend, ui: Ui, profile: str | None = None, recheck: bool = False,
+             max_cost: float | None = None, smoke: bool = False, warm_up: bool = False) -> Planned:
+    """Everything `run` does before it records and sends: the image the backend must run, the
+    check, the requirements (resolved by pip), the package, the placement and the estimate, each
+    refused in one line.  `run --dry-run` and `run --estimate` are this, then no sending.
+    `warm_up`: the backend gets ready (the emulator's daemon starts) while the job is checked;
+    else it is reached only once the check has passed."""
+    image = loaded.job.resources.image
+    backend.check_image(image)
+    if warm_up:
+        backend.warm_up()
+    package = prepare(loaded, ui, recheck, smoke)
+    if backend.runs_images() and stale_image(image):
+        ui.warn(f"the image {image} was built from other code than this checkout's: "
+                f"qtrain image build (and push) to run your changes")
+    where = place(loaded, backend, profile)
+    est, credits = estimate_run(loaded, package, backend, where.gpu, ui, max_cost, where.procs)
+    return Planned(package, where, est, credits)
 
 
 LIMIT_MARGIN_SECONDS = 120.0  # a task's wall-clock backstop beyond the runner's own limit: start, upload

@@ -143,7 +143,7 @@ def _table_job(tmp_path, **data):
 
 
 @pytest.mark.parametrize("field", ["labels", "test_labels"])
-def test_a_labels_field_a_table_never_reads_is_refused_naming_file_and_field(tmp_path, field, qtrain):
+def test_a_labels_field_a_table_never_reads_is_refused_naming_file_and_field(emulator, tmp_path, field, qtrain):
     secret = tmp_path / "shadow"
     secret.write_text("root:x")
     job = _table_job(tmp_path, **{field: str(secret)})
@@ -158,7 +158,7 @@ def test_a_labels_field_a_table_never_reads_is_refused_naming_file_and_field(tmp
     assert [f["path"] for f in unset.json()["files"]] == ["data/table.csv", "job.json"]
 
 
-def test_links_in_a_data_folder_are_refused_unless_followed_and_then_named(tmp_path, qtrain):
+def test_links_in_a_data_folder_are_refused_unless_followed_and_then_named(emulator, tmp_path, qtrain):
     folder = tmp_path / "ds"
     datagen.dollar_street(folder, n_train=40, n_test=20)
     inside = folder / "extra.npy"

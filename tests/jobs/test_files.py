@@ -35,16 +35,13 @@ def test_labels_are_read_and_sent_with_a_npy_of_images(tmp_path):
     assert [f.remote for f in job_files(loaded.job, loaded.base_dir)] == ["data/x.npy", "labels/y.npy"]
 
 
-def test_the_dry_run_lists_every_file_and_byte_and_sends_nothing(tmp_path, qtrain, monkeypatch):
+def test_the_dry_run_lists_every_file_and_byte_and_sends_nothing(tmp_path, qtrain, emulator):
     job = _table_job(tmp_path)
-    state = tmp_path / "state"
-    monkeypatch.setenv("QTRAIN_STATE_DIR", str(state))
     result = qtrain("run", job, "--dry-run", "--store", tmp_path / "store")
     assert result.code == 0, result.err
     size = (tmp_path / "table.csv").stat().st_size
     assert "data/table.csv" in result.out and f"{size:,}" in result.out and "Nothing was sent" in result.out
-    assert not (tmp_path / "store").exists()  # nothing recorded
-    assert not (state / "emulator" / "daemon.json").exists()  # no backend even started
+    assert not (tmp_path / "store").exists()  # nothing recorded (no bucket, no task: tests/submit/cli/test_runs.py)
 
 
 def test_new_fields_at_their_default_keep_every_job_hash():
