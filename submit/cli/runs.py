@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from jobs.errors import QtrainError, RunError
-from submit.cli.common import (JsonOption, RecheckOption, SmokeOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
+from submit.cli.common import (JobArgument, JsonOption, RecheckOption, ScriptArgs, SmokeOption, RunArgument, SetOption, StoreOption, _load, _open_run, _store,
                                command, console)
 
 
@@ -82,7 +82,8 @@ def _follow_and_retrieve(run, backend, store, ui, as_json: bool, wait: bool = Tr
 
 @command()
 def run(
-    job: str = typer.Argument(..., help="Job file (.yaml/.json) or a catalog job name."),
+    job: str = JobArgument,
+    script_args: Optional[list[str]] = ScriptArgs,
     backend: Optional[str] = typer.Option(
         None, help="local (the emulator on this machine) or qarnot. Default: qarnot when a Qarnot "
                    "account is configured (QARNOT_CLIENT_TOKEN or its config file), else local."),
@@ -123,7 +124,7 @@ def run(
 
     ui = Ui(json_mode=as_json)
     tags = dict(parse_tag(t, "--tag") for t in tag or [])  # before anything is checked or sent
-    loaded = _load(job, set_)
+    loaded = _load(job, set_, script_args)
     if dry_run:
         _dry_run(loaded, get_backend(backend), ui, profile, recheck, max_cost, smoke, as_json)
         return
