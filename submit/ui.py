@@ -1,5 +1,8 @@
 """What the CLI shows: consoles, transfer progress bars, metric and confusion tables.
 
+A table wider than the terminal is never squeezed into empty boxes: `fitting` finds how many of its
+columns fit, and the columns left out are named in one line (`left_out`) that says how to see them.
+
 Live output (states, epoch lines, progress) goes to `ui.out`, which is stdout normally and stderr
 under --json, so that stdout's last line stays the one JSON object scripts read.
 """
@@ -10,12 +13,13 @@ import csv
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.table import Table
+from rich.text import Text
 
 from jobs.results import CONFUSION, SweepSummary
 
@@ -91,22 +95,57 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table | No
     return t
 
 
-def confusion_table(folder: Path) -> Table | None:
-    """The test confusion matrix of the results in `folder` (None for regression)."""
+def confusion_table(folder: Path, console: Console) -> list[Any]:
+    """The test confusion matrix of the results in `folder` (nothing for regression), with as many
+    predicted classes as fit the console's width, and a line naming those left out."""
     path = folder / CONFUSION
     if not path.is_file():
-        return None
+        return []
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if len(rows) < 2:
-        return None
-    t = Table(title="confusion matrix (test; rows = true, columns = predicted)", title_justify="left")
-    t.add_column("true \\ predicted", style="bold")
-    for c in rows[0][1:]:
-        t.add_column(c, justify="right")
-    for i, row in enumerate(rows[1:]):
-        t.add_row(row[0], *(f"[bold]{v}[/]" if j == i else v for j, v in enumerate(row[1:])))
-    return t
+        return []
+    classes = rows[0][1:]
+
+    def build(n: int) -> Table:
+        t = Table(title="confusion matrix (test; rows = true, columns = predicted)", title_justify="left")
+        t.add_column("true \\ predicted", style="bold", no_wrap=True)
+        for c in classes[:n]:
+            t.add_column(c, justify="right", no_wrap=True)
+        for i, row in enumerate(rows[1:]):
+            t.add_row(row[0], *(f"[bold]{v}[/]" if j == i else v for j, v in enumerate(row[1:n + 1])))
+        return t
+
+    shown = fitting(console, build, len(classes), least=1)
+    out: list[Any] = [build(shown)]
+    if shown < len(classes):
+        out.append(left_out(f"{len(classes) - shown} columns", classes[shown:], f"or see its {CONFUSION}"))
+    return out
+
+
+def fitting(console: Console, build: Callable[[int], Table], most: int, least: int = 0) -> int:
+    """The most optional columns (`least` to `most`) with which the table `build(n)` fits the
+    console's width, nothing wrapped (the widths grow with n)."""
+    lo, hi = least, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if natural_width(console, build(mid)) <= console.width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def natural_width(console: Console, renderable: Any) -> int:
+    """The width `renderable` takes with nothing wrapped (measured past the console's width, which
+    a measure is otherwise clamped to)."""
+    return console.measure(renderable, options=console.options.update_width(1 << 20)).maximum
+
+
+def left_out(what: str, names: list[str], more: str = "or --json") -> Text:
+    """The line under a table cut to the terminal: what was left out and how to see it."""
+    return Text(f"{what} left out (widen the terminal, {more}): "
+                + ", ".join(printable(n) for n in names), style="yellow")
 
 
 def fmt(value: Any) -> str:

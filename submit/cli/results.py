@@ -31,12 +31,6 @@ def _refreshed(store, records):
     return records
 
 
-def _state(record) -> str:
-    if record.done and not record.retrieved and record.task_uuid:
-        return f"{record.state} (not retrieved)"
-    return record.state
-
-
 # ------------------------------------------------------------------------------------- list
 @command("list", group=results_app)
 def results_list(
@@ -93,37 +87,22 @@ def results_list(
         console.print("no runs match" if (job or tag or where) else
                       f"no runs yet in {store.root}  (qtrain run JOB)", highlight=False)
         return
-    from submit.ui import fmt
+    from submit.results.tables import list_view
 
-    wide = console.width >= 120  # the backend and tags columns only where they fit
-    from rich import box
-
-    # the run id starts with its creation time (UTC): no column of its own
-    longest = max(len(r.run_id) for r in runs)
-    t = Table(Column("run", no_wrap=True, min_width=longest), Column("state", no_wrap=True, min_width=9),
-              *([Column("backend", no_wrap=True), "tags"] if wide else []),
-              *(Column(m, justify="right", no_wrap=True, min_width=max(len(m), 6)) for m in metrics),
-              *(Column(f, justify="right", no_wrap=True, min_width=9) for f in (FOOTPRINT_COLUMNS if footprint else ())),
-              box=box.SIMPLE_HEAD, pad_edge=False,
-              caption="metrics: test split of each run's model (a sweep: its best trial)"
-                      + ("; * emulated figures (the local emulator's model, not Qarnot's)" if footprint else ""))
-    for row, r in zip(rows, runs):
-        t.add_row(row["run_id"], _state(r),
-                  *([f"{r.backend}/{r.profile}", _tags(r.tags)] if wide else []),
-                  *(fmt(row["test"].get(m)) if m in row["test"] else "" for m in metrics),
-                  *(_footprint_cells(r) if footprint else ()))
-    console.print(t)
+    for part in list_view(runs, [row["test"] for row in rows], metrics, footprint, console):
+        console.print(part, soft_wrap=False)
 
 
-FOOTPRINT_COLUMNS = ("cost_eur", "energy_wh", "co2_g")
+def _state(record) -> str:
+    from submit.results.tables import state_text
+
+    return state_text(record)
 
 
-def _footprint_cells(run) -> list[str]:
-    from submit.backends.footprint import show
+def _tags(tags: dict[str, str]) -> str:
+    from submit.results.tables import tags_text
 
-    fp = run.info.get("footprint") or {}
-    mark = "*" if fp.get("source") == "emulated" else ""
-    return [show(fp.get(f)) + (mark if fp.get(f) is not None else "") for f in FOOTPRINT_COLUMNS]
+    return tags_text(tags)
 
 
 def _tag_filter(item: str) -> tuple[str, str | None]:
@@ -134,12 +113,6 @@ def _tag_filter(item: str) -> tuple[str, str | None]:
     return key, (value if "=" in item else None)
 
 
-def _tags(tags: dict[str, str]) -> str:
-    from submit.ui import printable
-
-    return printable(" ".join(k if not v else f"{k}={v}" for k, v in tags.items()))
-
-
 # ------------------------------------------------------------------------------------- show
 @command("show", group=results_app)
 def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
@@ -148,10 +121,11 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     your data path), its hyperparameters, metrics, confusion matrix, timings, files; a sweep's
     trials with their parameters and metrics."""
     from jobs.results import headline
-    from submit.results.query import job_fields, user_job
+    from submit.results.query import job_fields, own_settings, user_job
+    from submit.results.tables import metrics_view
     from submit.run.retrieve import backend_for, refresh
     from submit.run.summary import summary
-    from submit.ui import Ui, confusion_table, fmt, metrics_table, printable, trials_table
+    from submit.ui import Ui, confusion_table, fmt, printable, trials_table
 
     store, record = _open_run(run_ref, store_dir)
     if record.pending:
@@ -162,7 +136,7 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     trial, metrics = record.chosen()
     job = user_job(record, trial)
     data = summary(record, store)
-    data["hyperparameters"] = job
+    data["hyperparameters"] = own_settings(job)  # a script job: a script job's settings only
     if as_json:
         print(json.dumps(data))
         return
@@ -221,11 +195,12 @@ def results_show(run_ref: str = RunArgument, as_json: bool = JsonOption,
     console.print(hp)
     if record.trials:
         console.print(trials_table(record.sweep(), headline(record.task).metric))
+    for part in metrics_view(metrics, "metrics" if trial is None else f"metrics of trial {trial}",
+                             script=bool(record.job.get("script")), done=record.done):
+        console.print(part, soft_wrap=False)
     if metrics:
-        console.print(metrics_table(metrics, "metrics" if trial is None else f"metrics of trial {trial}"))
-        table = confusion_table(store.artifacts_dir(record.run_id, trial))
-        if table is not None:
-            console.print(table)
+        for part in confusion_table(store.artifacts_dir(record.run_id, trial), console):
+            console.print(part, soft_wrap=False)
 
 
 def _footprint_line(fp: dict | None) -> str:
@@ -264,7 +239,6 @@ def results_compare(
     differ marked with *.  `none`: an empty setting; `n/a`: a setting that model does not have."""
     from jobs.results import headline
     from submit.results.compare import compare_runs, curves, short
-    from submit.ui import fmt
 
     if plot is not None:
         output_file(plot, "--plot")
@@ -284,30 +258,11 @@ def results_compare(
     if as_json:
         print(json.dumps(table))
         return
-    t = Table("", *(Column(short(label), justify="right") for label in table["runs"]),
-              title="compare (best value in green; * setting differs)", title_justify="left")
-    from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
+    from submit.results.tables import compare_view
 
-    for name, values in table["metrics"].items():
-        best = set(table["best"].get(name, []))
-        shown = ["unknown" if v is None and name in FOOTPRINT_FIELDS else fmt(v) for v in values]
-        t.add_row(name, *(f"[bold green]{text}[/]" if i in best else text for i, text in enumerate(shown)))
-    t.add_section()
-    for key, values in table["settings"].items():
-        differs = key in table["differs"]
-        t.add_row(f"* {key}" if differs else f"  {key}",
-                  *(f"[yellow]{_setting(v)}[/]" if differs else _setting(v) for v in values))
-    console.print(t, highlight=False)
-
-
-def _setting(value: Any) -> str:
-    from rich.markup import escape
-
-    from submit.ui import fmt
-
-    if value is None:
-        return "none"
-    return escape(json.dumps(value) if isinstance(value, (list, dict)) else fmt(value))
+    for part in compare_view(table, [short(label) for label in table["runs"]], headline(records[0].task).metric,
+                             console):
+        console.print(part, highlight=False, soft_wrap=False)
 
 
 # -------------------------------------------------------------------------------- organise

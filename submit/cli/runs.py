@@ -26,9 +26,9 @@ def _finish(run, store, ui, as_json: bool, show_results: bool = True) -> None:
         title = ("metrics" if trial is None
                  else f"metrics of the best trial ({trial}, chosen on {data['selection']})")
         for table in (metrics_table(metrics, title),
-                      confusion_table(store.artifacts_dir(run.run_id, trial))):
+                      *confusion_table(store.artifacts_dir(run.run_id, trial), ui.out)):
             if table is not None:
-                ui.out.print(table)
+                ui.out.print(table, soft_wrap=False)
     for note in (metrics or {}).get("notes") or [] if show_results else []:
         ui.warn(note)
     if run.trials:

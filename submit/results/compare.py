@@ -5,6 +5,10 @@ Each column is a model: a run's own, or, for a sweep, the trial chosen on valida
 with that trial's settings.  `results compare SWEEP_RUN` alone compares the sweep's trials.
 Settings that differ between the columns are marked, and so is the best value of each metric.
 A setting is `none` when it is empty and `n/a` when the column's model has no such setting.
+
+A script job's column has a script job's settings only (`query.own_settings`: its script, data.path,
+seed, device, threads, resources), every metric of the splits it logged predictions for, and what
+it reported itself (`reported NAME`: log_metrics' values, as they are).
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from typing import Any
 from jobs.results import HISTORY, headline
 from jobs.load import format_trial, sweep_trials
 from submit.backends.footprint import FIELDS as FOOTPRINT_FIELDS
-from submit.results.query import flatten, lower_is_better, user_job
+from submit.results.query import flatten, known_direction, lower_is_better, own_settings, user_job
 from submit.store import RunRecord, Store
 
 # Always shown, even when equal: what a reader looks for first.
 KEY_SETTINGS = ("name", "data.path", "model.kind", "train.epochs", "train.batch_size",
-                "train.optimizer", "train.lr")
+                "train.optimizer", "train.lr", "script.path")
 NOT_APPLICABLE = "n/a"
 
 
@@ -33,6 +37,10 @@ class Column:
     metrics: dict[str, Any]
     job: dict[str, Any]
     folder: Path
+
+    @property
+    def script(self) -> bool:
+        return bool(self.job.get("script"))
 
 
 def columns(records: list[RunRecord], store: Store) -> list[Column]:
@@ -64,27 +72,38 @@ def compare_runs(records: list[RunRecord], store: Store) -> dict[str, Any]:
         metrics["trial"] = [None if s is None else (s.best.trial if s.best else None) for s in sweeps]
         metrics["chosen on"] = [None if s is None else s.selection for s in sweeps]
     head = headline(records[0].task).metric
-    val = [c.metrics.get("val") or {} for c in cols]
-    if any(head in v for v in val):
-        metrics[f"val {head}"] = [v.get(head) for v in val]
-    names: list[str] = []
+    for split in ("val", "test", "train"):  # a model's: its validation headline and test metrics
+        names: list[str] = []
+        for c in cols:
+            values = c.metrics.get(split) or {}
+            if split == "test" or c.script:
+                names += [k for k, v in values.items() if _number(v) and k not in names]
+            elif split == "val" and _number(values.get(head)) and head not in names:
+                names.append(head)
+        for name in names:
+            metrics[f"{split} {name}"] = [(c.metrics.get(split) or {}).get(name) for c in cols]
+    reported: list[str] = []
     for c in cols:
-        names += [k for k, v in (c.metrics.get("test") or {}).items()
-                  if isinstance(v, (int, float)) and k not in names]
-    for name in names:
-        metrics[f"test {name}"] = [(c.metrics.get("test") or {}).get(name) for c in cols]
-    metrics["epochs run"] = [c.metrics.get("epochs_run") for c in cols]
-    metrics["train seconds"] = [(c.metrics.get("timings") or {}).get("train_seconds") for c in cols]
+        reported += [k for k in c.metrics.get("reported") or {} if k not in reported]
+    for name in reported:
+        metrics[f"reported {name}"] = [(c.metrics.get("reported") or {}).get(name) for c in cols]
+    timings = [c.metrics.get("timings") or {} for c in cols]
+    optional = {"epochs run": [c.metrics.get("epochs_run") for c in cols],
+                "train seconds": [t.get("train_seconds") for t in timings]}
+    if any(t.get("train_seconds") is None and t.get("total_seconds") is not None for t in timings):
+        optional["total seconds"] = [t.get("total_seconds") for t in timings]  # a script's: its whole run
+    metrics.update({name: values for name, values in optional.items() if any(v is not None for v in values)})
     if len({id(c.run) for c in cols}) == len(cols):  # what each run cost (a sweep's trials share one task)
         prints = [c.run.info.get("footprint") or {} for c in cols]
         if any(prints):
             for name in FOOTPRINT_FIELDS:
                 metrics[name] = [p.get(name) for p in prints]
     best = {name: best_of(name, values) for name, values in metrics.items()
-            if (name.startswith(("val ", "test ", "train seconds")) or name in FOOTPRINT_FIELDS)
+            if (name.startswith(("val ", "test ", "train ", "total seconds")) or name in FOOTPRINT_FIELDS
+                or (name.startswith("reported ") and known_direction(name.replace(" ", "_"))))
             and not name.endswith(" n")}
 
-    flat = [flatten({k: v for k, v in c.job.items() if k != "description"}) for c in cols]
+    flat = [flatten({k: v for k, v in own_settings(c.job).items() if k != "description"}) for c in cols]
     keys = sorted(set().union(*flat), key=lambda k: (k not in KEY_SETTINGS, k))
     settings: dict[str, list[Any]] = {}
     differs = []
@@ -109,10 +128,14 @@ def compare_runs(records: list[RunRecord], store: Store) -> dict[str, Any]:
             "best": {k: v for k, v in best.items() if v}, "differs": differs}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def best_of(name: str, values: list[Any]) -> list[int]:
     """The columns holding the best value of a metric (all of them on a tie; none if fewer
     than two columns have a value)."""
-    numbers = [(i, v) for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [(i, v) for i, v in enumerate(values) if _number(v)]
     if len(numbers) < 2:
         return []
     pick = min if lower_is_better(name.replace(" ", "_")) else max

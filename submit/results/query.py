@@ -29,7 +29,10 @@ from submit.store import RunRecord
 SPLITS = ("train", "val", "test", "baseline")
 RUN_FIELDS = ("state", "job", "backend", "profile", "trials", "created", "retrieved", "executor",
               "run_id", "note")
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds", *FOOTPRINT_LOWER_IS_BETTER)
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "log_loss", "mse", "train_seconds", "total_seconds",
+                   *FOOTPRINT_LOWER_IS_BETTER)
+HIGHER_IS_BETTER = ("accuracy", "f1", "f1_macro", "f1_positive", "auc", "roc_auc", "r2", "precision",
+                    "recall", "precision_macro", "recall_macro", "score")
 # The columns `results list` shows per task (test split of the run's model).
 TASK_COLUMNS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "rmse")}
 
@@ -67,20 +70,43 @@ def user_job(run: RunRecord, trial: int | None) -> dict[str, Any]:
     return job
 
 
-def job_fields(job: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a job that shaped its run, flattened: all of a model job's; of a script job,
-    its script, data.path, the train fields it is told (jobs.spec.SCRIPT_TRAIN) and resources."""
+def own_settings(job: dict[str, Any]) -> dict[str, Any]:
+    """The settings a job of its kind has: all of a model job's; of a script job, its name, its
+    script (path, source, args), data.path when given, the train fields it is told
+    (jobs.spec.SCRIPT_TRAIN) and resources, never the model and training defaults it ignores."""
     from jobs.spec import SCRIPT_TRAIN
 
-    if job.get("script"):
-        job = {"script": job["script"], "data": {"path": (job.get("data") or {}).get("path")},
-               "train": {k: v for k, v in (job.get("train") or {}).items() if k in SCRIPT_TRAIN},
-               "resources": job.get("resources") or {}}
-    return flatten({k: v for k, v in job.items() if k not in ("name", "description", "task")})
+    if not job.get("script"):
+        return job
+    data = (job.get("data") or {}).get("path")
+    return {"name": job.get("name"), "script": job["script"], **({"data": {"path": data}} if data else {}),
+            "train": {k: v for k, v in (job.get("train") or {}).items() if k in SCRIPT_TRAIN},
+            "resources": job.get("resources") or {}}
+
+
+def job_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a job that shaped its run (`own_settings`), flattened, its name, description
+    and task apart."""
+    return flatten({k: v for k, v in own_settings(job).items() if k not in ("name", "description", "task")})
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.rsplit(".", 1)[-1].removeprefix("val_").removeprefix("test_") in LOWER_IS_BETTER
+    return metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER or _bare(metric) in LOWER_IS_BETTER
+
+
+def known_direction(metric: str) -> bool:
+    """Whether better is known for a metric named so (a script's own `my_rmse`, `val_score`: yes;
+    `epoch_time`: no, and no value of it is marked best)."""
+    bare = _bare(metric)
+    return any(bare == name or bare.endswith("_" + name) for name in (*LOWER_IS_BETTER, *HIGHER_IS_BETTER))
+
+
+def _bare(metric: str) -> str:
+    """`val.accuracy`, `val_accuracy`, `reported_accuracy` -> `accuracy`."""
+    bare = metric.rsplit(".", 1)[-1]
+    for prefix in ("val_", "test_", "train_", "reported_"):
+        bare = bare.removeprefix(prefix)
+    return bare
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
