@@ -370,6 +370,7 @@ class RunResults:
 
 # ---------------------------------------------------------------------------- runner's lines
 PREFIX = "[qtrain]"  # every line the runner prints starts with it
+SKIPPED = "of output skipped"  # the emulator's line, in a fresh read, for lines it dropped unread
 
 
 def epoch_line(fields: dict[str, object]) -> str:

@@ -224,7 +224,7 @@ class Api:
                     if int(iid) not in buffers:
                         raise RequestError(404, f"task {uuid} has no instance {iid}")
                     buf = buffers[int(iid)]
-                return buf.fresh() if fresh else buf.whole()
+                return buf.fresh() if fresh else buf.kept()
         return read
 
     def abort(self, body: Any, uuid: str) -> dict[str, Any]:

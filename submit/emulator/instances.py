@@ -1,7 +1,7 @@
 """An instance of a task, as the emulator keeps it and as an executor runs it.
 
     Output        one stream of an instance (or of the task): a ring of lines, and how much of it
-                  the state file holds and a "fresh" request has read
+                  the state file holds and a "fresh" request has read; what it dropped, it says
     Instance      its state, times, process and files uploaded
     InstanceSpec  what an executor is asked to run (command, folder, environment, image, share)
     Running       a started instance: its output streams, wait, kill
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobs import settings
+from jobs.results import PREFIX, SKIPPED
 from runner.api import signal_instance
 from submit.emulator.commands import command_argv
 
@@ -31,6 +32,11 @@ class Output:
 
     Offsets are absolute (characters since the buffer began), so what the state file lacks is a
     suffix: the flusher appends it as a chunk instead of rewriting the whole log twice a second.
+
+    Once the ring has dropped lines, what it gives whole (`kept`: `qtrain logs`, task-stdout.txt)
+    begins with a line saying how much was left out; a "fresh" read that fell behind (lines dropped
+    before it read them: a script printing faster than `qtrain run` shows) begins with a line
+    saying how many lines it skipped (`SKIPPED`).  Neither line is in the ring (nor the state file).
     """
 
     text: list[str] = field(default_factory=list)
@@ -41,6 +47,8 @@ class Output:
     saved: int = 0  # absolute end of what the state file holds
     base: int = 0  # absolute offset of the state file's first character for this buffer
     stored: int = 0  # characters the state file holds for this buffer (chunks summed)
+    dropped_lines: int = 0  # lines dropped from the front since the buffer began
+    skipped: tuple[int, int] = (0, 0)  # (lines, characters) dropped unread since the last fresh read
 
     def add(self, line: str) -> None:
         self.text.append(line)
@@ -50,7 +58,11 @@ class Output:
             gone = self.text.pop(0)
             self.size -= len(gone)
             self.dropped += len(gone)
-            self.fresh_at = max(0, self.fresh_at - 1)
+            self.dropped_lines += 1
+            if self.fresh_at:
+                self.fresh_at -= 1
+            else:  # never read fresh: the reader is told it skipped it
+                self.skipped = (self.skipped[0] + 1, self.skipped[1] + len(gone))
 
     @property
     def end(self) -> int:
@@ -87,12 +99,33 @@ class Output:
     def whole(self) -> str:
         return "".join(self.text)
 
+    def kept(self) -> str:
+        """The text, after a line saying how much the ring left out (when it did)."""
+        if not self.dropped_lines:
+            return self.whole()
+        return (f"{PREFIX} {self.dropped_lines:,} lines ({size(self.dropped)}) of earlier output left out: the "
+                f"emulator keeps the last {size(LOG_LIMIT)} of each stream (Qarnot's buffer is circular too)\n"
+                + self.whole())
+
     def fresh(self) -> str:
+        """What was added since the last fresh read, after a line saying how many lines left the
+        ring before they could be read (when some did)."""
         new = self.text[self.fresh_at:]
-        if new:
+        lines, chars = self.skipped
+        notice = (f"{PREFIX} {lines:,} lines ({size(chars)}) {SKIPPED}: they left the emulator's "
+                  f"{size(LOG_LIMIT)} buffer before they were read\n") if lines else ""
+        if new or notice:
             self.fresh_at = len(self.text)
+            self.skipped = (0, 0)
             self.version += 1
-        return "".join(new)
+        return notice + "".join(new)
+
+
+def size(n: int) -> str:
+    """Characters as a reader counts bytes: 200 B, 25.8 MB, 4 MiB (a whole number of MiB)."""
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n} B" if n < 1000 else f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
 
 
 @dataclass

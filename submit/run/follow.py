@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 
 from jobs import settings
 from jobs.errors import QtrainError
-from jobs.results import PREFIX, parse_epoch_line
+from jobs.results import PREFIX, SKIPPED, parse_epoch_line
 from submit.backends import Backend
 from submit.backends.base import BackendUnreachable, TaskStatus
 from submit.store import RunRecord, Store
@@ -44,12 +44,18 @@ class LineBuffer:
 class LineShow:
     """Prints the task's lines: every line but epoch lines, which come at most one a second per
     instance (and always the last epoch), so a 500-epoch job stays readable.  `qtrain logs` has
-    every line."""
+    every line the backend kept.
+
+    The backend's buffer of a task's output is a ring: a task that prints faster than this shows
+    it (a rich line costs tens of microseconds to print) has lines dropped before they are read.
+    The emulator says how many in a line of the fresh output (`SKIPPED`), which is shown with the
+    command that has what was kept."""
 
     EVERY = 1.0
 
-    def __init__(self, ui: Ui):
+    def __init__(self, ui: Ui, run_id: str | None = None):
         self.ui = ui
+        self.run_id = run_id
         self.shown: dict[str, float] = {}  # instance prefix -> when its last epoch line was shown
         self.held: dict[str, str] = {}  # instance prefix -> newest epoch line not shown yet
 
@@ -67,6 +73,9 @@ class LineShow:
                 self.held.pop(key, None)
             else:
                 self.held[key] = line
+        elif line.startswith(PREFIX) and SKIPPED in line:
+            self.ui.say(f"{line[:line.find(SKIPPED) + len(SKIPPED)]} (they left the backend's buffer before they "
+                        f"were read): qtrain logs {self.run_id or 'RUN'} has what is kept", style="yellow")
         elif PREFIX in line:
             self.ui.say(line.rstrip(), style="red" if stream == "stderr" and "error" in line else None)
         else:
@@ -116,7 +125,7 @@ def follow(run: RunRecord, backend: Backend, store: Store, ui: Ui, quiet: bool =
     uuid = task_uuid(run)
     poll = settings.submission().poll_seconds or backend.poll_seconds
     buffers = {"stdout": LineBuffer(), "stderr": LineBuffer()}
-    show = LineShow(ui)
+    show = LineShow(ui, run.run_id)
     retry = retry or Retry(ui, f"qtrain fetch {run.run_id}")
     last = last_counts = None
     while True:
