@@ -104,7 +104,8 @@ def find_code(job: Job, base_dir: Path, job_file: str | Path | None = None) -> C
     """The job's code files (None: a built-in model, no code to ship); `job_file`, the job's own
     file, stays home too (it travels as job.json).  One-line JobErrors for a path that is not
     there, not Python, special, a link, or a folder over the limit."""
-    home = {Path(job_file).resolve()} if job_file else set()
+    # (a bare script, `qtrain run train.py`, is its own job file: it travels, as the code)
+    home = {Path(job_file).resolve()} if job_file and Path(job_file).suffix != ".py" else set()
     field = code_field(job)
     if field is None:
         return None

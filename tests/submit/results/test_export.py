@@ -198,7 +198,7 @@ def test_a_module_that_returns_a_tuple_or_is_lazy_exports_and_loads_without_qtra
     width = len(load_model(Store(store_dir).artifacts_dir(run["run_id"])).preprocess["outputs"])
     probe = ("import sys; sys.modules.update(runner=None, jobs=None, submit=None); "
              f"import mlflow, torch; mlflow.set_tracking_uri({tracking!r}); "
-             f"m = mlflow.pytorch.load_model('runs:/{mlflow_run}/model'); m.train(); "
-             f"print(type(m(torch.zeros(2, {width}))).__name__, tuple(m.eval()(torch.zeros(2, {width})).shape))")
+             f"m = mlflow.pytorch.load_model('runs:/{mlflow_run}/model'); out = m(torch.zeros(2, {width})); "
+             "print(type(out).__name__, tuple(out.shape))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.stdout.splitlines()[-1:] == ["Tensor (2, 3)"], out.stderr[-2000:]

@@ -308,9 +308,10 @@ def test_a_bare_script_runs_with_its_arguments_and_its_printed_metrics_come_home
     assert result.code == 0, result.err
     run = result.json()
     assert run["state"] == "succeeded" and run["metrics"]["test"] == {"loss": 0.0321}
-    assert "args ['--epochs', '2', '--lr', '0.1']" in result.out
+    assert "args ['--epochs', '2', '--lr', '0.1']" in result.out + result.err
     shown = qtrain("results", "show", run["run_id"])
     assert shown.code == 0 and "None" not in shown.out
-    assert any("test" in line and "loss" in line and "0.0321" in line for line in shown.out.splitlines()), shown.out
+    rows = [line.split() for line in shown.out.splitlines()]
+    assert ["┃", "metric", "┃", "test", "┃"] in rows and ["│", "loss", "│", "0.0321", "│"] in rows, shown.out
     listed = qtrain("results", "list", "--where", "test.loss<0.05", "--json")
     assert [r["run_id"] for r in listed.json()] == [run["run_id"]]
