@@ -130,12 +130,16 @@ def csv_job(tmp_path, write_job):
     return write_job(datagen.SMALL_JOB)
 
 
+SEPARATE_TIERS = ("faults", "matrix", "realworld")  # each about as long as the default run, or longer
+
+
 def pytest_collection_modifyitems(config, items):
-    """The default run (`pytest -q`: no -m, no paths) leaves out the fault-injection tier, which
-    takes about as long again; `-m faults`, or naming its files or tests, runs it (.ci/run does)."""
+    """The default run (`pytest -q`: no -m, no paths) leaves out the separate tiers (fault
+    injection, the matrix, real-world code); `-m faults` (matrix, realworld), or naming their files
+    or tests, runs them (.ci/run does)."""
     if config.option.markexpr or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
         return
-    faults = [item for item in items if item.get_closest_marker("faults")]
-    if faults:
-        config.hook.pytest_deselected(items=faults)
-        items[:] = [item for item in items if not item.get_closest_marker("faults")]
+    separate = [item for item in items if any(item.get_closest_marker(m) for m in SEPARATE_TIERS)]
+    if separate:
+        config.hook.pytest_deselected(items=separate)
+        items[:] = [item for item in items if item not in separate]
