@@ -3,6 +3,11 @@
 Jobs whose data cannot be shipped run on generated files with the real schema (tests/datagen.py);
 their targets are "clearly better than the naive baseline" since the seeds' numbers belong to the
 real data.  Each run's results contract is checked file by file, and `predict` must reproduce it.
+
+A threshold holds with room on any CPU: torch's kernels differ by CPU (AVX-512, AVX2, none; oneDNN's
+ISA; the threads), their rounding moves a short training's path as a change of seed does, and a
+figure still climbing moves with it.  So each is set below the lowest of the CPU's kernel paths and
+of a few seeds, measured (comments: what was reached), and a short run is held to its baseline.
 """
 
 from __future__ import annotations
@@ -87,14 +92,14 @@ def test_circles_reaches_the_noise_ceiling(qtrain, tmp_path):
 def test_digits_cnn(qtrain, tmp_path):
     m = train(qtrain, "digits-cnn", tmp_path)
     check_contract(tmp_path, "classification")
-    assert m["test"]["accuracy"] >= 0.97
+    assert m["test"]["accuracy"] >= 0.95  # the catalog's target, 0.97, with seed 0: 0.989; other seeds 0.967-0.986
 
 
 def test_mnist_cnn_on_idx_files_and_predict(qtrain, tmp_path, data_dir):
     m = train(qtrain, "mnist-cnn", tmp_path, f"data.path={data_dir / 'mnist'}", "train.epochs=10")
     check_contract(tmp_path, "classification")
     assert m["test"]["n"] == 300  # the t10k files are the test split
-    assert m["test"]["accuracy"] >= 0.9
+    assert m["test"]["accuracy"] >= 0.8  # reached 0.913-0.95 by kernel path, 0.977-0.99 other seeds; chance 0.1
     images = read_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
     np.save(tmp_path / "new.npy", images)
     result = qtrain("predict", tmp_path, tmp_path / "new.npy", "--out", tmp_path / "p.csv")
@@ -108,7 +113,7 @@ def test_mnist_mlp_on_pkl_gz(qtrain, tmp_path, data_dir):
     m = train(qtrain, "mnist-mlp", tmp_path, f"data.path={data_dir / 'mnist.pkl.gz'}",
               "train.epochs=8")
     check_contract(tmp_path, "classification")
-    assert m["test"]["accuracy"] >= 0.85
+    assert m["test"]["accuracy"] >= 0.8  # reached 0.897-0.92 by kernel path and seed
 
 
 def test_weather_sunshine_beats_persistence(qtrain, tmp_path, data_dir):
@@ -151,7 +156,7 @@ def test_dollar_street_cnn_then_transfer(qtrain, tmp_path, data_dir):
               f"model.backbone={first / 'model.pt'}", "train.epochs=8")
     check_contract(second, "classification")
     assert t["parameters"]["trainable"] < t["parameters"]["total"] / 2  # backbone frozen
-    assert t["test"]["accuracy"] >= 0.4
+    assert t["test"]["accuracy"] >= 0.3  # twice the baseline (0.15): 0.54 here, 0.42 from another seed's CNN
     # the saved transfer model rebuilds without the backbone file
     (first / "model.pt").unlink()
     preds = pd.read_csv(second / "predictions.csv")
@@ -183,22 +188,27 @@ def test_rain_tutorial_runs_the_tutorials_own_script(qtrain, tmp_path, data_dir)
     assert result.code == 0, result.err
     m = json.loads((tmp_path / "metrics.json").read_text())
     preds = pd.read_csv(tmp_path / "predictions.csv")  # the script's own file
-    majority = max((preds["true"] == 1).mean(), (preds["true"] == 0).mean())
-    assert m["test"]["n"] == len(preds) and m["test"]["accuracy"] > majority + 0.03
-    assert m["test"]["roc_auc"] > 0.8 and m["epochs_run"] == 100
+    # learned: a majority-class guess has balanced accuracy 0.5 and AUC 0.5; reached 0.69 and 0.85
+    # (0.67-0.74 and 0.82-0.87 over the script's seeds; its accuracy, 0.79-0.83, sits within 0.04 of
+    # the 78% majority, too close to tell learning from rounding)
+    assert m["test"]["n"] == len(preds) and m["test"]["balanced_accuracy"] > 0.6
+    assert m["test"]["roc_auc"] > 0.75 and m["epochs_run"] == 100
     counts = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
     assert list(counts.columns) == ["No", "Yes"] and counts.to_numpy().sum() == len(preds)
 
 
 def test_mnist_cnn_module_is_the_builtin_mnist_cnn(qtrain, tmp_path, data_dir):
     """Seed 004's own Net class as a module job: the same network as the built-in mnist-cnn, so with
-    the same seed the same metrics; predict rebuilds it from the code kept with the run."""
+    the same seed the same metrics; predict rebuilds it from the code kept with the run.  Three
+    epochs are 57 steps, mid-descent (training loss 1.15 of 2.3): the accuracy they reach is
+    0.73-0.77 by the CPU's kernel path and 0.73-0.87 by seed, so it is held to the run's own
+    majority-class baseline (0.07), not to a figure."""
     sets = (f"data.path={data_dir / 'mnist'}", "train.epochs=3")
     mine = train(qtrain, "mnist-cnn-module", tmp_path / "module", *sets)
     check_contract(tmp_path / "module", "classification")
     builtin = train(qtrain, "mnist-cnn", tmp_path / "builtin", *sets)
     assert mine["test"] == builtin["test"] and mine["train_loss"] == builtin["train_loss"]
-    assert mine["test"]["accuracy"] >= 0.8
+    assert mine["test"]["accuracy"] >= mine["baseline"]["accuracy"] + 0.4  # two epochs already: 0.63
     images = read_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
     np.save(tmp_path / "new.npy", images)
     result = qtrain("predict", tmp_path / "module", tmp_path / "new.npy", "--out", tmp_path / "p.csv")
