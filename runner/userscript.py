@@ -48,8 +48,11 @@ class ScriptFailed(JobError):
     def __init__(self, code: int, stderr: list[str] = ()):  # type: ignore[assignment]
         last = next((line.strip() for line in reversed(stderr) if line.strip()), "")
         why = f" ({_signal_name(-code)})" if code < 0 else " (it ran past its time)" if code == 124 else ""
-        super().__init__(f"the script exited with status {code}{why}" + (f": {last[:300]}" if last else ""),
-                         hint="the last lines of its stderr above say why")
+        hint = "the last lines of its stderr above say why"
+        if code == -6 and "terminate called without an active exception" in last and distributed.current().active:
+            hint = ("torch's gloo aborts at exit when the process group is destroyed while a DistributedDataParallel "
+                    "model still holds it: `del model` before dist.destroy_process_group()")
+        super().__init__(f"the script exited with status {code}{why}" + (f": {last[:300]}" if last else ""), hint=hint)
         self.code = code if code > 0 else 1
         self.stderr = list(stderr)
 

@@ -75,6 +75,7 @@ if args.report == "predictions":
     else:
         qtrain.log_predictions(y[300:], out.argmax(1), proba=out.softmax(1), classes=["no", "yes"])
 if world > 1:
+    del model, optimizer  # DDP released first: torch's gloo may abort at exit otherwise (README, "Several nodes")
     dist.destroy_process_group()
 """
 

@@ -261,3 +261,19 @@ def test_the_script_is_told_where_things_are_and_never_the_secrets(tmp_path, qtr
     assert env["QTRAIN_SEED"] == "7" and env["QTRAIN_DEVICE"] == "cpu" and env["QTRAIN_SMOKE"] == "0"
     assert "QTRAIN_CHECKPOINT" not in env and "QARNOT_CLIENT_TOKEN" not in env and "DOCKER_REGISTRY_PASSWORD" not in env
     assert "QTRAIN_REGISTRY_PASSWORD" not in env
+
+
+def test_a_distributed_script_aborted_by_gloos_teardown_is_told_the_fix(monkeypatch):
+    """torch's gloo aborts at exit (SIGABRT) when the group is destroyed while DDP holds it: the
+    line names the signal and the fix; elsewhere a SIGABRT is only named."""
+    from runner.userscript import ScriptFailed
+
+    aborted = ["world 2 loss 1.02", "terminate called without an active exception"]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    failed = ScriptFailed(-6, aborted)
+    assert failed.code == 1 and "status -6 (killed by SIGABRT): terminate called without" in failed.one_line()
+    assert "`del model` before dist.destroy_process_group()" in failed.one_line()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert "del model" not in ScriptFailed(-6, aborted).one_line()
