@@ -264,7 +264,8 @@ ADDED_AT_DEFAULT: dict[str, Any] = {"data.follow_symlinks": False, "data.encodin
                                     "resources.requirements": None, "resources.max_minutes": None,
                                     "data.image_column": None, "data.image_size": None, "data.strict": False,
                                     "preprocess.augment": {"flip": False, "crop": 1.0, "jitter": 0.0}, "train.refit": "auto",
-                                    "resources.nodes": 1, "resources.procs_per_node": "auto"}
+                                    "resources.nodes": 1, "resources.procs_per_node": "auto",
+                                    "data.max_image_pixels": 40_000_000, "script.metrics": {}}
 
 
 def job_hash(job: Job, code_hash: str | None = None) -> str:
