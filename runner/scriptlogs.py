@@ -34,6 +34,7 @@ SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "
 FINAL = re.compile(r"^(train|val|test)\.([A-Za-z0-9_]+)$")  # script.metrics: a split's final metric
 IGNORED_TAGS = {"epoch", "step", "hp_metric", "lr-Adam", "created_at"}
 EVENTS_GLOB = "events.out.tfevents.*"
+EPOCH_LINE = "[qtrain] epoch="  # runner.script's own lines
 EXTRA = "tensorboard"  # the extra (pyproject) that brings TensorBoard's reader
 
 
@@ -67,23 +68,33 @@ class OutputMetrics:
     complete (a later epoch has begun), and the last one at `close`."""
 
     def __init__(self, patterns: dict[str, str], say: Callable[[str], None] | None = None):
-        self.patterns = {name: re.compile(rx) for name, rx in patterns.items()}
+        self.patterns = {name: re.compile(rx, re.MULTILINE) for name, rx in patterns.items()}
         self.say = say
         self.found = Found()
         self.counts: dict[str, int] = {}
         self.shown = 0  # the epochs up to this one have had their line
+        self.latest = 0  # the latest epoch a value came for
         self.bad: set[str] = set()
         self.lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
-    def feed(self, line: str) -> None:
-        if line.startswith("[qtrain] epoch="):
-            return  # runner.script's own epoch lines are in history.csv already
-        with self.lock:
-            for name, rx in self.patterns.items():
-                for match in rx.finditer(line):
+    def feed(self, text: str) -> None:
+        """Whole lines of the script's output, one or many: each pattern is matched line by line
+        (a match across a line's end is not one), runner.script's own epoch lines left out (they
+        are in history.csv already), the matches taken in the order they were printed."""
+        found = []
+        for name, rx in self.patterns.items():
+            for match in rx.finditer(text):
+                if "\n" in match.group(0):
+                    continue
+                start = text.rfind("\n", 0, match.start()) + 1
+                if not text.startswith(EPOCH_LINE, start):
+                    found.append((match.start(), name, match))
+        if found:
+            with self.lock:
+                for _, name, match in sorted(found, key=lambda f: f[0]):
                     self._take(name, match)
 
     def _take(self, name: str, match: re.Match) -> None:
@@ -106,7 +117,9 @@ class OutputMetrics:
             epoch = self.counts[name]
         epoch = int(epoch)
         self.found.rows.setdefault(epoch, {})[name] = value
-        self._show(below=epoch)
+        if epoch > self.latest:  # a new epoch has begun: the ones before it are complete
+            self.latest = epoch
+            self._show(below=epoch)
 
     def _show(self, below: int | None = None) -> None:
         if self.say is None:

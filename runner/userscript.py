@@ -192,19 +192,35 @@ def _call(argv: list[str], cwd: Path, env: dict[str, str], deadline: float | Non
 TAIL_LINES = 20  # of the script's stderr, kept for the line that says why it failed
 
 
+CHUNK = 1 << 16  # bytes read at a time: what a pipe holds, passed on as it arrives
+
+
 def _pump(source: Any, sink: Any, matcher: OutputMetrics | None, tail: deque | None) -> None:
-    """Pass a stream of the script's on, line by line, to `sink` (the runner's own stream)."""
-    for raw in iter(source.readline, b""):
-        line = raw.decode("utf-8", errors="replace")
-        try:
-            sink.write(line)
-            sink.flush()
-        except (OSError, ValueError):  # our own stream closed: keep draining the script's
-            pass
-        if matcher:
-            matcher.feed(line.rstrip("\n"))
-        if tail is not None and line.strip():
-            tail.append(line.rstrip())
+    """Pass a stream of the script's on to `sink` (the runner's own stream) as it comes, and its
+    whole lines to `matcher` (script.metrics) and `tail` (the last lines of stderr)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    partial, fd = "", source.fileno()
+    while True:
+        chunk = os.read(fd, CHUNK)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            try:
+                sink.write(text)
+                sink.flush()
+            except (OSError, ValueError):  # our own stream closed: keep draining the script's
+                pass
+        if matcher or tail is not None:
+            text = partial + text
+            cut = len(text) if not chunk else text.rfind("\n") + 1
+            lines, partial = text[:cut], text[cut:]
+            if lines and matcher:
+                matcher.feed(lines)
+            if lines and tail is not None:
+                tail.extend(line.rstrip() for line in lines.splitlines()[-TAIL_LINES:] if line.strip())
+        if not chunk:
+            break
     source.close()
 
 
