@@ -76,6 +76,10 @@ def load_job(path: str | Path, overrides: Iterable[str] = (), script_args: list[
     (`qtrain run train.py -- ARGS`: `script_args` its command line, as it is)."""
     file = find_job_file(path)
     source = str(file)
+    named = [item.split("=", 1)[0] for item in overrides if item.startswith("script.args.")]
+    if script_args and named:
+        raise JobError(f"--set {named[0]} and the words after -- both give the script's command line",
+                       hint=f"use one: after --, add --{named[0].removeprefix('script.args.')} VALUE")
     if file.suffix == ".py":
         raw = script_job(file, script_args)
     else:

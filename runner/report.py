@@ -177,7 +177,7 @@ def write_sweep_report(out: Path, sweep: SweepSummary, title: str = "") -> None:
     width = 0.8 / len(shown)
     for k, (split, name) in enumerate(shown):
         key = f"{split}_{metric}" if metric else "train_loss"
-        values = [row.get(key, np.nan) for row in rows]
+        values = [np.nan if row.get(key) is None else row[key] for row in rows]  # a trial without it: no bar
         ax.bar(x + (k - (len(shown) - 1) / 2) * width, values, width, label=name)
     if sweep.best is not None:  # over the best trial's bars
         at = [r.trial for r in sweep.trials].index(sweep.best.trial)
@@ -191,7 +191,9 @@ def write_sweep_report(out: Path, sweep: SweepSummary, title: str = "") -> None:
     ax.set_ylabel(metric or "training loss")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    best = f"best: trial {sweep.best.trial}, chosen on {sweep.selection}" if sweep.best else "no trial finished"
+    best = (f"best: trial {sweep.best.trial}, chosen on {sweep.selection}" if sweep.best
+            else "no trial chosen: nothing to compare them on" if any(r.metrics for r in sweep.trials)
+            else "no trial finished")
     ax.set_title(_title(f"Sweep ({best})", title))
     fig.tight_layout()
     _save_fig(fig, out / SWEEP_PNG)

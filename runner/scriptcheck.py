@@ -32,7 +32,8 @@ def check_script(loaded: LoadedJob, extra_paths: list[Path] = ()) -> dict[str, A
     except UnicodeDecodeError as exc:
         raise JobError(f"script.path {job.script.path}: not utf-8 text ({exc.reason})") from None
     local = _local_modules(code)
-    available = runner_modules() | set(sys.stdlib_module_names) | local | _modules_in(extra_paths)
+    available = runner_modules() | set(sys.stdlib_module_names) | local | _modules_in(extra_paths) | \
+        _required_modules(loaded)
     imports = []
     for node, name, line in _imports(tree):
         imports.append(name)
@@ -57,11 +58,34 @@ def _imports(tree: ast.AST):
     for node in ast.walk(tree):
         if id(node) in guarded:
             continue
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node, alias.name.split(".")[0], node.lineno
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            yield node, node.module.split(".")[0], node.lineno
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else []
+        for name in names:
+            yield node, name.split(".")[0], node.lineno
+            for module, needs in NEEDS.items():  # a module of a package that imports another's
+                if name == module or name.startswith(module + "."):
+                    yield node, needs, node.lineno
+
+
+# modules that import a package their own distribution does not bring (torch's SummaryWriter is
+# TensorBoard's writer): the script needs that package too
+NEEDS = {"torch.utils.tensorboard": "tensorboard"}
+
+
+def _required_modules(loaded: LoadedJob) -> set[str]:
+    """The modules of what resources.requirements names (as this machine maps distributions to
+    modules): a package the requirements bring is there, whether this interpreter has it already
+    or its site folder does."""
+    from importlib import metadata
+
+    from jobs.requirements import find_requirements
+
+    reqs = find_requirements(loaded.job, loaded.base_dir)
+    if reqs is None:
+        return set()
+    wanted = {_normal(name) for name in reqs.names}
+    return {module for module, dists in metadata.packages_distributions().items()
+            if any(_normal(d) in wanted for d in dists)} | wanted
 
 
 def _local_modules(code: Any) -> set[str]:

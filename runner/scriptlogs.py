@@ -7,6 +7,7 @@ loggers write.
   k).  A name with a split prefix (`test.accuracy`, `val.loss`) is a final metric of that split
   (its last match); any other name (`val_accuracy`, `train_loss`) is a per-epoch column of the
   history, printed as an epoch line as soon as its epoch is complete, so `qtrain run` shows it live.
+  A value printed with `%` right after it is a percentage, taken as a fraction (99% -> 0.99).
 - TensorBoard event files (`torch.utils.tensorboard.SummaryWriter`, Lightning's default logger),
   read with TensorBoard's own reader (`pip install 'qtrain[tensorboard]'`, or tensorboard in
   resources.requirements), and Lightning's `CSVLogger` files (`version_N/metrics.csv`): every scalar
@@ -99,8 +100,11 @@ class OutputMetrics:
 
     def _take(self, name: str, match: re.Match) -> None:
         groups = match.groupdict()
-        raw = groups.get("value") if "value" in groups else (match.group(1) if match.re.groups else match.group(0))
+        which = "value" if "value" in groups else 1 if match.re.groups else 0
+        raw = match.group(which)
         value = _number(raw)
+        if value is not None and match.string[match.end(which):match.end(which) + 1] == "%":
+            value /= 100  # a percentage, as printed: qtrain's accuracies are fractions
         if value is None:
             if name not in self.bad:
                 self.bad.add(name)

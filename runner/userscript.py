@@ -48,7 +48,7 @@ class ScriptFailed(JobError):
     def __init__(self, code: int, stderr: list[str] = ()):  # type: ignore[assignment]
         last = next((line.strip() for line in reversed(stderr) if line.strip()), "")
         why = f" ({_signal_name(-code)})" if code < 0 else " (it ran past its time)" if code == 124 else ""
-        hint = "the last lines of its stderr above say why"
+        hint = "its stderr says why (qtrain logs RUN --stderr)"
         if code == -6 and "terminate called without an active exception" in last and distributed.current().active:
             hint = ("torch's gloo aborts at exit when the process group is destroyed while a DistributedDataParallel "
                     "model still holds it: `del model` before dist.destroy_process_group()")
@@ -325,8 +325,8 @@ def finalize(loaded: LoadedJob, out_dir: Path, elapsed: float, *, trial: int | N
     if note:
         metrics["notes"].append(note)
     metrics["notes"] += extra.notes
-    if not predictions and not reported and not history and not finals:
-        metrics["notes"].append(NOTHING_REPORTED)
+    if not predictions and not reported and not history and not finals and status == 0:
+        metrics["notes"].append(NOTHING_REPORTED)  # (a script that failed says why already)
     Metrics.model_validate(metrics)  # the contract, checked where it is written
     write_json(out_dir / METRICS, metrics)
     env = settings.task()

@@ -161,6 +161,8 @@ def trials_table(sweep: SweepSummary, metric: str) -> Table:
     (chosen on validation, or on the training loss when there is none: the title says which)."""
     best = sweep.best.trial if sweep.best else None
     title = f"trials (best: {best}, chosen on {sweep.selection})" if best is not None else "trials"
+    if sweep.selection.startswith("val_"):  # the metric the trials were chosen on (a script's own: val_acc)
+        metric = sweep.selection.removeprefix("val_")
     t = Table(title=title, title_justify="left", caption=sweep.note)
     columns = ["trial", "overrides", f"val {metric}", f"test {metric}"]
     if sweep.selection == "train_loss":

@@ -166,6 +166,10 @@ def _open_run(run_ref: str, store_dir: Optional[Path]):
 # --------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI (click's standalone mode handles usage errors and --help) and return its status."""
+    misplaced = _script_option(sys.argv[1:] if argv is None else argv)
+    if misplaced:
+        err_console.print(f"error: {misplaced}", style="red", highlight=False, markup=False)
+        return 2
     try:
         app(args=argv, prog_name="qtrain")
     except SystemExit as exc:
@@ -173,6 +177,33 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return closed_pipe()
     return 0
+
+
+def _script_option(argv: list[str]) -> str | None:
+    """`qtrain run train.py --epochs 3`: an option that is not qtrain's, given to a script before
+    `--`, said as what it is (click would say "No such option" and stop there)."""
+    if len(argv) < 2 or argv[0] not in ("run", "check", "train") or not any(a.endswith(".py") for a in argv[1:]):
+        return None
+    import typer.main
+
+    words = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    command = typer.main.get_command(app).commands.get(argv[0])  # type: ignore[attr-defined]
+    known = {opt for param in getattr(command, "params", []) for opt in (*param.opts, *param.secondary_opts)}
+    strange = [w for w in words if w.startswith("-") and w.split("=")[0] not in known and w != "-"]
+    if not strange:
+        return None
+    ours, theirs, i = [], [], 0
+    while i < len(words):  # each strange option and the value after it go to the script
+        if words[i] in strange:
+            theirs.append(words[i])
+            if i + 1 < len(words) and not words[i + 1].startswith("-") and not words[i + 1].endswith(".py"):
+                theirs.append(words[i + 1])
+                i += 1
+        else:
+            ours.append(words[i])
+        i += 1
+    return (f"{strange[0]} is not an option of qtrain {argv[0]} (a script's own options go after --: "
+            f"qtrain {argv[0]} {' '.join(ours)} -- {' '.join(theirs)})")
 
 
 def closed_pipe() -> int:

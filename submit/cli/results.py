@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
 
 from jobs.errors import QtrainError
 from submit.cli.common import (RUN_HELP, JsonOption, RunArgument, StoreOption, YesOption, _open_run, _store,
@@ -43,8 +43,8 @@ def results_list(
         help="Only runs where this holds, e.g. 'test.r2>0.9', state=succeeded, train.lr<=0.01, "
              "tag.owner=ana (OP: = != > >= < <= ~; repeatable: all must hold). FIELD: state, job, "
              "backend, profile, executor, tag.KEY, SPLIT.METRIC (train|val|test|baseline of the "
-             "run's model; a sweep: its best trial), epochs_run, train_seconds, cost_eur, energy_wh, "
-             "co2_g, co2_saved_g, or a job setting."),
+             "run's model; a sweep: its best trial), reported.NAME (a script's log_metrics), epochs_run, "
+             "train_seconds, cost_eur, energy_wh, co2_g, co2_saved_g, or a job setting."),
     sort: Optional[str] = typer.Option(None, "--sort", metavar="[-]FIELD",
                                        help="Sort by FIELD (-FIELD: descending; runs without it last). "
                                             "Default: newest first."),
@@ -87,9 +87,16 @@ def results_list(
         console.print("no runs match" if (job or tag or where) else
                       f"no runs yet in {store.root}  (qtrain run JOB)", highlight=False)
         return
+    from submit.results.query import Condition, Fields
     from submit.results.tables import list_view
 
-    for part in list_view(runs, [row["test"] for row in rows], metrics, footprint, console):
+    # a metric or setting the runs were filtered or sorted on is shown, first (`test.loss`, `train.lr`)
+    asked = [Condition.parse(w).field for w in where or []] + ([sort.lstrip("-")] if sort else [])
+    asked = [f for f in dict.fromkeys(asked) if "." in f and not f.startswith(("tag.", "tags."))
+             and f.removeprefix("test.") not in metrics]
+    fields = Fields()
+    cells = [{**{f: fields.value(r, f) for f in asked}, **row["test"]} for r, row in zip(runs, rows)]
+    for part in list_view(runs, cells, asked + metrics, footprint, console):
         console.print(part, soft_wrap=False)
 
 

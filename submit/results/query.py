@@ -144,6 +144,8 @@ class Fields:
         split, _, name = field.partition(".")
         if split in SPLITS and name and name in (metrics.get(split) or {}):
             return metrics[split][name]
+        if split == "reported" and name:  # a script's own numbers (runner.script.log_metrics)
+            return (metrics.get("reported") or {}).get(name)
         if field == "epochs_run":
             return metrics.get("epochs_run")
         if field == "train_seconds":
@@ -155,7 +157,7 @@ class Fields:
         names = list(RUN_FIELDS) + ["epochs_run", "train_seconds", *FOOTPRINT_FIELDS]
         for run in runs[:50]:
             metrics = run.chosen()[1] or {}
-            names += [f"{s}.{k}" for s in SPLITS for k in (metrics.get(s) or {})]
+            names += [f"{s}.{k}" for s in (*SPLITS, "reported") for k in (metrics.get(s) or {})]
             names += [f"tag.{k}" for k in run.tags]
             names += list(flatten(self.job(run)))
         return list(dict.fromkeys(names))

@@ -195,7 +195,8 @@ def test_a_script_that_logs_with_summary_writer(qtrain, tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "train.py").write_text(textwrap.dedent(SUMMARY_WRITER))
     run = _run(qtrain, tmp_path, {"name": "writer", "task": "classification",
-                                  "script": {"path": "code/train.py", "args": {"epochs": 6}}})
+                                  "script": {"path": "code/train.py", "args": {"epochs": 6}},
+                                  "resources": {"requirements": ["tensorboard"]}})  # SummaryWriter's, as check says
     metrics = run["metrics"]
     assert metrics["epochs_run"] == 6 and metrics["val"]["accuracy"] > 0.8 and metrics["train_loss"] > 0
     shown = qtrain("results", "show", run["run_id"], "--store", tmp_path / "store")

@@ -51,7 +51,7 @@ def test_a_failing_script_says_its_own_status_and_last_stderr_line(tmp_path, qtr
     assert result.code == 1 and "internal error" not in result.err
     line = [ln for ln in result.err.splitlines() if ln.startswith("error:")]
     assert line == ["error: the script exited with status 3: ValueError: the shapes (32, 10) and (3,) do not match "
-                    "(the last lines of its stderr above say why)"]
+                    "(its stderr says why (qtrain logs RUN --stderr))"]
 
 
 MNIST_LIKE = """
@@ -73,7 +73,7 @@ def test_script_metrics_read_final_values_and_curves_from_the_output(tmp_path, q
     result = qtrain("train", path, "--out", out)
     assert result.code == 0, result.err
     metrics = _metrics(out)
-    assert metrics["test"] == {"loss": 0.0321, "accuracy": 99.0}
+    assert metrics["test"] == {"loss": 0.0321, "accuracy": 0.99}  # "(99%)": a percentage, as a fraction
     assert metrics["epochs_run"] == 4 and metrics["train_loss"] == pytest.approx(1 / 5)  # epoch 3's last batch
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
@@ -193,3 +193,21 @@ def test_a_script_sweep_without_validation_says_what_a_script_can_do(tmp_path, q
     assert summary["selection"] == "train_loss" and summary["best"]["trial"] == 1
     assert "script.metrics" in summary["note"] and "split.val_size" not in summary["note"]
     assert "split.val_size" not in result.out + result.err
+
+
+def test_a_script_sweep_that_reports_nothing_to_compare_still_ends_with_its_report(tmp_path, qtrain):
+    """A stranger's first sweep of a plain script: no validation metric, no training loss, a
+    test metric only; the sweep says what it lacks and writes its table and plot (it crashed on
+    the missing bars)."""
+    path = _job(tmp_path, 'import sys\nprint(f"Accuracy: {sys.argv[-1]}")', task="classification",
+                script={"args": {"lr": 0.1}, "metrics": {"test.accuracy": "Accuracy: ([0-9.]+)"}},
+                sweep={"script.args.lr": [0.1, 0.5]})
+    result = qtrain("train", path, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    summary = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert summary["best"] is None and "reports no metric to compare its trials on" in summary["note"]
+    from runner.api import write_sweep_report
+    from jobs.results import SweepSummary
+
+    write_sweep_report(tmp_path / "out", SweepSummary.model_validate(summary))
+    assert (tmp_path / "out" / "sweep.png").is_file() and (tmp_path / "out" / "sweep.csv").is_file()

@@ -200,6 +200,8 @@ def test_script_arguments_become_its_command_line():
     ("import torch\ndef f(:\n    pass\n", "train.py:2: syntax error"),
     ("import os\nimport notapkg_xyz\n", "train.py:2: imports notapkg_xyz"),
     ("from notapkg_xyz.sub import thing\n", "train.py:1: imports notapkg_xyz"),
+    # torch's own module, TensorBoard's writer: the runner image has torch, not tensorboard
+    ("import torch\nfrom torch.utils.tensorboard import SummaryWriter\n", "train.py:2: imports tensorboard"),
 ])
 def test_check_names_the_scripts_mistake_in_one_line(tmp_path, qtrain, body, expected):
     path = _script_job(tmp_path, body)

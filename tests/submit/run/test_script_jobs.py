@@ -315,3 +315,29 @@ def test_a_bare_script_runs_with_its_arguments_and_its_printed_metrics_come_home
     assert ["┃", "metric", "┃", "test", "┃"] in rows and ["│", "loss", "│", "0.0321", "│"] in rows, shown.out
     listed = qtrain("results", "list", "--where", "test.loss<0.05", "--json")
     assert [r["run_id"] for r in listed.json()] == [run["run_id"]]
+
+
+def test_what_a_list_was_filtered_on_is_shown_and_reported_numbers_can_be_queried(emulator, qtrain, tmp_path):
+    """A stranger's first hour: `--where reported.my_score>0.5` (a script's log_metrics) works, and
+    the list shows the field it was filtered on, not only accuracy and F1."""
+    script = tmp_path / "scored.py"
+    script.write_text("from runner import script as qtrain\nqtrain.log_metrics(my_score=0.9)\n"
+                      "print('Test set: Average loss: 0.0111, Accuracy: 99/100 (99%)')\n")
+    run = qtrain("run", script, "--set", "script.metrics={test.loss: 'Average loss: ([0-9.]+)'}", "--json")
+    assert run.code == 0, run.err
+    run_id = run.json()["run_id"]
+    listed = qtrain("results", "list", "--where", "reported.my_score>0.5", "--json")
+    assert [r["run_id"] for r in listed.json()] == [run_id]
+    shown = qtrain("results", "list", "--where", "test.loss<0.05", "--sort", "-reported.my_score")
+    header = next(line for line in shown.out.splitlines() if "run" in line and "state" in line)
+    assert "test.loss" in header and "reported.my_score" in header, shown.out
+
+
+def test_a_scripts_option_given_before_the_double_dash_is_said_as_such(qtrain, tmp_path):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    result = qtrain("run", tmp_path / "train.py", "--epochs", "3", "--dry-run")
+    assert result.code == 2 and result.err.strip() == (
+        f"error: --epochs is not an option of qtrain run (a script's own options go after --: "
+        f"qtrain run {tmp_path / 'train.py'} --dry-run -- --epochs 3)")
+    both = qtrain("train", tmp_path / "train.py", "--out", tmp_path / "o", "--set", "script.args.lr=1", "--", "-v")
+    assert both.code == 2 and "--set script.args.lr and the words after -- both give" in both.err
