@@ -153,6 +153,10 @@ class Submission(Group):
     store_lock_seconds: float = var(60.0, "QTRAIN_STORE_LOCK_SECONDS", "how long a write to the "
                                     "results store waits for another process's", ge=0)
     max_trials: int = var(1000, "QTRAIN_MAX_TRIALS", "the most trials a sweep may make", ge=1)
+    keep_remote: bool = var(False, "QTRAIN_KEEP_REMOTE", "1: keep a run's task and result bucket on the "
+                            "account after its files are retrieved and verified (default: deleted)")
+    bucket_warning: float = var(0.8, "QTRAIN_BUCKET_WARNING", "the share of the account's buckets (maxBucket) "
+                                "from which `qtrain run` warns", gt=0, le=1)
     mlflow_export: bool = var(False, "QTRAIN_MLFLOW_EXPORT", "1: export every retrieved run to "
                               "MLflow (MLFLOW_TRACKING_URI)")
     mlflow_tracking_uri: str | None = var(None, "MLFLOW_TRACKING_URI", "MLflow's tracking server "

@@ -119,6 +119,13 @@ def wait_task():
 
 
 @pytest.fixture
+def keep_remote(monkeypatch):
+    """Runs keep their task and result bucket on the account once retrieved (QTRAIN_KEEP_REMOTE):
+    for the tests that look at them afterwards (issue 42 deletes them by default)."""
+    monkeypatch.setenv("QTRAIN_KEEP_REMOTE", "1")
+
+
+@pytest.fixture
 def store_dir(tmp_path):
     return tmp_path / "store"
 

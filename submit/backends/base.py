@@ -129,6 +129,28 @@ class Downloaded:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What the account holds against its limits (`/info`; None: not said)."""
+
+    buckets: int | None = None
+    max_buckets: int | None = None
+    tasks: int | None = None
+    max_tasks: int | None = None
+    used_bytes: int | None = None
+    quota_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A bucket or a task that qtrain made on the account (`results gc --remote`)."""
+
+    kind: str  # bucket | task
+    name: str  # the bucket's name, or the task's uuid
+    run_id: str | None  # the run it belongs to, where it says (a task's tag, a result bucket's name)
+    detail: str = ""  # a task's state and name, a bucket's objects and bytes
+
+
+@dataclass(frozen=True)
 class RemoteFile:
     key: str
     size: int
@@ -371,6 +393,28 @@ class Backend(abc.ABC):
     def credits_left(self) -> float | None:
         """The account's remaining credits (euros), or None when unknown."""
         return None
+
+    # ------------------------------------------------------------- what stays on the account
+    def usage(self) -> Usage:
+        """The account's buckets, tasks and storage against its limits."""
+        return Usage()
+
+    def has_bucket(self, name: str) -> bool:
+        return False
+
+    def unverified(self, uuid: str, dest: Path) -> list[str]:
+        """The task's result objects that `dest` does not hold as they are (same size and
+        checksum): empty once a retrieval has everything."""
+        return []
+
+    def delete_remote(self, uuid: str | None, run_id: str, bucket: str | None = None) -> list[str]:
+        """Delete a run's ended task and its result bucket (`bucket`: that one), whichever are
+        still there; returns what was deleted, in words."""
+        return []
+
+    def remotes(self) -> list[Remote]:
+        """The result buckets and the tasks tagged `qtrain` on the account (never the data bucket)."""
+        return []
 
     @abc.abstractmethod
     def download(self, uuid: str, dest: Path, progress: Progress | None = None,

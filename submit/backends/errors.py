@@ -26,6 +26,13 @@ class Rule:
     error: type[BackendError]
     message: str
     hint: str | None = None
+    code: str | None = None  # an S3 ClientError's error code this row is for (None: any)
+
+    def matches(self, exc: BaseException) -> bool:
+        cls = self.cls()
+        if cls is None or not isinstance(exc, cls):
+            return False
+        return self.code is None or (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") == self.code
 
     def cls(self) -> type[BaseException] | None:
         module, _, name = self.exception.partition(":")
@@ -81,6 +88,9 @@ RULES: tuple[Rule, ...] = (
          "the storage of {where} did not answer in time: {msg}", "{unreachable_hint}"),
     Rule("botocore.exceptions:NoCredentialsError", BackendError,
          "the storage of {where} got no credentials: {msg}", "{token_hint}"),
+    Rule("botocore.exceptions:ClientError", BackendError, "the storage of {where} holds as many buckets as the "
+         "account may have (maxBucket): no bucket for this run's results", "qtrain results gc --remote lists what "
+         "no run in the store needs; --yes deletes it", code="TooManyBuckets"),
     Rule("botocore.exceptions:ClientError", BackendError, "storage of {where}: {msg}"),
 )
 
@@ -95,8 +105,7 @@ def translate(exc: BaseException, backend: Any) -> BackendError | None:
     if isinstance(exc, BackendError):
         return exc
     for rule in RULES:
-        cls = rule.cls()
-        if cls is not None and isinstance(exc, cls):
+        if rule.matches(exc):
             return rule_error(rule, exc, backend)
     return None
 

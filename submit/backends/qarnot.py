@@ -18,8 +18,8 @@ from typing import Any, Callable
 from jobs import settings
 from jobs.files import JOB_FILE
 from jobs.shards import DATA_PREFIX, MANIFEST, SHARD_BYTES, SHARD_FOLDER, DataObject, write_shard
-from submit.backends.base import (Backend, BackendError, Downloaded, Progress, ProgressReader, RemoteFile,
-                                  TaskRequest, TaskStatus, fetch_all, in_turn, plan_download)
+from submit.backends.base import (Backend, BackendError, Downloaded, Progress, ProgressReader, Remote, RemoteFile,
+                                  TaskRequest, TaskStatus, Usage, fetch_all, in_turn, plan_download)
 from submit.backends.errors import translated
 from submit.backends.footprint import euros, from_sdk
 from submit.image import CPU_TAG, GPU_TAG
@@ -351,12 +351,7 @@ class QarnotBackend(Backend):
         bucket = task.results
         if bucket is None:
             return Downloaded(0, 0, 0)
-
-        def same(etag: str, size: int) -> Callable[[Path], bool]:
-            return lambda local: local.stat().st_size == size and s3_etag(local) == etag.strip('"')
-
-        objects = [RemoteFile(o.key, o.size, same(o.e_tag, o.size))
-                   for o in bucket.list_files() if not o.key.endswith("/")]
+        objects = _objects(bucket)
         todo, done = plan_download(objects, dest, replace)
         if on_total:
             on_total(sum(o.size for o, _ in todo))
@@ -365,6 +360,75 @@ class QarnotBackend(Backend):
         if job_uuid and task.state in ("Success", "Failure", "Cancelled"):
             _optional(lambda: self.conn.retrieve_job(job_uuid).terminate())
         return done
+
+
+    # --------------------------------------------------------- what stays on the account
+    @translated
+    def usage(self) -> Usage:
+        info = self.conn.user_info
+        return Usage(buckets=_count(info.bucket_count), max_buckets=_count(info.max_bucket),
+                     tasks=_count(info.task_count), max_tasks=_count(info.max_task),
+                     used_bytes=_count(info.used_quota_bytes_bucket), quota_bytes=_count(info.quota_bytes_bucket))
+
+    @translated
+    def has_bucket(self, name: str) -> bool:
+        return name in {b.uuid for b in self.conn.buckets()}
+
+    @translated
+    def unverified(self, uuid: str, dest: Path) -> list[str]:
+        task = self._task(uuid)
+        task.update(flushcache=True)
+        bucket = task.results
+        if bucket is None:
+            return []
+        todo, done = plan_download(_objects(bucket), dest, replace=False)
+        return sorted([o.key for o, _ in todo] + [key for key, _ in done.refused] + done.differing)
+
+    @translated
+    def delete_remote(self, uuid: str | None, run_id: str, bucket: str | None = None) -> list[str]:
+        import qarnot.exceptions as qx
+        from qarnot.bucket import Bucket
+
+        deleted = []
+        if uuid:
+            try:
+                task = self.conn.retrieve_task(uuid)
+                task.delete(purge_resources=False, purge_results=False)
+                self._tasks.pop(uuid, None)
+                deleted.append(f"task {uuid}")
+            except qx.MissingTaskException:
+                pass
+        name = bucket or (results_bucket(run_id) if run_id else None)
+        if name and self.has_bucket(name):
+            Bucket(self.conn, name, create=False).delete()
+            deleted.append(f"bucket {name}")
+        return deleted
+
+    @translated
+    def remotes(self) -> list[Remote]:
+        found = []
+        data = settings.submission().data_bucket
+        for bucket in self.conn.buckets():
+            if bucket.uuid.startswith(RESULTS_PREFIX) and bucket.uuid != data:
+                found.append(Remote("bucket", bucket.uuid, None))
+        for task in self.conn.all_tasks(summary=True, tags_intersect=["qtrain"]):
+            run_id = next((t for t in task.tags or [] if t != "qtrain"), None)
+            found.append(Remote("task", task.uuid, run_id, f"{task.state}, {task.name}"))
+        return found
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _objects(bucket) -> list[RemoteFile]:
+    """A result bucket's objects, each able to say whether a local file holds its bytes (size and
+    S3 ETag, as Qarnot computes it)."""
+
+    def same(etag: str, size: int) -> Callable[[Path], bool]:
+        return lambda local: local.stat().st_size == size and s3_etag(local) == etag.strip('"')
+
+    return [RemoteFile(o.key, o.size, same(o.e_tag, o.size)) for o in bucket.list_files() if not o.key.endswith("/")]
 
 
 def _optional(call: Callable[[], Any]) -> Any:
@@ -379,10 +443,13 @@ def _optional(call: Callable[[], Any]) -> Any:
         return None
 
 
+RESULTS_PREFIX = "qtrain-"  # a run's result bucket; the data bucket (qtrain-data) is shared
+
+
 def results_bucket(run_id: str) -> str:
     """One result bucket per run: `qtrain-<run id>` made S3-safe (lowercase, 3..63 chars)."""
     safe = "".join(c if c.isalnum() or c == "-" else "-" for c in run_id.lower()).strip("-")
-    return f"qtrain-{safe}"[:63].rstrip("-")
+    return f"{RESULTS_PREFIX}{safe}"[:63].rstrip("-")
 
 
 def split_image(image: str) -> tuple[str, str]:

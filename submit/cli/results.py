@@ -313,8 +313,12 @@ def results_note(run_ref: str = RunArgument,
 @command("rm", group=results_app)
 def results_rm(run_refs: list[str] = RunsArgument, yes: bool = YesOption,
                store_dir: Optional[Path] = StoreOption) -> None:
-    """Remove runs from the store: their index rows and folders, together.  Refuses runs whose
-    task has not ended (cancel them first)."""
+    """Remove runs from the store: their index rows and folders, together, and their task and
+    result bucket from the account where they are still there.  Refuses runs whose task has not
+    ended (cancel them first)."""
+    from submit.run.account import forget_remote
+    from submit.run.retrieve import backend_for
+
     store = _store(store_dir)
     records = [store.get(r) for r in run_refs]
     records = list({r.run_id: r for r in records}.values())
@@ -325,8 +329,15 @@ def results_rm(run_refs: list[str] = RunsArgument, yes: bool = YesOption,
     if not yes:
         confirm(f"remove {len(records)} run(s) and their files: {', '.join(r.run_id for r in records)}?")
     for r in records:
+        try:
+            deleted = forget_remote(r, backend_for(r))
+        except QtrainError as exc:
+            deleted = []
+            err_console.print(f"warning: {r.run_id}: its remote copy stays ({exc.one_line()}); qtrain results gc "
+                              f"--remote finds it", style="yellow", highlight=False, markup=False)
         store.remove(r.run_id)
-        console.print(f"removed {r.run_id}", highlight=False, markup=False)
+        console.print(f"removed {r.run_id}" + (f" ({', '.join(deleted)})" if deleted else ""), highlight=False,
+                      markup=False)
 
 
 @command("gc", group=results_app)
@@ -335,16 +346,24 @@ def results_gc(yes: bool = YesOption,
                older_than: float = typer.Option(3600.0, metavar="SECONDS",
                                                  help="Leave temporary files and unsubmitted runs "
                                                       "younger than this (work going on now)."),
+               remote: bool = typer.Option(False, "--remote", help="The account instead: list the result "
+                                           "buckets and qtrain tasks that no run in the store needs; --yes "
+                                           "deletes them."),
+               backend: Optional[str] = typer.Option(None, help="With --remote: local or qarnot (default as for run)."),
                as_json: bool = JsonOption, store_dir: Optional[Path] = StoreOption) -> None:
     """Clean the store of what is provably debris: folders no run owns that hold nothing a run
     produced, what a `results rm` that died left, temporary files of retrievals and reindexes
     that died, and half-written runs (never given a task).  A folder holding a model, metrics, a
     checkpoint or run.json is never removed, whatever the index says: it is named instead
-    (`qtrain results reindex` indexes it)."""
+    (`qtrain results reindex` indexes it).  With --remote, the account: result buckets and tasks
+    tagged qtrain that no run in the store needs (nothing else is touched; the data bucket stays)."""
     from submit.store.gc import collect
     from submit.store.gc import garbage as find_garbage
 
     store = _store(store_dir)
+    if remote:
+        _gc_remote(store, backend, yes and not dry_run, as_json)
+        return
     garbage = find_garbage(store, older_than)
     kept = [str(p) for p in garbage.pop("kept_with_results")]
     found = {k: [str(p) for p in v] for k, v in garbage.items()}
@@ -370,6 +389,29 @@ def results_gc(yes: bool = YesOption,
         print(json.dumps({"removed": True, **found, "kept_with_results": kept}))
     else:
         console.print(f"removed {total} item(s)", highlight=False, markup=False)
+
+
+def _gc_remote(store, backend: Optional[str], delete: bool, as_json: bool) -> None:
+    from submit.backends import get_backend
+    from submit.run.account import delete_leftovers, leftovers
+
+    be = get_backend(backend)
+    found = leftovers(be, store)
+    for item in found:
+        err_console.print(f"{item.remote.kind} {item.remote.name}" + (f" ({item.remote.detail})" if item.remote.detail
+                                                                       else "") + f": {item.why}",
+                          highlight=False, markup=False)
+    deleted = delete_leftovers(be, store, found) if delete and found else []
+    if as_json:
+        print(json.dumps({"found": [{"kind": i.remote.kind, "name": i.remote.name, "run_id": i.remote.run_id,
+                                     "why": i.why} for i in found], "deleted": deleted}))
+    elif not found:
+        console.print(f"nothing of qtrain's to clean on {be.describe()}", highlight=False, markup=False)
+    elif delete:
+        console.print(f"deleted {len(deleted)} item(s) from {be.describe()}", highlight=False, markup=False)
+    else:
+        console.print(f"{len(found)} item(s) no run in the store needs: qtrain results gc --remote --yes deletes "
+                      f"them", highlight=False, markup=False)
 
 
 @command("reindex", group=results_app)

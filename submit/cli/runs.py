@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -317,6 +318,11 @@ def fetch(run_ref: str = RunArgument,
     if not record.task_uuid and record.done:
         _finish(record, store, ui, as_json)  # its submission never made a task: nothing to fetch
         return
+    if record.done and record.retrieved and record.info.get("remote") == "deleted":
+        ui.say(f"run {record.run_id} is in the store: its task and result bucket were deleted once its files "
+               f"were verified there", style="dim")
+        _finish(record, store, ui, as_json)
+        return
     _follow_and_retrieve(record, be, store, ui, as_json, wait=wait)
 
 
@@ -329,13 +335,22 @@ def logs(run_ref: str = RunArgument,
     from submit.run.retrieve import LOG_FILES, backend_for
 
     store, record = _open_run(run_ref, store_dir)
+    saved = store.artifacts_dir(record.run_id) / LOG_FILES["stderr" if stderr else "stdout"]
     try:
+        if record.info.get("remote") == "deleted":  # retrieved, verified, deleted from the account
+            raise QtrainError(f"run {record.run_id}: its task was deleted once retrieved")
         text = backend_for(record).output(record.task_uuid or "", instance, stderr)
     except QtrainError:
-        saved = store.artifacts_dir(record.run_id) / LOG_FILES["stderr" if stderr else "stdout"]
-        if instance is not None or not saved.is_file():
+        if not saved.is_file():
             raise
         text = saved.read_text()
+        lines = text.splitlines(keepends=True)
+        if instance is not None and any(re.match(r"\d+> ", line) for line in lines):
+            mark = f"{instance}> "  # a task of several instances prefixes each of their lines so
+            text = "".join(line[len(mark):] for line in lines if line.startswith(mark))
+        elif instance:
+            raise QtrainError(f"run {record.run_id}: its task had one instance (0), no instance {instance}",
+                              hint="qtrain logs RUN without --instance shows it") from None
     sys.stdout.write(text)
 
 

@@ -17,6 +17,7 @@ from jobs.results import METRICS, OUT, RUN_INFO, SWEEP, atomic_write, parse_metr
 from runner.api import write_sweep_report
 from submit.backends import Backend, get_backend
 from submit.backends.base import UNWRITABLE, BackendUnreachable, TaskNotFound, TaskStatus
+from submit.run.account import release
 from submit.run.follow import follow, task_uuid
 from submit.run.submission import recover
 from submit.store import RunRecord, Store
@@ -42,6 +43,10 @@ def retrieve(run: RunRecord, backend: Backend, store: Store, ui: Ui,
 
 def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
               status: TaskStatus | None) -> RunRecord:
+    if run.done and run.retrieved and run.info.get("remote") == "deleted":
+        ui.say(f"run {run.run_id} is in the store: its task and result bucket were deleted once its files "
+               f"were verified there", style="dim")
+        return run
     final = run.done and run.retrieved  # its results are in the store: kept, never replaced
     status = status or backend.status(uuid)
     error = None
@@ -66,8 +71,9 @@ def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
         ui.warn(f"run {run.run_id}: result {rel!r} skipped: {why}")
     if got.files:
         ui.say(f"retrieved {got.files} file(s), {human_bytes(got.bytes)} -> {dest}", style="dim")
-    if final:
-        return store.get(run.run_id)
+    if final:  # retrieved before, its remote copy kept then (unverified, or not deleted): again now
+        return release(store.get(run.run_id), uuid, backend, store, ui, incoming,
+                       trouble=bool(got.refused or got.differing))
     _save_logs(backend, uuid, dest)
     for trial in range(run.trials) if run.trials else [None]:
         folder = store.artifacts_dir(run.run_id, trial)
@@ -88,6 +94,8 @@ def _retrieve(run: RunRecord, uuid: str, backend: Backend, store: Store, ui: Ui,
     record = store.get(run.run_id)
     if status.done and settings.submission().mlflow_export:
         _auto_export(record, store, ui)
+    if status.done:
+        record = release(record, uuid, backend, store, ui, incoming, trouble=bool(got.refused or got.differing))
     return record
 
 

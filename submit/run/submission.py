@@ -30,6 +30,7 @@ from submit.run.environment import describe, job_site
 from submit.run.estimate import Estimate, estimate, prices, refuse_over
 from submit.run.package import Package, build_package
 from submit.run.resume import resume_checkpoints
+from submit.run.account import check_room
 from submit.store import RunRecord, Store
 from jobs.files import human_bytes
 from submit.ui import Ui
@@ -174,6 +175,7 @@ def plan_run(loaded: LoadedJob, backend: Backend, ui: Ui, profile: str | None = 
         ui.warn(f"the image {image} was built from other code than this checkout's: "
                 f"qtrain image build (and push) to run your changes")
     where = place(loaded, backend, profile)
+    check_room(backend, ui)  # the account can take the run's buckets and task
     est, credits = estimate_run(loaded, package, backend, where.gpu, ui, max_cost, where.procs)
     return Planned(package, where, est, credits)
 

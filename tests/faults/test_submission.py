@@ -157,6 +157,7 @@ def test_a_run_left_submitting_with_its_task_made_is_found_by_its_tags(world):
     `submitting` run with no uuid and a task carrying its tags.  Each command resolves it."""
     import qarnot
 
+    world.env["QTRAIN_KEEP_REMOTE"] = "1"  # the tasks are looked at after each command
     assert world.cli("emulator", "start").code == 0
     daemon = world.daemon()
     conn = qarnot.connection.Connection(client_token=world.token(), cluster_url=daemon["url"],

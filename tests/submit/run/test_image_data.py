@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests import datagen
 from tests.runner.test_images import _job, _missing
 from tests.submit.run.test_script_jobs import _uploaded
@@ -30,6 +32,7 @@ def test_an_image_folder_trains_on_the_emulator(emulator, qtrain, tmp_path):
     run_image_folder(qtrain, tmp_path)
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_a_data_folder_named_out_does_not_travel_back_as_results(emulator, qtrain, tmp_path):
     """Results are what the task writes under out/; a class folder that happens to be called `out`
     (unpacked from its shard in the task) is data, and stays out of the result bucket."""

@@ -70,6 +70,7 @@ def test_an_unchanged_dataset_is_uploaded_once(qtrain, store_dir, csv_job):
     assert [r["state"] for r in (first, second, other)] == ["succeeded"] * 3, [r["error"] for r in (first, second, other)]
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_a_sweep_is_one_task_with_one_instance_per_trial(qtrain, store_dir, csv_job, conn):
     result = qtrain("run", csv_job, "--set", "sweep={model.hidden: [[4], [16]], train.lr: [0.01]}",
                     "--set", "split.val_size=0", "--json", "--store", store_dir)
@@ -205,6 +206,7 @@ def test_compare_shows_metrics_and_the_settings_that_differ(qtrain, store_dir, c
     assert human.code == 0 and "test accuracy" in human.out
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_the_token_never_lands_in_the_store_the_task_or_the_logs(qtrain, store_dir, csv_job, conn, emulator):
     data = qtrain("run", csv_job, "--json", "--store", store_dir).json()
     task = conn.retrieve_task(data["task_uuid"])
@@ -249,6 +251,7 @@ def test_predict_with_a_run_id(qtrain, store_dir, csv_job):
     assert len(result.out.splitlines()) == 401
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_backend_errors_are_one_line_with_the_next_step(qtrain, store_dir, csv_job, emulator, monkeypatch):
     from submit.emulator import daemon
 
@@ -275,9 +278,10 @@ def test_backend_errors_are_one_line_with_the_next_step(qtrain, store_dir, csv_j
     conn = qarnot.connection.Connection(client_token=emulator.token, cluster_url=emulator.url,
                                         storage_url=emulator.s3_url)
     conn.retrieve_task(data["task_uuid"]).delete()
-    result = qtrain("logs", data["run_id"], "--instance", "0", "--store", store_dir)
-    assert result.code == 2 and "task not found" in result.err
+    result = qtrain("logs", data["run_id"], "--instance", "3", "--store", store_dir)
+    assert result.code == 2 and "its task had one instance (0), no instance 3" in result.err
     assert "epoch=" in qtrain("logs", data["run_id"], "--store", store_dir).out  # the saved copy
+    assert "epoch=" in qtrain("logs", data["run_id"], "--instance", "0", "--store", store_dir).out
 
     # Qarnot unreachable (a connection error, not retried for 30 s)
     monkeypatch.setenv("QARNOT_CLIENT_TOKEN", "x")
@@ -353,6 +357,7 @@ def test_qarnot_refuses_a_local_image_before_anything_is_sent(qtrain, store_dir,
     assert Store(store_dir).list() == []
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
     done = qtrain("run", csv_job, "--json", "--store", store_dir).json()
     waiting = qtrain("run", csv_job, "--set", "train.epochs=100000", "--set", "train.early_stopping=null",
@@ -371,6 +376,7 @@ def test_a_run_whose_task_is_gone(qtrain, store_dir, csv_job, conn):
     assert record.state == "failed" and "gone" in record.error
 
 
+@pytest.mark.usefixtures("keep_remote")  # it looks at the task or bucket afterwards
 def test_registry_credentials_reach_the_task_and_nothing_else(qtrain, store_dir, csv_job, conn, monkeypatch):
     monkeypatch.setenv("QTRAIN_DOCKER_SRV", "registry.example.com")
     monkeypatch.setenv("QTRAIN_REGISTRY_LOGIN", "robot")
