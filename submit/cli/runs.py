@@ -71,9 +71,12 @@ def _follow_and_retrieve(run, backend, store, ui, as_json: bool, wait: bool = Tr
     except TaskNotFound as exc:
         ended = run.done
         run = task_gone(run, store, exc)
-        if not ended:
+        if run.info.get("remote") == "deleted":  # another qtrain retrieved it meanwhile, then deleted the task
+            ui.say(f"run {run.run_id} was retrieved by another qtrain meanwhile: it is in the store", style="dim")
+        elif not ended:
             raise RunError(f"run {run.run_id}: {exc.message}", hint=exc.hint) from exc
-        ui.say(f"the task is no longer on {backend.describe()}; what was retrieved is in the store")
+        else:
+            ui.say(f"the task is no longer on {backend.describe()}; what was retrieved is in the store")
     except RunError:
         raise
     except QtrainError as exc:

@@ -320,12 +320,12 @@ class Task:
             inst.state = "Cancelled"
         elif code == 0:
             inst.state = "Success"
-        elif peer_failed:  # stopped by the emulator: the first failure is the task's error
+        elif peer_failed and _stopped_by_signal(code):  # stopped by the emulator: the first failure is the cause
             inst.state = "Failure"
             self.errors.append({"code": "INSTANCE_STOPPED",
                                 "message": f"instance {inst.id}: stopped, as instance {self.failed_first} of the "
                                            f"cluster failed", "debug": ""})
-        else:
+        else:  # a failure of its own, even after a peer's: its node may have seen the cause (a killed rank)
             inst.state = "Failure"
             tail = "".join(self.err[inst.id].text[-5:]).strip()
             how = f"exited with status {code}"
@@ -474,3 +474,8 @@ class Task:
     @property
     def cores_per_instance(self) -> int:
         return self.manager.threads_per_instance(len(self.ids))
+
+
+def _stopped_by_signal(code: int) -> bool:
+    """Did the instance end by the emulator's stop (SIGTERM, then SIGKILL), rather than fail on its own?"""
+    return code in (-signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGKILL)

@@ -150,7 +150,12 @@ def refresh(run: RunRecord, backend: Backend, store: Store, ui: Ui) -> RunRecord
 
 def task_gone(run: RunRecord, store: Store, exc: QtrainError) -> RunRecord:
     """The backend no longer has the run's task: nothing more can ever be retrieved.  A run that
-    had not ended fails with that reason; one that had keeps its state (its task did end so)."""
+    had not ended fails with that reason; one that had keeps its state (its task did end so).
+    Another qtrain may have retrieved it meanwhile and deleted its task (`account.release`): the
+    store's own record says so, and stands."""
+    run = store.get(run.run_id)
+    if run.done and run.retrieved:
+        return run
     if not run.done:
         store.set_state(run.run_id, "failed", error=f"the task is gone: {exc.message}")
     store.update(run.run_id, retrieved=True)

@@ -69,8 +69,9 @@ def test_a_killed_rank_fails_the_task_within_seconds_and_resume_continues(emulat
     assert task.state == "Failure"
     assert time.monotonic() - killed < 15  # within seconds: the rank's node sees it, the others are stopped
     errors = [f"{e.message} {e.debug}" for e in task.errors]
-    assert "instance 1" in errors[0] and "rank 1" in errors[0] and "SIGKILL" in errors[0], errors
-    assert any("instance 0: stopped" in e for e in errors[1:]), errors
+    # the killed rank's node says so, whichever node noticed first (rank 0 sees its peer's socket close)
+    assert any(e.startswith("instance 1:") and "rank 1" in e and "SIGKILL" in e for e in errors), errors
+    assert any(e.startswith("instance 0:") for e in errors), errors
     wait_for(lambda: not _task_processes(uuid), timeout=20)  # nothing left running
     fetched = qtrain("fetch", run_id, "--json", "--store", store)
     assert fetched.json()["state"] == "failed"

@@ -88,6 +88,7 @@ def test_emulator_stop_with_an_unfetched_run_then_start_again_and_fetch(world):
 
 
 def test_emulator_reset_asks_then_wipes_tasks_and_buckets(world):
+    world.env["QTRAIN_KEEP_REMOTE"] = "1"  # what the account holds is looked at (issue 42 deletes it)
     run = world.cli("run", world.job(), "--json").json()
     refused = world.cli("emulator", "reset")  # no terminal to ask on
     assert refused.code == 2 and "--yes" in refused.err

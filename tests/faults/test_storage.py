@@ -43,6 +43,7 @@ def _sha256(path: Path) -> str:
 
 
 def test_disk_full_during_retrieval_keeps_everything_and_fetch_resumes(world, small_disk):
+    world.env["QTRAIN_KEEP_REMOTE"] = "1"  # what the account holds is looked at (issue 42 deletes it)
     world.env["QTRAIN_STORE"] = str(small_disk / "store")
     job = world.job(name="wide")
     job.write_text(job.read_text().replace("- 16", "- 1024\n  - 1024"))  # model.pt ~4 MB, checkpoint ~13
@@ -70,6 +71,7 @@ def test_disk_full_during_retrieval_keeps_everything_and_fetch_resumes(world, sm
 
 
 def test_a_read_only_store_is_read_and_never_written(world, small_disk):
+    world.env["QTRAIN_KEEP_REMOTE"] = "1"  # what the account holds is looked at (issue 42 deletes it)
     store = small_disk / "store"
     world.env["QTRAIN_STORE"] = str(store)
     run = world.cli("run", world.job(), "--json").json()
